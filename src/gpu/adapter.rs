@@ -1,0 +1,144 @@
+//! Choosing an adapter: `--backend`, `--adapter`, and wgpu's own `WGPU_BACKEND` /
+//! `WGPU_ADAPTER_NAME`, then the most capable device that is left.
+
+use crate::{Error, Result};
+
+/// How to pick the device. Empty fields fall back to wgpu's environment variables, then to
+/// the best adapter found (discrete GPU first, CPU rasterizers last; Vulkan before GL).
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12` or `gl`.
+    pub backend: Option<String>,
+    /// A case-insensitive substring of the adapter's name.
+    pub adapter: Option<String>,
+    /// Open the device without timestamp queries (to exercise the profiler's fallback).
+    pub without_timestamps: bool,
+}
+
+impl GpuOptions {
+    pub fn backend(name: &str) -> GpuOptions {
+        GpuOptions { backend: Some(name.to_string()), ..Default::default() }
+    }
+}
+
+fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        other => Err(Error::Invalid(format!(
+            "unknown backend {other:?}: expected vulkan, metal, dx12 or gl"
+        ))),
+    }
+}
+
+fn instance(options: &GpuOptions) -> Result<(wgpu::Instance, wgpu::Backends)> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(name) = &options.backend {
+        desc.backends = parse_backend(name)?;
+    }
+    let backends = desc.backends;
+    Ok((wgpu::Instance::new(desc), backends))
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (device, backend)
+}
+
+fn name_filter(options: &GpuOptions) -> Option<String> {
+    options
+        .adapter
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_lowercase())
+}
+
+/// Every adapter the instance sees, and the index of the one [`choose`] would pick.
+fn enumerate(options: &GpuOptions) -> Result<(Vec<wgpu::Adapter>, Option<usize>)> {
+    let (instance, backends) = instance(options)?;
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let filter = name_filter(options);
+    let chosen = adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let name = a.get_info().name.to_lowercase();
+            filter.as_ref().is_none_or(|f| name.contains(f))
+        })
+        .filter(|(_, a)| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .min_by_key(|(_, a)| rank(&a.get_info()))
+        .map(|(i, _)| i);
+    Ok((adapters, chosen))
+}
+
+pub(super) fn choose(options: &GpuOptions) -> Result<(wgpu::Adapter, usize)> {
+    let (mut adapters, chosen) = enumerate(options)?;
+    match chosen {
+        Some(i) => Ok((adapters.swap_remove(i), i)),
+        None => Err(Error::NoAdapter(no_adapter_help(options, &adapters))),
+    }
+}
+
+fn no_adapter_help(options: &GpuOptions, seen: &[wgpu::Adapter]) -> String {
+    let mut msg = String::new();
+    if let Some(f) = name_filter(options) {
+        msg += &format!("no adapter name contains {f:?}");
+    } else if let Some(b) = &options.backend {
+        msg += &format!("no compute-capable adapter on backend {b}");
+    } else {
+        msg += "no compute-capable adapter found";
+    }
+    if !seen.is_empty() {
+        let names: Vec<String> = seen.iter().map(|a| describe_info(&a.get_info())).collect();
+        msg += &format!(" (seen: {})", names.join("; "));
+    }
+    msg += ". On Linux without a GPU install Mesa's software drivers: \
+            `apt-get install mesa-vulkan-drivers` gives lavapipe (Vulkan); \
+            llvmpipe (GL) comes with libegl-mesa0. Then pick one with --backend vulkan|gl.";
+    msg
+}
+
+pub(crate) fn describe_info(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({:?}, {:?}, {} {})",
+        info.name, info.backend, info.device_type, info.driver, info.driver_info
+    )
+}
+
+/// One adapter as `kiln info` shows it.
+pub struct AdapterReport {
+    pub chosen: bool,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub compute: bool,
+}
+
+/// All adapters with the one kiln would use marked.
+pub fn describe_adapters(options: &GpuOptions) -> Result<Vec<AdapterReport>> {
+    let (adapters, chosen) = enumerate(options)?;
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AdapterReport {
+            chosen: Some(i) == chosen,
+            info: a.get_info(),
+            features: a.features(),
+            limits: a.limits(),
+            compute: a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+        })
+        .collect())
+}

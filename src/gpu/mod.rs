@@ -1,0 +1,191 @@
+//! The wgpu sequence (instance → adapter → device → pipeline → bind group → submit → read back)
+//! made reusable, and no more.
+
+mod adapter;
+mod buffer;
+mod dispatch;
+mod shaders;
+
+pub use adapter::{describe_adapters, AdapterReport, GpuOptions};
+pub use buffer::Buffer;
+pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};
+pub use shaders::{validate_wgsl, ShaderSet, SHADER_FILES};
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// An open device with its queue and the caches every kernel launch goes through.
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    shaders: ShaderSet,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<KernelId, Arc<wgpu::ComputePipeline>>>,
+    /// A 4-byte buffer bound where a kernel's optional input (a bias, say) is absent.
+    pub dummy: Buffer,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `options` (see [`GpuOptions`]) with its own limits and the
+    /// optional features kiln can use (timestamps, subgroups, f16) where offered.
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let (adapter, _) = adapter::choose(options)?;
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16;
+        let mut features = adapter.features() & wanted;
+        if options.without_timestamps {
+            features.remove(
+                wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+            );
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::NoAdapter(format!("{} ({:?}): cannot open device: {e}", info.name, info.backend)))?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_flag.lock().unwrap() = Some(format!("device lost ({reason:?}): {message}"));
+        });
+        // Errors outside our error scopes would otherwise abort the process from wgpu's default
+        // handler; log them instead, the scoped ones carry the kernel name to the caller.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
+
+        let dummy = Buffer {
+            raw: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln.dummy"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            len: 4,
+            label: "kiln.dummy".into(),
+        };
+        Ok(Gpu {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            shaders: ShaderSet::from_env()?,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            dummy,
+            lost,
+        })
+    }
+
+    /// A one-line description: `name (backend, device type, driver)`.
+    pub fn describe(&self) -> String {
+        adapter::describe_info(&self.info)
+    }
+
+    pub fn has(&self, feature: wgpu::Features) -> bool {
+        self.features.contains(feature)
+    }
+
+    /// The compute pipeline for `kernel`, compiled once and cached. The layout is derived from
+    /// the entry point, so a bind group carries exactly the bindings that entry uses.
+    pub fn pipeline(&self, kernel: KernelId) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
+            return Ok(p.clone());
+        }
+        let module = self.module(kernel.shader)?;
+        let pipeline = self.scoped(&kernel.to_string(), || {
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&kernel.to_string()),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })?;
+        let pipeline = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, shader: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
+        if let Some(m) = self.modules.lock().unwrap().get(shader) {
+            return Ok(m.clone());
+        }
+        let source = self.shaders.validated_source(shader)?;
+        let module = self.scoped(shader, || {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        })?;
+        let module = Arc::new(module);
+        self.modules.lock().unwrap().insert(shader, module.clone());
+        Ok(module)
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns whatever they
+    /// caught into an [`Error::Device`] naming `what`.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lost(what)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let errors = [pollster::block_on(validation.pop()), pollster::block_on(oom.pop())];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Device { kernel: what.to_string(), message: e.to_string() });
+        }
+        self.check_lost(what)?;
+        Ok(value)
+    }
+
+    fn check_lost(&self, what: &str) -> Result<()> {
+        match self.lost.lock().unwrap().clone() {
+            Some(message) => Err(Error::Device { kernel: what.to_string(), message }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `dispatches` into one compute pass, submits once and waits for the GPU.
+    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let what = match dispatches {
+            [one] => one.name(),
+            _ => format!("{} dispatches", dispatches.len()),
+        };
+        let index = self.scoped(&what, || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for d in dispatches {
+                    d.record(&mut pass);
+                }
+            }
+            self.queue.submit([encoder.finish()])
+        })?;
+        self.wait(Some(index), &what)
+    }
+
+    /// Blocks until the submission (or all work) has finished.
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>, what: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
+            .map_err(|e| Error::Device { kernel: what.to_string(), message: e.to_string() })?;
+        self.check_lost(what)
+    }
+}

@@ -1,0 +1,58 @@
+//! WGSL sources: embedded at build time, or read from `KILN_SHADERS=DIR` so a kernel can be
+//! edited and re-run without rebuilding. Every module passes naga's validator before wgpu
+//! sees it, so a broken shader is reported with file and line, not as a driver error.
+
+use crate::{Error, Result};
+use std::path::PathBuf;
+
+include!(concat!(env!("OUT_DIR"), "/shader_files.rs"));
+
+pub struct ShaderSet {
+    /// Where to read sources from instead of the embedded copies.
+    pub dir: Option<PathBuf>,
+}
+
+impl ShaderSet {
+    pub fn from_env() -> Result<ShaderSet> {
+        let dir = std::env::var_os("KILN_SHADERS").filter(|d| !d.is_empty()).map(PathBuf::from);
+        if let Some(d) = &dir {
+            if !d.is_dir() {
+                return Err(Error::Invalid(format!("KILN_SHADERS={}: not a folder", d.display())));
+            }
+        }
+        Ok(ShaderSet { dir })
+    }
+
+    /// The source of `shader` and the path errors should name.
+    pub fn source(&self, shader: &str) -> Result<(String, String)> {
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{shader}.wgsl"));
+            if path.exists() {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+                return Ok((text, path.display().to_string()));
+            }
+        }
+        SHADER_FILES
+            .iter()
+            .find(|(name, _)| *name == shader)
+            .map(|(_, text)| (text.to_string(), format!("shaders/{shader}.wgsl")))
+            .ok_or_else(|| Error::Invalid(format!("no shader named {shader:?}")))
+    }
+
+    pub fn validated_source(&self, shader: &str) -> Result<String> {
+        let (text, path) = self.source(shader)?;
+        validate_wgsl(&text, &path)?;
+        Ok(text)
+    }
+}
+
+/// Parses and validates WGSL with naga; the error carries naga's message with file and line.
+pub fn validate_wgsl(source: &str, path: &str) -> Result<naga::Module> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| Error::Invalid(format!("shader {path} does not parse:\n{}", e.emit_to_string_with_path(source, path))))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| Error::Invalid(format!("shader {path} is invalid:\n{}", e.emit_to_string_with_path(source, path))))?;
+    Ok(module)
+}

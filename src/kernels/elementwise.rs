@@ -1,0 +1,49 @@
+//! shaders/elementwise.wgsl: add, mul, scale, axpy over flat arrays.
+
+use super::check_len;
+use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
+use crate::Result;
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    alpha: f32,
+}
+
+fn launch(gpu: &Gpu, entry: &'static str, alpha: f32, a: &Buffer, b: Option<&Buffer>, y: &Buffer, n: usize, flops: u64) -> Result<Dispatch> {
+    let kernel = KernelId { shader: "elementwise", entry };
+    let name = kernel.to_string();
+    check_len(&name, "input a", a, n)?;
+    check_len(&name, "output y", y, n)?;
+    let mut bindings = vec![(1, a), (3, y)];
+    if let Some(b) = b {
+        check_len(&name, "input b", b, n)?;
+        bindings.push((2, b));
+    }
+    let reads = if b.is_some() { 2 } else { 1 } + u64::from(entry == "axpy");
+    let params = Params { n: n as u32, alpha };
+    gpu.dispatch(kernel, "", &params, &bindings, workgroups_1d(n, WG), Cost::elementwise(n, flops, reads, 1))
+}
+
+/// y = a + b
+pub fn add(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "add", 0.0, a, Some(b), y, n, 1)
+}
+
+/// y = a * b
+pub fn mul(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "mul", 0.0, a, Some(b), y, n, 1)
+}
+
+/// y = alpha * a
+pub fn scale(gpu: &Gpu, alpha: f32, a: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "scale", alpha, a, None, y, n, 1)
+}
+
+/// y += alpha * a
+pub fn axpy(gpu: &Gpu, alpha: f32, a: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "axpy", alpha, a, None, y, n, 2)
+}

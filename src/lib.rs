@@ -1,0 +1,13 @@
+//! kiln: train GANs and VAEs with hand-written WGSL compute kernels on raw wgpu.
+//!
+//! Layers, bottom to top (see docs/ARCHITECTURE.md): `gpu` (adapter, buffers, pipelines,
+//! dispatch), `kernels` (one module per shader file), `reference` (CPU oracles), and `check`
+//! (conformance cases from PyTorch).
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+
+pub use error::{Error, Result};
+pub use gpu::{Dispatch, Gpu, GpuOptions};

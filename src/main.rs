@@ -1,0 +1,86 @@
+use clap::{Args, Parser, Subcommand};
+use kiln::gpu::{describe_adapters, GpuOptions};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Train GANs and VAEs with hand-written WGSL kernels on any GPU wgpu reaches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Device selection shared by every subcommand.
+#[derive(Args, Clone, Debug)]
+struct DeviceArgs {
+    /// vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else every backend)
+    #[arg(long, global = true)]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this (default: WGPU_ADAPTER_NAME, else the best one)
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+}
+
+impl DeviceArgs {
+    fn options(&self) -> GpuOptions {
+        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), ..Default::default() }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter with its backend, type, driver, features and limits; mark the one kiln uses
+    Info(DeviceArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(dev) => info(&dev),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
+    let adapters = describe_adapters(&dev.options())?;
+    if adapters.is_empty() {
+        // Let the chooser produce its explanation of how to get an adapter.
+        kiln::Gpu::new(&dev.options())?;
+    }
+    for a in &adapters {
+        let mark = if a.chosen { "*" } else { " " };
+        let i = &a.info;
+        println!("{mark} {} — {:?}, {:?}, driver {} {}", i.name, i.backend, i.device_type, i.driver, i.driver_info);
+        let interesting = [
+            (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+            (wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "TIMESTAMP_QUERY_INSIDE_PASSES"),
+            (wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS, "TIMESTAMP_QUERY_INSIDE_ENCODERS"),
+            (wgpu::Features::SUBGROUP, "SUBGROUP"),
+            (wgpu::Features::SHADER_F16, "SHADER_F16"),
+        ];
+        let features: Vec<&str> = interesting.iter().filter(|(f, _)| a.features.contains(*f)).map(|(_, n)| *n).collect();
+        println!("    compute shaders: {}", if a.compute { "yes" } else { "no" });
+        println!("    features: {}", if features.is_empty() { "none of interest".to_string() } else { features.join(", ") });
+        let l = &a.limits;
+        println!(
+            "    limits: storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, \
+             invocations/workgroup {}, workgroups/dim {}, storage buffers/stage {}",
+            l.max_storage_buffer_binding_size as u64 >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension,
+            l.max_storage_buffers_per_shader_stage
+        );
+    }
+    if !adapters.iter().any(|a| a.chosen) {
+        kiln::Gpu::new(&dev.options())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
