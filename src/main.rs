@@ -30,6 +30,20 @@ impl DeviceArgs {
 enum Command {
     /// List every adapter with its backend, type, driver, features and limits; mark the one kiln uses
     Info(DeviceArgs),
+    /// Measure the adapter's peak (FMA, copy bandwidth) and kernel throughput
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// What to measure: peak (the adapter's FMA and copy peak) or kernels (matmul, conv at training shapes)
+    #[arg(default_value = "kernels")]
+    what: String,
+    /// Print machine-readable JSON instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(dev) => info(&dev),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -81,6 +96,22 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
     }
     if !adapters.iter().any(|a| a.chosen) {
         kiln::Gpu::new(&dev.options())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let peak = kiln::bench::measure_peak(&gpu)?;
+    if args.json {
+        let value = serde_json::json!({
+            "adapter": gpu.describe(),
+            "peak": { "fma_gflops": peak.fma_gflops, "copy_gbps": peak.copy_gbps },
+        });
+        println!("{value:#}");
+    } else {
+        println!("adapter: {}", gpu.describe());
+        println!("peak: {:.1} GFLOP/s FMA, {:.1} GB/s copy", peak.fma_gflops, peak.copy_gbps);
     }
     Ok(ExitCode::SUCCESS)
 }
