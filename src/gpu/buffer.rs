@@ -3,9 +3,14 @@
 use super::Gpu;
 use crate::{Error, Result};
 
-/// A GPU storage buffer holding `len` 32-bit elements (f32 unless a kernel says otherwise).
+/// A GPU storage buffer holding `len` 32-bit elements (f32 unless a kernel says otherwise),
+/// or a view of `len` elements at byte `offset` into a larger one (a parameter arena: all of
+/// a model's parameters in one allocation, so one optimizer dispatch updates them all).
+#[derive(Clone)]
 pub struct Buffer {
     pub raw: wgpu::Buffer,
+    /// Byte offset of element 0 in `raw`.
+    pub offset: u64,
     pub len: usize,
     pub label: String,
 }
@@ -13,6 +18,29 @@ pub struct Buffer {
 impl Buffer {
     pub fn bytes(&self) -> u64 {
         self.len as u64 * 4
+    }
+
+    /// The binding of exactly this buffer's elements (at least 4 bytes: empty tensors still bind).
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.raw,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.bytes().max(4)),
+        })
+    }
+
+    /// Elements `start..start + len` as a buffer of their own. Kernels can bind views only at
+    /// offsets that are multiples of the adapter's `min_storage_buffer_offset_alignment`.
+    pub fn view(&self, label: &str, start: usize, len: usize) -> Result<Buffer> {
+        if start + len > self.len {
+            return Err(Error::Shape(format!(
+                "view {label:?} of elements {start}..{} is past the end of {:?} ({} elements)",
+                start + len,
+                self.label,
+                self.len
+            )));
+        }
+        Ok(Buffer { raw: self.raw.clone(), offset: self.offset + start as u64 * 4, len, label: label.to_string() })
     }
 }
 
@@ -51,7 +79,7 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         })?;
-        Ok(Buffer { raw, len, label: label.to_string() })
+        Ok(Buffer { raw, offset: 0, len, label: label.to_string() })
     }
 
     /// A buffer holding a copy of `data` (f32, u32 or any other 4-byte Pod type).
@@ -74,7 +102,7 @@ impl Gpu {
             )));
         }
         if !bytes.is_empty() {
-            self.queue.write_buffer(&buffer.raw, 0, bytes);
+            self.queue.write_buffer(&buffer.raw, buffer.offset, bytes);
         }
         Ok(())
     }
@@ -86,7 +114,10 @@ impl Gpu {
 
     /// Copies `buffer` back to the CPU as any 4-byte Pod type.
     pub fn read_as<T: bytemuck::Pod>(&self, buffer: &Buffer) -> Result<Vec<T>> {
-        let size = buffer.bytes().max(4);
+        if buffer.len == 0 {
+            return Ok(Vec::new());
+        }
+        let size = buffer.bytes();
         let what = format!("read of {:?}", buffer.label);
         let staging = self.scoped(&what, || {
             let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -96,7 +127,7 @@ impl Gpu {
                 mapped_at_creation: false,
             });
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&buffer.raw, 0, &staging, 0, size);
+            encoder.copy_buffer_to_buffer(&buffer.raw, buffer.offset, &staging, 0, size);
             self.queue.submit([encoder.finish()]);
             staging
         })?;

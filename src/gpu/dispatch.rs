@@ -127,7 +127,7 @@ impl Gpu {
             entries.extend(
                 buffers
                     .iter()
-                    .map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.raw.as_entire_binding() }),
+                    .map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.binding() }),
             );
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&name),

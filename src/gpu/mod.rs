@@ -75,6 +75,7 @@ impl Gpu {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             }),
+            offset: 0,
             len: 4,
             label: "kiln.dummy".into(),
         };
