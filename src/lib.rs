@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod error;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod reference;
 
