@@ -47,3 +47,11 @@ fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= p.n) { return; }
     y[i] = y[i] + p.alpha * a[i];
 }
+
+// y = alpha: constant fills (the loss gradient's seed of 1, zeroing accumulators).
+@compute @workgroup_size(WG)
+fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    y[i] = p.alpha;
+}

@@ -1,4 +1,4 @@
-//! shaders/elementwise.wgsl: add, mul, scale, axpy over flat arrays.
+//! shaders/elementwise.wgsl: add, mul, scale, axpy, fill over flat arrays.
 
 use super::check_len;
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
@@ -13,37 +13,45 @@ struct Params {
     alpha: f32,
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, alpha: f32, a: &Buffer, b: Option<&Buffer>, y: &Buffer, n: usize, flops: u64) -> Result<Dispatch> {
+fn launch(gpu: &Gpu, entry: &'static str, alpha: f32, a: Option<&Buffer>, b: Option<&Buffer>, y: &Buffer, n: usize, flops: u64) -> Result<Dispatch> {
     let kernel = KernelId { shader: "elementwise", entry };
     let name = kernel.to_string();
-    check_len(&name, "input a", a, n)?;
     check_len(&name, "output y", y, n)?;
-    let mut bindings = vec![(1, a), (3, y)];
+    let mut bindings = vec![(3, y)];
+    if let Some(a) = a {
+        check_len(&name, "input a", a, n)?;
+        bindings.push((1, a));
+    }
     if let Some(b) = b {
         check_len(&name, "input b", b, n)?;
         bindings.push((2, b));
     }
-    let reads = if b.is_some() { 2 } else { 1 } + u64::from(entry == "axpy");
+    let reads = u64::from(a.is_some()) + u64::from(b.is_some()) + u64::from(entry == "axpy");
     let params = Params { n: n as u32, alpha };
     gpu.dispatch(kernel, "", &params, &bindings, workgroups_1d(n, WG), Cost::elementwise(n, flops, reads, 1))
 }
 
 /// y = a + b
 pub fn add(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
-    launch(gpu, "add", 0.0, a, Some(b), y, n, 1)
+    launch(gpu, "add", 0.0, Some(a), Some(b), y, n, 1)
 }
 
 /// y = a * b
 pub fn mul(gpu: &Gpu, a: &Buffer, b: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
-    launch(gpu, "mul", 0.0, a, Some(b), y, n, 1)
+    launch(gpu, "mul", 0.0, Some(a), Some(b), y, n, 1)
 }
 
 /// y = alpha * a
 pub fn scale(gpu: &Gpu, alpha: f32, a: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
-    launch(gpu, "scale", alpha, a, None, y, n, 1)
+    launch(gpu, "scale", alpha, Some(a), None, y, n, 1)
 }
 
 /// y += alpha * a
 pub fn axpy(gpu: &Gpu, alpha: f32, a: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
-    launch(gpu, "axpy", alpha, a, None, y, n, 2)
+    launch(gpu, "axpy", alpha, Some(a), None, y, n, 2)
+}
+
+/// y = value
+pub fn fill(gpu: &Gpu, value: f32, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "fill", value, None, None, y, n, 0)
 }

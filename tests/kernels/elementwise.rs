@@ -22,6 +22,8 @@ fn elementwise_ops_match_reference() {
         gpu.run(&[elementwise::axpy(gpu, 2.0, &bb, &yb, n).unwrap()]).unwrap();
         let want = reference::add(&reference::scale(-0.5, &a64), &reference::scale(2.0, &b64));
         assert_close(&format!("axpy n={n}"), &read(&yb), &want, 1e-6);
+        gpu.run(&[elementwise::fill(gpu, 0.25, &yb, n).unwrap()]).unwrap();
+        assert_close(&format!("fill n={n}"), &read(&yb), &vec![0.25; n], 0.0);
     }
 }
 
