@@ -71,6 +71,7 @@ impl Gpu {
     /// A zero-filled buffer of `len` elements.
     pub fn zeros(&self, label: &str, len: usize) -> Result<Buffer> {
         let size = self.check_size(label, len)?;
+        self.created.buffers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let raw = self.scoped(label, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

@@ -111,6 +111,8 @@ impl Gpu {
         }
         let pipeline = self.pipeline(kernel)?;
         let name = format!("{kernel} [{label}]");
+        self.created.bind_groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.created.buffers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (params, bind_group) = self.scoped(&name, || {
             // Uniform buffers are padded to 16 bytes, the strictest alignment WGSL may ask for.
             let size = (params.len() as u64).max(16).next_multiple_of(16);

@@ -13,6 +13,7 @@ pub use shaders::{validate_wgsl, ShaderSet, SHADER_FILES};
 
 use crate::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// An open device with its queue and the caches every kernel launch goes through.
@@ -29,6 +30,23 @@ pub struct Gpu {
     /// A 4-byte buffer bound where a kernel's optional input (a bias, say) is absent.
     pub dummy: Buffer,
     lost: Arc<Mutex<Option<String>>>,
+    /// Objects created so far: the executor's promise of no per-step allocation is tested on these.
+    pub created: Created,
+}
+
+/// Counts of GPU objects created through this `Gpu`.
+#[derive(Default, Debug)]
+pub struct Created {
+    pub buffers: AtomicU64,
+    pub bind_groups: AtomicU64,
+    pub pipelines: AtomicU64,
+}
+
+impl Created {
+    /// (buffers, bind groups, pipelines) created so far.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (self.buffers.load(Relaxed), self.bind_groups.load(Relaxed), self.pipelines.load(Relaxed))
+    }
 }
 
 impl Gpu {
@@ -91,6 +109,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             dummy,
             lost,
+            created: Created::default(),
         })
     }
 
@@ -120,6 +139,7 @@ impl Gpu {
                 cache: None,
             })
         })?;
+        self.created.pipelines.fetch_add(1, Relaxed);
         let pipeline = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(kernel, pipeline.clone());
         Ok(pipeline)

@@ -31,6 +31,11 @@ pub trait Op: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// True for views (reshape): output 0 is input 0's memory and the op dispatches nothing.
+    fn alias_of_input0(&self) -> bool {
+        false
+    }
+
     /// Inputs the op writes in place (batch norm's running statistics).
     fn mutates(&self) -> &'static [usize] {
         &[]

@@ -1,0 +1,192 @@
+//! The executor: resolves every tensor to a buffer (persistent ones from the store,
+//! intermediates from the memory plan), lowers every node to dispatches once, and replays
+//! them as one submit per step.
+
+use super::plan::{naive_bytes, plan, Lifetime};
+use super::store::Store;
+use super::{Graph, OpIo, Role, Tensor};
+use crate::gpu::{Buffer, Dispatch, Gpu};
+use crate::{Error, Result};
+
+/// Bytes the step needs, as `kiln` reports them at build.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryReport {
+    /// Pooled buffers for intermediates after the plan.
+    pub planned: u64,
+    /// One buffer per intermediate, for comparison.
+    pub naive: u64,
+    /// Buffers the program owns outside the pool (tensors kept for readback).
+    pub kept: u64,
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "intermediates {:.2} MiB planned vs {:.2} MiB one-buffer-per-tensor ({:.1}x less); {:.2} MiB kept for readback",
+            mib(self.planned),
+            mib(self.naive),
+            self.naive as f64 / self.planned.max(1) as f64,
+            mib(self.kept)
+        )
+    }
+}
+
+/// A compiled step: every buffer, pipeline and bind group exists; `run` only records and submits.
+pub struct Program {
+    pub dispatches: Vec<Dispatch>,
+    buffers: Vec<Option<Buffer>>,
+    pub memory: MemoryReport,
+}
+
+impl Program {
+    /// Compiles `graph` against `store`. `keep` lists tensors to read back after a step
+    /// (losses, samples): they get buffers of their own. `grads` maps parameters to the
+    /// gradient tensors that must land in the store's gradient arena for the optimizer.
+    pub fn compile(gpu: &Gpu, graph: &Graph, store: &mut Store, keep: &[Tensor], grads: &[(Tensor, Tensor)]) -> Result<Program> {
+        let mut buffers: Vec<Option<Buffer>> = vec![None; graph.tensors.len()];
+        let mut kept_bytes = 0;
+        for (i, info) in graph.tensors.iter().enumerate() {
+            buffers[i] = match &info.role {
+                Role::Param => {
+                    let stored = store
+                        .param(&info.name)
+                        .ok_or_else(|| Error::Invalid(format!("parameter {:?} is not in the store", info.name)))?;
+                    if stored.shape != info.shape {
+                        return Err(Error::Shape(format!(
+                            "parameter {:?} is {:?} in the store but {:?} in the graph",
+                            info.name, stored.shape, info.shape
+                        )));
+                    }
+                    Some(stored.buffer.clone())
+                }
+                Role::State => Some(store.state(gpu, &info.name, &info.shape)?.buffer.clone()),
+                Role::Input => Some(store.input(gpu, &info.name, &info.shape)?.buffer.clone()),
+                Role::Intermediate | Role::View(_) => None,
+            };
+        }
+        for &(param, grad) in grads {
+            let name = &graph.info(param).name;
+            if graph.storage(grad) != grad || !graph.is_computed(grad) {
+                return Err(Error::Invalid(format!(
+                    "gradient of {name:?} must be a computed tensor of its own (use Graph::materialize)"
+                )));
+            }
+            let view = store.grad(name).ok_or_else(|| Error::Invalid(format!("parameter {name:?} has no gradient buffer")))?;
+            buffers[grad.0] = Some(view.clone());
+        }
+        for &t in keep {
+            let t = graph.storage(t);
+            if buffers[t.0].is_none() {
+                let info = graph.info(t);
+                let b = gpu.zeros(&info.name, info.numel())?;
+                kept_bytes += b.bytes();
+                buffers[t.0] = Some(b);
+            }
+        }
+
+        let (lifetimes, owners) = lifetimes(graph, &buffers);
+        let memory_plan = plan(&lifetimes);
+        let slots: Vec<Buffer> = memory_plan
+            .slot_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| gpu.zeros(&format!("pool.{i}"), (bytes / 4) as usize))
+            .collect::<Result<_>>()?;
+        let mut scratch: Vec<Vec<Buffer>> = vec![Vec::new(); graph.nodes.len()];
+        for (l, owner) in owners.iter().enumerate() {
+            let slot = &slots[memory_plan.slot_of[l]];
+            let len = (lifetimes[l].bytes / 4) as usize;
+            match *owner {
+                Owner::Tensor(t) => buffers[t.0] = Some(slot.view(&graph.info(t).name, 0, len)?),
+                Owner::Scratch(node) => scratch[node].push(slot.view("scratch", 0, len)?),
+            }
+        }
+        for i in 0..graph.tensors.len() {
+            if buffers[i].is_none() {
+                let base = graph.storage(Tensor(i));
+                let info = &graph.tensors[i];
+                buffers[i] = buffers[base.0].as_ref().map(|b| Buffer { label: info.name.clone(), len: info.numel(), ..b.clone() });
+            }
+        }
+
+        let mut dispatches = Vec::new();
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let get = |t: &Tensor| buffers[t.0].as_ref().expect("every tensor has a buffer after planning");
+            let io = OpIo {
+                label: &node.layer,
+                inputs: node.inputs.iter().map(get).collect(),
+                input_shapes: node.inputs.iter().map(|&t| graph.shape(t)).collect(),
+                outputs: node.outputs.iter().map(get).collect(),
+                output_shapes: node.outputs.iter().map(|&t| graph.shape(t)).collect(),
+                scratch: scratch[n].iter().collect(),
+            };
+            for mut d in node.op.lower(gpu, &io)? {
+                d.label = node.layer.clone();
+                dispatches.push(d);
+            }
+        }
+        let memory = MemoryReport { planned: memory_plan.planned_bytes(), naive: naive_bytes(&lifetimes), kept: kept_bytes };
+        Ok(Program { dispatches, buffers, memory })
+    }
+
+    /// The buffer holding `t` (views share their base's).
+    pub fn buffer(&self, t: Tensor) -> &Buffer {
+        self.buffers[t.0].as_ref().expect("compiled")
+    }
+
+    /// Records the whole step into one compute pass and submits it once. Does not wait.
+    pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
+        gpu.scoped("training step", || {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for d in &self.dispatches {
+                    d.record(&mut pass);
+                }
+            }
+            gpu.queue.submit([encoder.finish()])
+        })
+    }
+
+    /// Submits one step and waits for it.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        let index = self.submit(gpu)?;
+        gpu.wait(Some(index), "training step")
+    }
+}
+
+enum Owner {
+    Tensor(Tensor),
+    Scratch(usize),
+}
+
+/// Closed lifetimes `[producer, last reader]` of every pooled tensor and scratch buffer.
+fn lifetimes(graph: &Graph, fixed: &[Option<Buffer>]) -> (Vec<Lifetime>, Vec<Owner>) {
+    let mut first = vec![usize::MAX; graph.tensors.len()];
+    let mut last = vec![0usize; graph.tensors.len()];
+    for (n, node) in graph.nodes.iter().enumerate() {
+        for &t in node.outputs.iter().chain(&node.inputs) {
+            let s = graph.storage(t).0;
+            first[s] = first[s].min(n);
+            last[s] = last[s].max(n);
+        }
+    }
+    let mut lifetimes = Vec::new();
+    let mut owners = Vec::new();
+    for (i, info) in graph.tensors.iter().enumerate() {
+        if info.role == Role::Intermediate && fixed[i].is_none() && first[i] != usize::MAX {
+            lifetimes.push(Lifetime { start: first[i], end: last[i], bytes: (info.numel() as u64 * 4).max(4) });
+            owners.push(Owner::Tensor(Tensor(i)));
+        }
+    }
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let shapes: Vec<&[usize]> = node.inputs.iter().map(|&t| graph.shape(t)).collect();
+        for len in node.op.scratch(&shapes) {
+            lifetimes.push(Lifetime { start: n, end: n, bytes: (len as u64 * 4).max(4) });
+            owners.push(Owner::Scratch(n));
+        }
+    }
+    (lifetimes, owners)
+}
