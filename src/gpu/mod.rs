@@ -4,10 +4,12 @@
 mod adapter;
 mod buffer;
 mod dispatch;
+mod readback;
 mod shaders;
 
 pub use adapter::{describe_adapters, AdapterReport, GpuOptions};
 pub use buffer::Buffer;
+pub use readback::Readback;
 pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};
 pub use shaders::{validate_wgsl, ShaderSet, SHADER_FILES};
 

@@ -5,7 +5,7 @@
 use super::plan::{naive_bytes, plan, Lifetime};
 use super::store::Store;
 use super::{Graph, OpIo, Role, Tensor};
-use crate::gpu::{Buffer, Dispatch, Gpu};
+use crate::gpu::{Buffer, Dispatch, Gpu, Readback};
 use crate::{Error, Result};
 
 /// Bytes the step needs, as `kiln` reports them at build.
@@ -137,8 +137,10 @@ impl Program {
     }
 
     /// Records the whole step into one compute pass and submits it once. Does not wait.
-    pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
-        gpu.scoped("training step", || {
+    /// With `readback`, the step also copies its sources into the ring's next free slot
+    /// (tagged `tag`), unless the ring is full.
+    pub fn submit(&self, gpu: &Gpu, readback: Option<(&mut Readback, u64)>) -> Result<wgpu::SubmissionIndex> {
+        let (index, copied) = gpu.scoped("training step", || {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -146,13 +148,18 @@ impl Program {
                     d.record(&mut pass);
                 }
             }
-            gpu.queue.submit([encoder.finish()])
-        })
+            let copied = readback.and_then(|(ring, tag)| ring.copy(&mut encoder).then_some((ring, tag)));
+            (gpu.queue.submit([encoder.finish()]), copied)
+        })?;
+        if let Some((ring, tag)) = copied {
+            ring.mapped(tag);
+        }
+        Ok(index)
     }
 
     /// Submits one step and waits for it.
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
-        let index = self.submit(gpu)?;
+        let index = self.submit(gpu, None)?;
         gpu.wait(Some(index), "training step")
     }
 }
