@@ -4,6 +4,7 @@
 //! dispatch), `kernels` (one module per shader file), `reference` (CPU oracles), and `check`
 //! (conformance cases from PyTorch).
 
+pub mod check;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
