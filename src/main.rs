@@ -1,5 +1,6 @@
 use clap::{Args, Parser, Subcommand};
 use kiln::gpu::{describe_adapters, GpuOptions};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -30,6 +31,8 @@ impl DeviceArgs {
 enum Command {
     /// List every adapter with its backend, type, driver, features and limits; mark the one kiln uses
     Info(DeviceArgs),
+    /// Run conformance cases made by PyTorch (docs/CHECK.md) through kiln's kernels
+    Check(CheckArgs),
     /// Measure the adapter's peak (FMA, copy bandwidth) and kernel throughput
     Bench(BenchArgs),
 }
@@ -46,11 +49,20 @@ struct BenchArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// A safetensors file whose metadata holds "kiln.cases" (e.g. fixtures/torch_cases.safetensors)
+    file: PathBuf,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(dev) => info(&dev),
+        Command::Check(args) => check(&args),
         Command::Bench(args) => bench(&args),
     };
     match result {
@@ -60,6 +72,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints one line per case and `N passed, M failed`; fails when any case fails. A malformed
+/// file is an error before the GPU is opened.
+fn check(args: &CheckArgs) -> kiln::Result<ExitCode> {
+    let file = kiln::check::CaseFile::load(&args.file)?;
+    let gpu = kiln::Gpu::new(&args.dev.options())?;
+    let n = file.cases.len();
+    println!("{}: {n} case{} on {}", file.path, if n == 1 { "" } else { "s" }, gpu.describe());
+    let width = kiln::check::name_width(&file);
+    let registry = kiln::check::Registry::builtin();
+    let report = kiln::check::check_file(&gpu, &registry, &file, |r| println!("{}", r.line(width)));
+    println!("{}", report.summary());
+    Ok(if report.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {

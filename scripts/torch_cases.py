@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Build kiln's conformance cases from PyTorch (format: docs/CHECK.md).
+
+    pip install torch numpy safetensors
+    python3 scripts/torch_cases.py            # writes fixtures/torch_cases.safetensors
+    kiln check fixtures/torch_cases.safetensors
+
+Inputs are drawn in float32 (what kiln receives); the expected outputs and gradients are
+computed by torch.autograd in float64 from those same values, so they are the f64 truth
+rounded once to f32. Fixed seed: the same torch version writes the same bytes.
+"""
+
+import argparse
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+SEED = 1234
+MAX_BYTES = 2_000_000
+
+
+class Cases:
+    def __init__(self):
+        self.meta = []
+        self.tensors = {}
+        self.gen = torch.Generator().manual_seed(SEED)
+
+    # Random inputs, rounded to f32 first: the f64 truth must see exactly what kiln gets.
+    def randn(self, *shape, scale=1.0):
+        return (torch.randn(tuple(shape), generator=self.gen, dtype=torch.float64) * scale).float().double()
+
+    def uniform(self, *shape, lo=0.0, hi=1.0):
+        return (lo + (hi - lo) * torch.rand(tuple(shape), generator=self.gen, dtype=torch.float64)).float().double()
+
+    def add(self, name, op, inputs, fn, attrs=None, grads=(), outputs=("y",), no_grad_outputs=(), tol=None):
+        """inputs: [(name, f64 tensor)] in positional order. fn(*tensors) -> tensor or tuple
+        of tensors in the order of `outputs`. Outputs in no_grad_outputs get no upstream
+        gradient (batch_norm's running statistics)."""
+        assert name not in {c["name"] for c in self.meta}, name
+        assert "/" not in name
+        leaves = []
+        for n, t in inputs:
+            leaf = t.detach().clone().requires_grad_(n in grads)
+            leaves.append(leaf)
+            self.tensors[f"{name}/in/{n}"] = t.float()
+        result = fn(*leaves)
+        result = result if isinstance(result, tuple) else (result,)
+        assert len(result) == len(outputs), (name, len(result))
+        diff_outs, grad_outs = [], []
+        for o, y in zip(outputs, result):
+            self.tensors[f"{name}/out/{o}"] = y.detach().float()
+            if grads and o not in no_grad_outputs:
+                g = self.randn(*y.shape)
+                self.tensors[f"{name}/grad_out/{o}"] = g.float()
+                diff_outs.append(y)
+                grad_outs.append(g)
+        if grads:
+            wrt = [leaf for (n, _), leaf in zip(inputs, leaves) if n in grads]
+            got = torch.autograd.grad(diff_outs, wrt, grad_outs)
+            for n, g in zip([n for n, _ in inputs if n in grads], got):
+                self.tensors[f"{name}/grad_in/{n}"] = g.float()
+        case = {"name": name, "op": op, "attrs": attrs or {}, "inputs": [n for n, _ in inputs],
+                "outputs": list(outputs), "grads": [n for n, _ in inputs if n in grads]}
+        if tol is not None:
+            case["tol"] = tol
+        self.meta.append(case)
+
+    def functional(self, name, op, inputs, attrs=None, grads=()):
+        """A case whose op is torch.nn.functional.<op>(*inputs, **attrs) (torch.matmul for matmul)."""
+        attrs = attrs or {}
+        call = {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}
+        f = getattr(F, op, None) or getattr(torch, op)
+        self.add(name, op, inputs, lambda *xs: f(*xs, **call), attrs, grads)
+
+    def save(self, path):
+        for k, t in self.tensors.items():
+            assert t.dtype == torch.float32 and torch.isfinite(t).all(), k
+        tensors = {k: t.contiguous() for k, t in self.tensors.items()}
+        save_file(tensors, path, metadata={"kiln.cases": json.dumps(self.meta, separators=(",", ":"))})
+
+
+def matmul(c):
+    for name, m, k, n in [("matmul_square", 8, 8, 8), ("matmul_odd", 7, 13, 5), ("matmul_tile_edges", 65, 33, 67),
+                          ("matmul_long_k", 8, 300, 12), ("matmul_one_row", 1, 37, 19), ("matmul_outer", 9, 1, 11),
+                          ("matmul_one_col", 23, 17, 1)]:
+        c.functional(name, "matmul", [("input", c.randn(m, k)), ("other", c.randn(k, n))], grads=("input", "other"))
+    # A transposed operand as PyTorch code writes it (x @ w.T): the file holds the product's
+    # operands as they are, so a GEMM with transpose flags must agree with plain shapes.
+    w = c.randn(6, 10)
+    c.functional("matmul_transposed_operand", "matmul", [("input", c.randn(4, 10)), ("other", w.t().contiguous())],
+                 grads=("input", "other"))
+
+
+def linear(c):
+    for name, n, i, o, bias in [("linear_bias", 4, 10, 6, True), ("linear_no_bias", 4, 10, 6, False),
+                                ("linear_batch1", 1, 33, 17, True), ("linear_odd", 7, 29, 3, True),
+                                ("linear_vae_decoder", 3, 20, 200, True), ("linear_wide_in", 2, 784, 8, False)]:
+        inputs = [("input", c.randn(n, i)), ("weight", c.randn(o, i, scale=1 / math.sqrt(i)))]
+        if bias:
+            inputs.append(("bias", c.randn(o)))
+        c.functional(name, "linear", inputs, grads=[n for n, _ in inputs])
+
+
+def conv2d(c):
+    cases = [  # name, N, Cin, H, W, Cout, kh, kw, attrs, bias
+        ("conv2d_defaults", 2, 3, 8, 8, 4, 3, 3, {}, True),
+        ("conv2d_pad1", 2, 3, 8, 8, 4, 3, 3, {"padding": 1}, True),
+        ("conv2d_stride2_int", 2, 3, 9, 9, 5, 3, 3, {"stride": 2, "padding": 1}, True),
+        ("conv2d_stride_pair", 1, 2, 11, 9, 3, 3, 2, {"stride": [2, 1], "padding": [1, 0]}, True),
+        ("conv2d_odd_no_bias", 3, 5, 7, 13, 6, 3, 5, {"stride": [1, 3], "padding": [2, 1]}, False),
+        ("conv2d_batch1_1x1", 1, 7, 5, 5, 3, 1, 1, {}, True),
+        ("conv2d_big_padding", 1, 2, 4, 5, 2, 3, 3, {"padding": 2}, True),
+        ("conv2d_dcgan_mnist_d1", 1, 1, 28, 28, 16, 5, 5, {"stride": 2, "padding": 2}, True),
+        ("conv2d_dcgan_d2", 1, 16, 14, 14, 16, 5, 5, {"stride": 2, "padding": 2}, True),
+        ("conv2d_dcgan_k4s2p1", 1, 8, 16, 16, 16, 4, 4, {"stride": 2, "padding": 1}, False),
+    ]
+    for name, n, cin, h, w, cout, kh, kw, attrs, bias in cases:
+        fan_in = cin * kh * kw
+        inputs = [("input", c.randn(n, cin, h, w)), ("weight", c.randn(cout, cin, kh, kw, scale=1 / math.sqrt(fan_in)))]
+        if bias:
+            inputs.append(("bias", c.randn(cout)))
+        c.functional(name, "conv2d", inputs, attrs, grads=[n for n, _ in inputs])
+
+
+def conv_transpose2d(c):
+    cases = [  # name, N, Cin, H, W, Cout, kh, kw, attrs, bias
+        ("conv_transpose2d_defaults", 2, 3, 5, 5, 4, 3, 3, {}, True),
+        ("conv_transpose2d_stride2", 2, 4, 5, 6, 3, 3, 3, {"stride": 2, "padding": 1}, True),
+        ("conv_transpose2d_output_padding", 1, 3, 4, 5, 2, 3, 3, {"stride": 2, "padding": 1, "output_padding": 1}, True),
+        ("conv_transpose2d_pairs", 2, 2, 5, 4, 3, 3, 4,
+         {"stride": [2, 3], "padding": [1, 2], "output_padding": [1, 2]}, False),
+        ("conv_transpose2d_batch1_odd", 1, 5, 7, 3, 3, 2, 3, {"stride": [3, 1], "padding": [0, 1]}, True),
+        ("conv_transpose2d_dcgan_5x5_op1", 1, 16, 7, 7, 8, 5, 5, {"stride": 2, "padding": 2, "output_padding": 1}, True),
+        # The DCGAN generator's 128 -> 64 channel step, 7x7 -> 14x14 (kernel 4, stride 2, padding 1).
+        ("conv_transpose2d_dcgan_128_64", 1, 128, 7, 7, 64, 4, 4, {"stride": 2, "padding": 1}, False),
+        ("conv_transpose2d_dcgan_to_image", 2, 8, 14, 14, 1, 4, 4, {"stride": 2, "padding": 1}, True),
+    ]
+    for name, n, cin, h, w, cout, kh, kw, attrs, bias in cases:
+        fan_in = cin * kh * kw
+        inputs = [("input", c.randn(n, cin, h, w)), ("weight", c.randn(cin, cout, kh, kw, scale=1 / math.sqrt(fan_in)))]
+        if bias:
+            inputs.append(("bias", c.randn(cout)))
+        c.functional(name, "conv_transpose2d", inputs, attrs, grads=[n for n, _ in inputs])
+
+
+def batch_norm(c):
+    cases = [  # name, shape, training, affine, attrs
+        ("batch_norm1d_train", (8, 5), True, True, {"momentum": 0.1, "eps": 1e-5}),
+        ("batch_norm1d_train_momentum", (3, 7), True, True, {"momentum": 0.3, "eps": 1e-3}),
+        ("batch_norm1d_train_no_affine", (6, 4), True, False, {"momentum": 0.1, "eps": 1e-5}),
+        ("batch_norm1d_eval", (5, 6), False, True, {"eps": 1e-5}),
+        ("batch_norm2d_train", (4, 3, 5, 7), True, True, {"momentum": 0.1, "eps": 1e-5}),
+        ("batch_norm2d_train_batch1", (1, 4, 6, 5), True, True, {"momentum": 0.2, "eps": 1e-5}),
+        ("batch_norm2d_train_dcgan", (2, 8, 14, 14), True, True, {"momentum": 0.1, "eps": 1e-5}),
+        ("batch_norm2d_eval", (2, 3, 4, 5), False, True, {"eps": 1e-5}),
+        ("batch_norm2d_eval_no_affine", (3, 2, 3, 3), False, False, {"eps": 1e-4}),
+    ]
+    for name, shape, training, affine, attrs in cases:
+        ch = shape[1]
+        # Offset and scaled inputs so the batch statistics are far from 0 and 1.
+        x = c.randn(*shape, scale=2.0) + 0.5
+        inputs = [("input", x), ("running_mean", c.randn(ch, scale=0.5)), ("running_var", c.uniform(ch, lo=0.5, hi=2.0))]
+        if affine:
+            inputs += [("weight", c.uniform(ch, lo=0.5, hi=1.5)), ("bias", c.randn(ch))]
+        attrs = dict(attrs, training=training)
+        grads = ["input"] + (["weight", "bias"] if affine else [])
+
+        def fn(x, rm, rv, *wb, training=training, attrs=attrs):
+            rm, rv = rm.detach().clone(), rv.detach().clone()  # updated in place when training
+            kw = {k: v for k, v in attrs.items() if k != "training"}
+            y = F.batch_norm(x, rm, rv, *wb, training=training, **kw)
+            return (y, rm, rv) if training else y
+
+        outputs = ("y", "running_mean", "running_var") if training else ("y",)
+        c.add(name, "batch_norm", inputs, fn, attrs, grads, outputs, no_grad_outputs=("running_mean", "running_var"))
+
+
+def activations(c):
+    def with_extremes(*shape):
+        x = c.randn(*shape, scale=3.0).flatten()
+        extremes = torch.tensor([-1e4, -100.0, -50.0, -30.0, -16.0, 16.0, 30.0, 50.0, 100.0, 1e4], dtype=torch.float64)
+        x[: len(extremes)] = extremes
+        return x.reshape(shape)
+
+    for op, attrs in [("relu", {}), ("leaky_relu", {}), ("leaky_relu", {"negative_slope": 0.2}), ("tanh", {}), ("sigmoid", {})]:
+        tag = op if not attrs else f"{op}_slope0.2"
+        c.functional(f"{tag}_odd", op, [("input", c.randn(3, 5, 7))], attrs, grads=("input",))
+        c.functional(f"{tag}_large_abs", op, [("input", with_extremes(4, 33))], attrs, grads=("input",))
+        c.functional(f"{tag}_nchw", op, [("input", c.randn(1, 8, 7, 7))], attrs, grads=("input",))
+    # PyTorch's gradient at exactly 0: relu passes 0, leaky_relu passes negative_slope.
+    zeros_and_more = torch.tensor([0.0, 0.0, -1.0, 1.0, 0.0, 2.5, -0.5], dtype=torch.float64)
+    c.functional("relu_grad_at_zero", "relu", [("input", zeros_and_more)], grads=("input",))
+    c.functional("leaky_relu_grad_at_zero", "leaky_relu", [("input", zeros_and_more)], {"negative_slope": 0.2},
+                 grads=("input",))
+
+
+def losses(c):
+    for reduction in ["mean", "sum", "none"]:
+        # Logits far past where exp overflows a naive f32 formula, hard and soft targets.
+        big = torch.tensor([-120.0, -80.0, -60.0, -51.0, 51.0, 60.0, 80.0, 120.0], dtype=torch.float64)
+        logits = torch.cat([big, c.randn(24, scale=3.0)]).reshape(4, 8)
+        target = torch.cat([torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.3, 1.0], dtype=torch.float64),
+                            c.uniform(24).round(), ]).reshape(4, 8)
+        c.functional(f"bce_with_logits_large_{reduction}", "binary_cross_entropy_with_logits",
+                     [("input", logits), ("target", target)], {"reduction": reduction}, grads=("input",))
+        c.functional(f"bce_with_logits_soft_{reduction}", "binary_cross_entropy_with_logits",
+                     [("input", c.randn(5, 7, scale=2.0)), ("target", c.uniform(5, 7))], {"reduction": reduction},
+                     grads=("input",))
+        probs = torch.sigmoid(c.randn(3, 11, scale=2.0)).float().double()
+        c.functional(f"bce_{reduction}", "binary_cross_entropy", [("input", probs), ("target", c.uniform(3, 11).round())],
+                     {"reduction": reduction}, grads=("input",))
+        c.functional(f"mse_loss_{reduction}", "mse_loss", [("input", c.randn(3, 7, 5)), ("target", c.randn(3, 7, 5))],
+                     {"reduction": reduction}, grads=("input",))
+    # binary_cross_entropy on images (a VAE's reconstruction loss), with soft targets.
+    img = torch.sigmoid(c.randn(1, 1, 28, 28, scale=2.0)).float().double()
+    c.functional("bce_vae_images_sum", "binary_cross_entropy", [("input", img), ("target", c.uniform(1, 1, 28, 28))],
+                 {"reduction": "sum"}, grads=("input",))
+    c.functional("bce_with_logits_default_reduction", "binary_cross_entropy_with_logits",
+                 [("input", c.randn(6, 1)), ("target", c.uniform(6, 1).round())], grads=("input",))
+    c.functional("mse_loss_default_reduction", "mse_loss", [("input", c.randn(4, 9)), ("target", c.randn(4, 9))],
+                 grads=("input",))
+
+    def kl(mu, logvar):
+        return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+    for name, n, d, scale in [("kl_normal", 4, 20, 1.0), ("kl_normal_batch1", 1, 3, 1.0), ("kl_normal_wide_logvar", 3, 8, 4.0)]:
+        c.add(name, "kl_normal", [("mu", c.randn(n, d)), ("logvar", c.randn(n, d, scale=scale))], kl,
+              grads=("mu", "logvar"))
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(root, "fixtures", "torch_cases.safetensors"))
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    c = Cases()
+    for build in [matmul, linear, conv2d, conv_transpose2d, batch_norm, activations, losses]:
+        build(c)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    c.save(args.out)
+    size = os.path.getsize(args.out)
+    per_op = {}
+    for case in c.meta:
+        per_op[case["op"]] = per_op.get(case["op"], 0) + 1
+    print(f"{args.out}: {len(c.meta)} cases, {size / 1024:.0f} KiB (torch {torch.__version__})")
+    for op, n in per_op.items():
+        print(f"  {op}: {n}")
+    if size > MAX_BYTES:
+        raise SystemExit(f"{args.out} is {size} bytes, over the {MAX_BYTES}-byte budget")
+
+
+if __name__ == "__main__":
+    main()
