@@ -3,5 +3,8 @@
 
 mod support;
 
+mod activation;
 mod elementwise;
+mod loss;
+mod reduce;
 mod shaders;
