@@ -2,7 +2,10 @@
 //! launcher of each entry point. Launchers return a [`Dispatch`](crate::Dispatch) that can be
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
+pub mod activation;
 pub mod elementwise;
+pub mod loss;
+pub mod reduce;
 
 use crate::{Error, Result};
 

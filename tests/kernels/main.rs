@@ -3,6 +3,9 @@
 
 mod support;
 
+mod activation;
 mod elementwise;
 mod gpu;
+mod loss;
+mod reduce;
 mod shaders;

@@ -1,0 +1,107 @@
+// Activations, PyTorch semantics. Backward passes need only what forward saved:
+// relu/leaky_relu read the input x, tanh/sigmoid read their output y (their derivative is a
+// function of y alone, so x need not be kept alive).
+
+struct Params {
+    n: u32,
+    negative_slope: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// The input x in forward; in backward the saved tensor (x for relu/leaky_relu, y for tanh/sigmoid).
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+// y in forward, dx in backward.
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+
+// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// exp only ever sees -|x|, so it cannot overflow: for x ≥ 0, 1/(1+e^-x); for x < 0, e^x/(1+e^x).
+fn stable_sigmoid(v: f32) -> f32 {
+    let e = exp(-abs(v));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
+}
+
+// Builtin tanh is NaN for large |x| on some drivers ((e^2x - 1)/(e^2x + 1) overflows), and that
+// form also loses relative accuracy near 0. So: an odd Taylor polynomial for |x| < 0.5 (terms
+// shrink by ~(2x/π)² each, 8 of them leave < 1e-8), and (1 - e)/(1 + e) with e = e^-2|x| ≤ 0.37
+// beyond, where 1 - e has no cancellation and e underflows harmlessly to 0.
+fn stable_tanh(v: f32) -> f32 {
+    let a = abs(v);
+    if (a < 0.5) {
+        let s = v * v;
+        let poly = 1.0 + s * (-1.0 / 3.0 + s * (2.0 / 15.0 + s * (-17.0 / 315.0 + s * (62.0 / 2835.0
+            + s * (-1382.0 / 155925.0 + s * (21844.0 / 6081075.0 + s * (-929569.0 / 638512875.0)))))));
+        return v * poly;
+    }
+    let e = exp(-2.0 * a);
+    return sign(v) * (1.0 - e) / (1.0 + e);
+}
+
+@compute @workgroup_size(WG)
+fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = max(x[i], 0.0);
+}
+
+// PyTorch's threshold_backward: the gradient at exactly 0 is 0.
+@compute @workgroup_size(WG)
+fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = select(0.0, dy[i], x[i] > 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn leaky_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let v = x[i];
+    out[i] = select(v * p.negative_slope, v, v > 0.0);
+}
+
+// As PyTorch: x > 0 ? dy : dy * negative_slope, so x = 0 takes the slope.
+@compute @workgroup_size(WG)
+fn leaky_relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = select(dy[i] * p.negative_slope, dy[i], x[i] > 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn tanh_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = stable_tanh(x[i]);
+}
+
+// dx = dy · (1 − y²) from the saved output y, factored so 1 − y stays exact as y → ±1.
+@compute @workgroup_size(WG)
+fn tanh_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let y = x[i];
+    out[i] = dy[i] * (1.0 - y) * (1.0 + y);
+}
+
+@compute @workgroup_size(WG)
+fn sigmoid_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = stable_sigmoid(x[i]);
+}
+
+// dx = dy · y(1 − y), from the saved output y.
+@compute @workgroup_size(WG)
+fn sigmoid_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let y = x[i];
+    out[i] = dy[i] * y * (1.0 - y);
+}
