@@ -1,9 +1,12 @@
 // Elementwise arithmetic. Their backward passes are these same kernels:
-// d(a+b) = (dy, dy), d(a*b) = (dy*b, dy*a), d(alpha*x) = alpha*dy.
+// d(a+b) = (dy, dy), d(a*b) = (dy*b, dy*a), d(alpha*x) = alpha*dy; and broadcast_rows is the
+// backward of a row sum.
 
 struct Params {
     n: u32,
     alpha: f32,
+    // Row length for broadcast_rows.
+    cols: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,4 +57,12 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     y[i] = p.alpha;
+}
+
+// y[r, c] = alpha * a[r]: spreads a per-row value over its row (the gradient of a row sum).
+@compute @workgroup_size(WG)
+fn broadcast_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    y[i] = p.alpha * a[i / p.cols];
 }

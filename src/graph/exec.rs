@@ -120,7 +120,7 @@ impl Program {
                 input_shapes: node.inputs.iter().map(|&t| graph.shape(t)).collect(),
                 outputs: node.outputs.iter().map(get).collect(),
                 output_shapes: node.outputs.iter().map(|&t| graph.shape(t)).collect(),
-                scratch: scratch[n].iter().collect(),
+                scratch: scratch[n].clone(),
             };
             for mut d in node.op.lower(gpu, &io)? {
                 d.label = node.layer.clone();

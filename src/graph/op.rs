@@ -13,7 +13,7 @@ pub struct OpIo<'a> {
     pub outputs: Vec<&'a Buffer>,
     pub output_shapes: Vec<&'a [usize]>,
     /// Buffers of the sizes [`Op::scratch`] asked for, live only during this op.
-    pub scratch: Vec<&'a Buffer>,
+    pub scratch: Vec<Buffer>,
 }
 
 /// Host tensors for the CPU reference run: shape and f64 data.

@@ -44,3 +44,15 @@ fn mul_backward_by_finite_differences() {
     let numeric = finite_difference(|a| reference::mul(a, &b), &a, &dy);
     assert_grad_matches_fd("mul da", &analytic, &numeric);
 }
+
+#[test]
+fn broadcast_rows_spreads_each_value_over_its_row() {
+    let gpu = gpu();
+    for (rows, cols) in [(1, 1), (3, 7), (5, 1000), (1, 65_535 * 256 + 3)] {
+        let a = rand(rows as u64, rows);
+        let (ab, yb) = (upload("a", &a), zeros("y", rows * cols));
+        gpu.run(&[elementwise::broadcast_rows(gpu, 0.5, &ab, &yb, rows, cols).unwrap()]).unwrap();
+        let want: Vec<f64> = (0..rows * cols).map(|i| 0.5 * a[i / cols] as f64).collect();
+        assert_close(&format!("broadcast_rows {rows}x{cols}"), &read(&yb), &want, 1e-7);
+    }
+}
