@@ -3,6 +3,8 @@
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
 pub mod elementwise;
+pub mod optim;
+pub mod random;
 
 use crate::{Error, Result};
 

@@ -2,3 +2,5 @@
 //! GPU kernels are tested against, and itself tested against finite differences.
 
 pub mod elementwise;
+pub mod optim;
+pub mod random;

@@ -4,4 +4,6 @@
 mod support;
 
 mod elementwise;
+mod optim;
+mod random;
 mod shaders;
