@@ -21,6 +21,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Entry points reuse binding numbers under their own names: collisions are checked per entry
+// point, and the auto layout holds only the variables an entry uses.
 // philox_bits: raw blocks, for known-answer tests.
 @group(0) @binding(1) var<storage, read> counters: array<u32>;
 @group(0) @binding(2) var<storage, read_write> bits: array<u32>;
