@@ -6,6 +6,8 @@ pub mod activation;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;
+pub mod optim;
+pub mod random;
 
 use crate::{Error, Result};
 

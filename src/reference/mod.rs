@@ -5,3 +5,5 @@ pub mod activation;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;
+pub mod optim;
+pub mod random;

@@ -8,4 +8,6 @@ mod elementwise;
 mod gpu;
 mod loss;
 mod reduce;
+mod optim;
+mod random;
 mod shaders;

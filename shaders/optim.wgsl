@@ -1,0 +1,85 @@
+// Optimizer updates over one flat parameter arena: Adam and SGD with momentum, exactly as
+// torch.optim.Adam and torch.optim.SGD. Each update is one dispatch over all parameters.
+//
+// The step counter lives on the GPU: `advance` (one invocation) bumps it before the update
+// dispatch reads it, so replaying the recorded pair each step needs no CPU write. lr is the
+// first params field so a scheduler can rewrite it with a 4-byte write.
+
+struct Params {
+    lr: f32,
+    beta1: f32,        // Adam
+    beta2: f32,        // Adam
+    eps: f32,          // Adam
+    weight_decay: f32, // both: L2, added to the gradient
+    momentum: f32,     // SGD
+    dampening: f32,    // SGD
+    nesterov: u32,     // SGD
+    n: u32,
+}
+
+// bias1 = 1 - beta1^t and bias2 = 1 - beta2^t, kept by the recurrence
+// 1 - b^t = (1 - b) + b (1 - b^(t-1)): all terms positive, so no cancellation. Computing
+// 1 - pow(b, t) in f32 instead loses ~1e-4 relative for b = 0.999 at small t.
+struct Step {
+    t: u32,
+    bias1: f32,
+    bias2: f32,
+    unused: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>; // Adam exp_avg; SGD momentum_buffer
+@group(0) @binding(4) var<storage, read_write> v: array<f32>; // Adam exp_avg_sq
+@group(0) @binding(5) var<storage, read_write> step: Step;
+
+const WG: u32 = 256u;
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+@compute @workgroup_size(1)
+fn advance() {
+    step.t = step.t + 1u;
+    step.bias1 = (1.0 - p.beta1) + p.beta1 * step.bias1;
+    step.bias2 = (1.0 - p.beta2) + p.beta2 * step.bias2;
+}
+
+@compute @workgroup_size(WG)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    var g = grad[i];
+    if (p.weight_decay != 0.0) {
+        g = g + p.weight_decay * param[i];
+    }
+    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    // torch's order: denom = sqrt(v) / sqrt(1 - beta2^t) + eps, step = lr / (1 - beta1^t).
+    let denom = sqrt(vi) / sqrt(step.bias2) + p.eps;
+    param[i] = param[i] - (p.lr / step.bias1) * mi / denom;
+}
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    var d = grad[i];
+    if (p.weight_decay != 0.0) {
+        d = d + p.weight_decay * param[i];
+    }
+    if (p.momentum != 0.0) {
+        // torch starts the buffer at the first gradient itself, undamped.
+        var buf = d;
+        if (step.t > 1u) {
+            buf = p.momentum * m[i] + (1.0 - p.dampening) * d;
+        }
+        m[i] = buf;
+        d = select(buf, d + p.momentum * buf, p.nesterov != 0u);
+    }
+    param[i] = param[i] - p.lr * d;
+}
