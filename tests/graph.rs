@@ -108,3 +108,139 @@ fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
     let tags: Vec<u64> = seen.iter().map(|(t, _)| *t).collect();
     assert!(tags.windows(2).all(|w| w[0] < w[1]), "{tags:?}");
 }
+
+mod composed {
+    use super::gpu;
+    use kiln::graph::ops::*;
+    use kiln::graph::{Graph, Program, Store, Tensor};
+    use kiln::kernels::loss::Reduction;
+
+    fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+        let d: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+        let n: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+        d / n.max(1e-30)
+    }
+
+    /// Differentiates `loss` w.r.t. `params` on the GPU and checks the gradients against the
+    /// CPU reference run of the same (backward-extended) graph, and the reference gradients
+    /// against central differences of the reference loss.
+    fn check_gradients(g: &mut Graph, loss: Tensor, params: &[(Tensor, Vec<f32>)], inputs: &[(Tensor, Vec<f32>)]) {
+        let gpu = gpu();
+        let forward_nodes = g.nodes.len();
+        let wrt: Vec<Tensor> = params.iter().map(|(t, _)| *t).collect();
+        let grads = g.backward(loss, &wrt).unwrap();
+        let mut taken = Vec::new();
+        let grads: Vec<Tensor> = grads.iter().map(|d| g.materialize(d.expect("every parameter reaches the loss"), &mut taken).unwrap()).collect();
+
+        let mut store = Store::new();
+        let specs = params.iter().map(|(t, v)| (g.info(*t).name.clone(), g.shape(*t).to_vec(), v.clone())).collect();
+        store.add_group(gpu, "params", specs).unwrap();
+        let pairs: Vec<(Tensor, Tensor)> = wrt.iter().copied().zip(grads.iter().copied()).collect();
+        let program = Program::compile(gpu, g, &mut store, &[loss], &pairs).unwrap();
+        for (t, v) in inputs {
+            gpu.write(&store.input_buffer(&g.info(*t).name).unwrap().buffer, v).unwrap();
+        }
+        program.run(gpu).unwrap();
+
+        let leaves: Vec<(Tensor, Vec<f64>)> =
+            params.iter().chain(inputs).map(|(t, v)| (*t, v.iter().map(|&x| x as f64).collect())).collect();
+        let values = g.evaluate_reference(&leaves).unwrap();
+        let want_loss = values[loss.index()].as_ref().unwrap().1[0];
+        let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
+        assert!((got_loss - want_loss).abs() <= 1e-4 * want_loss.abs() + 1e-6, "loss: GPU {got_loss} vs reference {want_loss}");
+
+        // Forward-only copy of the graph for finite differences of the reference loss.
+        let mut forward = g.clone();
+        forward.nodes.truncate(forward_nodes);
+        for ((param, init), grad) in params.iter().zip(&grads) {
+            let name = &g.info(*param).name;
+            let got: Vec<f64> = gpu.read(store.grad(name).unwrap()).unwrap().iter().map(|&x| x as f64).collect();
+            let reference = &values[grad.index()].as_ref().unwrap().1;
+            let err = rel_l2(&got, reference);
+            eprintln!("d{name}: GPU vs reference rel L2 {err:.2e}");
+            assert!(err <= 1e-4, "d{name}: GPU vs reference rel L2 {err:.3e}");
+
+            let h = 1e-6;
+            let numeric: Vec<f64> = (0..init.len())
+                .map(|i| {
+                    let at = |delta: f64| {
+                        let mut leaves = leaves.clone();
+                        let slot = leaves.iter_mut().find(|(t, _)| t == param).unwrap();
+                        slot.1[i] += delta;
+                        forward.evaluate_reference(&leaves).unwrap()[loss.index()].as_ref().unwrap().1[0]
+                    };
+                    (at(h) - at(-h)) / (2.0 * h)
+                })
+                .collect();
+            let err = rel_l2(reference, &numeric);
+            eprintln!("d{name}: reference vs finite differences rel L2 {err:.2e}");
+            assert!(err <= 1e-5, "d{name}: reference vs finite differences rel L2 {err:.3e}");
+        }
+    }
+
+    #[test]
+    fn the_vae_loss_differentiates_through_reparameterization_and_kl() {
+        let (b, d) = (3, 5);
+        let mut g = Graph::new();
+        let mu = g.param("mu", &[b, d]);
+        let logvar = g.param("logvar", &[b, d]);
+        let w = g.param("w", &[b, d]);
+        let target = g.input("target", &[b, d]);
+        let eps = g.apply1(RandomFill { normal: true, a: 0.0, b: 1.0, seed: 7, shape: vec![b, d] }, &[], "eps").unwrap();
+        let z = g.apply1(Reparameterize, &[mu, logvar, eps], "z").unwrap();
+        let zw = g.apply1(Mul, &[z, w], "decode").unwrap();
+        let recon = g.apply1(Activation(Act::Sigmoid), &[zw], "decode").unwrap();
+        let bce = g.apply1(Loss(LossKind::Bce(Reduction::Sum)), &[recon, target], "bce").unwrap();
+        let kl = g.apply1(Loss(LossKind::KlNormal), &[mu, logvar], "kl").unwrap();
+        let loss = g.apply1(Add, &[bce, kl], "loss").unwrap();
+        let n = b * d;
+        let target_values: Vec<f32> = rand(4, n, 0.5).iter().map(|v| v + 0.5).collect();
+        check_gradients(
+            &mut g,
+            loss,
+            &[(mu, rand(1, n, 1.0)), (logvar, rand(2, n, 0.5)), (w, rand(3, n, 1.5))],
+            &[(target, target_values)],
+        );
+    }
+
+    #[test]
+    fn a_chain_with_dropout_activations_and_a_reused_tensor_differentiates() {
+        let (rows, cols) = (4, 7);
+        let mut g = Graph::new();
+        let a = g.param("a", &[rows, cols]);
+        let x = g.input("x", &[rows, cols]);
+        let h = g.apply1(Mul, &[a, x], "h").unwrap();
+        let h = g.apply1(Activation(Act::LeakyRelu(0.3)), &[h], "act").unwrap();
+        let h = g.apply1(Dropout { p: 0.3, seed: 11 }, &[h], "drop").unwrap();
+        let t = g.apply1(Activation(Act::Tanh), &[h], "tanh").unwrap();
+        // `a` is used twice: its gradient accumulates.
+        let t = g.apply1(Mul, &[t, a], "again").unwrap();
+        let s = g.apply1(Sum { all: false, mean: true }, &[t], "rowmean").unwrap();
+        let target = g.input("target", &[rows]);
+        let loss = g.apply1(Loss(LossKind::Mse), &[s, target], "mse").unwrap();
+        check_gradients(&mut g, loss, &[(a, rand(5, rows * cols, 1.0))], &[(x, rand(6, rows * cols, 2.0)), (target, rand(7, rows, 1.0))]);
+    }
+
+    #[test]
+    fn bce_with_logits_of_a_summed_tensor_differentiates() {
+        let mut g = Graph::new();
+        let a = g.param("a", &[2, 3, 5]);
+        let s = g.apply1(Sum { all: false, mean: false }, &[a], "sum").unwrap();
+        let s = g.apply1(Activation(Act::Relu), &[s], "relu").unwrap();
+        let ones = g.apply1(Fill { value: 1.0, shape: vec![2, 3] }, &[], "ones").unwrap();
+        let loss = g.apply1(Loss(LossKind::BceWithLogits), &[s, ones], "bce").unwrap();
+        check_gradients(&mut g, loss, &[(a, rand(8, 30, 1.0))], &[]);
+    }
+}

@@ -157,6 +157,16 @@ impl Program {
         Ok(index)
     }
 
+    /// Moves every random op to stream position `step`, so each step draws fresh noise and
+    /// masks while a dropout's backward still sees its forward's mask (8-byte writes, no new
+    /// objects). Call before [`submit`](Self::submit).
+    pub fn set_step(&self, gpu: &Gpu, step: u64) -> Result<()> {
+        for d in self.dispatches.iter().filter(|d| crate::kernels::random::draws_random(d)) {
+            crate::kernels::random::set_offset(gpu, d, step)?;
+        }
+        Ok(())
+    }
+
     /// Submits one step and waits for it.
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
         let index = self.submit(gpu, None)?;

@@ -67,12 +67,28 @@ fn check_n(name: &str, n: usize) -> Result<()> {
 /// Rewrites the seed and offset of a recorded `uniform`, `normal`, `dropout` or
 /// `dropout_backward` dispatch; takes effect at the next submit.
 pub fn set_rng(gpu: &Gpu, dispatch: &Dispatch, rng: Rng) -> Result<()> {
-    let k = dispatch.kernel;
-    if k.shader != "random" || !["uniform_fill", "normal_fill", "dropout", "dropout_backward"].contains(&k.entry) {
+    if !draws_random(dispatch) {
         bail!(Invalid, "set_rng: {} does not draw random numbers", dispatch.name());
     }
     gpu.queue.write_buffer(&dispatch.params, 0, bytemuck::cast_slice(&rng.words()));
     Ok(())
+}
+
+/// Moves a recorded random dispatch to stream position `offset` (the training step), keeping
+/// its seed: an 8-byte write.
+pub fn set_offset(gpu: &Gpu, dispatch: &Dispatch, offset: u64) -> Result<()> {
+    if !draws_random(dispatch) {
+        bail!(Invalid, "set_offset: {} does not draw random numbers", dispatch.name());
+    }
+    let words = [offset as u32, (offset >> 32) as u32];
+    gpu.queue.write_buffer(&dispatch.params, 8, bytemuck::cast_slice(&words));
+    Ok(())
+}
+
+/// Whether `dispatch` reads a Philox stream position from its params.
+pub fn draws_random(dispatch: &Dispatch) -> bool {
+    let k = dispatch.kernel;
+    k.shader == "random" && ["uniform_fill", "normal_fill", "dropout", "dropout_backward"].contains(&k.entry)
 }
 
 /// Raw Philox 4x32-10 blocks: `bits[4b..4b+4] = philox(counters[4b..4b+4], key = seed)` for

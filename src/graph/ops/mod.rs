@@ -1,9 +1,17 @@
 //! Graph ops, one file per kernel family: shape rule, lowering, CPU reference and backward
 //! rule side by side.
 
+mod activation;
 mod elementwise;
+mod loss;
+mod random;
+mod reduce;
 
+pub use activation::{Act, Activation, ActivationGrad};
 pub use elementwise::{Add, Fill, Mul, Reshape, Scale};
+pub use loss::{Loss, LossGrad, LossKind};
+pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
+pub use reduce::{BroadcastRows, Sum};
 
 /// Shapes must be equal: the message for elementwise ops.
 pub(crate) fn same_shape(a: &[usize], b: &[usize]) -> std::result::Result<(), String> {

@@ -1,0 +1,99 @@
+use crate::gpu::{Dispatch, Gpu};
+use crate::graph::{Graph, HostValue, NodeView, Op, OpIo, Tensor};
+use crate::kernels::activation as k;
+use crate::reference::activation as r;
+use crate::Result;
+
+/// Which pointwise nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Relu,
+    LeakyRelu(f32),
+    Tanh,
+    Sigmoid,
+}
+
+impl Act {
+    /// relu and leaky_relu differentiate from their input, tanh and sigmoid from their output.
+    fn grad_from_output(self) -> bool {
+        matches!(self, Act::Tanh | Act::Sigmoid)
+    }
+}
+
+/// y = act(x).
+#[derive(Debug)]
+pub struct Activation(pub Act);
+
+impl Op for Activation {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Act::Relu => "relu",
+            Act::LeakyRelu(_) => "leaky_relu",
+            Act::Tanh => "tanh",
+            Act::Sigmoid => "sigmoid",
+        }
+    }
+    fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
+        Ok(vec![x[0].to_vec()])
+    }
+    fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
+        let (n, x, y) = (io.input_shapes[0].iter().product(), io.inputs[0], io.outputs[0]);
+        Ok(vec![match self.0 {
+            Act::Relu => k::relu(gpu, n, x, y)?,
+            Act::LeakyRelu(s) => k::leaky_relu(gpu, s, n, x, y)?,
+            Act::Tanh => k::tanh(gpu, n, x, y)?,
+            Act::Sigmoid => k::sigmoid(gpu, n, x, y)?,
+        }])
+    }
+    fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
+        let v = &x[0].1;
+        let y = match self.0 {
+            Act::Relu => r::relu(v),
+            Act::LeakyRelu(s) => r::leaky_relu(s as f64, v),
+            Act::Tanh => r::tanh(v),
+            Act::Sigmoid => r::sigmoid(v),
+        };
+        vec![(x[0].0.clone(), y)]
+    }
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let saved = if self.0.grad_from_output() { n.outputs[0] } else { n.inputs[0] };
+        Ok(vec![Some(g.apply1(ActivationGrad(self.0), &[saved, dys[0].expect("gradient")], &n.layer)?)])
+    }
+}
+
+/// dx from (x or y, dy): see [`Act::grad_from_output`].
+#[derive(Debug)]
+pub struct ActivationGrad(pub Act);
+
+impl Op for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "activation_backward"
+    }
+    fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
+        super::same_shape(x[0], x[1])?;
+        Ok(vec![x[0].to_vec()])
+    }
+    fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
+        let n = io.input_shapes[0].iter().product();
+        let (saved, dy, dx) = (io.inputs[0], io.inputs[1], io.outputs[0]);
+        Ok(vec![match self.0 {
+            Act::Relu => k::relu_backward(gpu, n, saved, dy, dx)?,
+            Act::LeakyRelu(s) => k::leaky_relu_backward(gpu, s, n, saved, dy, dx)?,
+            Act::Tanh => k::tanh_backward(gpu, n, saved, dy, dx)?,
+            Act::Sigmoid => k::sigmoid_backward(gpu, n, saved, dy, dx)?,
+        }])
+    }
+    fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
+        let (saved, dy) = (&x[0].1, &x[1].1);
+        let dx = match self.0 {
+            Act::Relu => r::relu_backward(saved, dy),
+            Act::LeakyRelu(s) => r::leaky_relu_backward(s as f64, saved, dy),
+            Act::Tanh => r::tanh_backward(saved, dy),
+            Act::Sigmoid => r::sigmoid_backward(saved, dy),
+        };
+        vec![(x[0].0.clone(), dx)]
+    }
+    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        crate::bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    }
+}
