@@ -191,17 +191,29 @@ impl Gpu {
             [one] => one.name(),
             _ => format!("{} dispatches", dispatches.len()),
         };
-        let index = self.scoped(&what, || {
+        let index = self.submit(&what, &[dispatches], None)?;
+        self.wait(Some(index), &what)
+    }
+
+    /// Records every list of `dispatches`, in order, into one compute pass and submits once
+    /// (a whole training step: programs and optimizer updates). With `readback`, the
+    /// submission also copies the ring's sources into its next free slot, tagged. Does not wait.
+    pub fn submit(&self, what: &str, dispatches: &[&[Dispatch]], readback: Option<(&mut Readback, u64)>) -> Result<wgpu::SubmissionIndex> {
+        let (index, copied) = self.scoped(what, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                for d in dispatches {
+                for d in dispatches.iter().flat_map(|list| list.iter()) {
                     d.record(&mut pass);
                 }
             }
-            self.queue.submit([encoder.finish()])
+            let copied = readback.and_then(|(ring, tag)| ring.copy(&mut encoder).then_some((ring, tag)));
+            (self.queue.submit([encoder.finish()]), copied)
         })?;
-        self.wait(Some(index), &what)
+        if let Some((ring, tag)) = copied {
+            ring.mapped(tag);
+        }
+        Ok(index)
     }
 
     /// Blocks until the submission (or all work) has finished.

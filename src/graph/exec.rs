@@ -137,24 +137,9 @@ impl Program {
     }
 
     /// Records the whole step into one compute pass and submits it once. Does not wait.
-    /// With `readback`, the step also copies its sources into the ring's next free slot
-    /// (tagged `tag`), unless the ring is full.
+    /// With `readback`, the step also copies the ring's sources into its next free slot.
     pub fn submit(&self, gpu: &Gpu, readback: Option<(&mut Readback, u64)>) -> Result<wgpu::SubmissionIndex> {
-        let (index, copied) = gpu.scoped("training step", || {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for d in &self.dispatches {
-                    d.record(&mut pass);
-                }
-            }
-            let copied = readback.and_then(|(ring, tag)| ring.copy(&mut encoder).then_some((ring, tag)));
-            (gpu.queue.submit([encoder.finish()]), copied)
-        })?;
-        if let Some((ring, tag)) = copied {
-            ring.mapped(tag);
-        }
-        Ok(index)
+        gpu.submit("training step", &[&self.dispatches], readback)
     }
 
     /// Moves every random op to stream position `step`, so each step draws fresh noise and

@@ -1,0 +1,75 @@
+//! Optimizers over the store's parameter groups: one update dispatch per group (its whole
+//! arena at once), with the step counter and the moments on the GPU.
+
+use crate::gpu::{Buffer, Dispatch, Gpu};
+use crate::graph::Store;
+use crate::kernels::optim as k;
+use crate::{Error, Result};
+
+pub use k::{Adam, Sgd};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Config {
+    Adam(Adam),
+    Sgd(Sgd),
+}
+
+/// The optimizer of one parameter group: state buffers and the recorded `[advance, update]`.
+pub struct Optimizer {
+    pub config: Config,
+    pub group: String,
+    /// Named state for checkpoints: `{group}.step`, and `{group}.exp_avg` / `.exp_avg_sq`
+    /// (Adam) or `{group}.momentum_buffer` (SGD with momentum), each as long as the arena.
+    pub state: Vec<(String, Buffer)>,
+    pub dispatches: Vec<Dispatch>,
+}
+
+impl Optimizer {
+    pub fn new(gpu: &Gpu, store: &Store, group: &str, config: Config) -> Result<Optimizer> {
+        let g = store
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .ok_or_else(|| Error::Invalid(format!("no parameter group {group:?} in the store")))?;
+        let n = g.params.len;
+        let step = gpu.zeros(&format!("{group}.step"), 4)?;
+        let mut state = vec![(format!("{group}.step"), step.clone())];
+        let dispatches = match config {
+            Config::Adam(cfg) => {
+                let m = gpu.zeros(&format!("{group}.exp_avg"), n)?;
+                let v = gpu.zeros(&format!("{group}.exp_avg_sq"), n)?;
+                let d = k::adam(gpu, &cfg, &g.params, &g.grads, &m, &v, &step)?;
+                state.push((format!("{group}.exp_avg"), m));
+                state.push((format!("{group}.exp_avg_sq"), v));
+                d
+            }
+            Config::Sgd(cfg) => {
+                let buf = if cfg.momentum != 0.0 { Some(gpu.zeros(&format!("{group}.momentum_buffer"), n)?) } else { None };
+                let d = k::sgd(gpu, &cfg, &g.params, &g.grads, buf.as_ref(), &step)?;
+                if let Some(b) = buf {
+                    state.push((format!("{group}.momentum_buffer"), b));
+                }
+                d
+            }
+        };
+        let mut dispatches = dispatches;
+        for d in &mut dispatches {
+            d.label = format!("{group}.optimizer");
+        }
+        Ok(Optimizer { config, group: group.to_string(), state, dispatches })
+    }
+
+    /// Changes the learning rate from the next step on (a 4-byte write).
+    pub fn set_lr(&self, gpu: &Gpu, lr: f32) -> Result<()> {
+        k::set_lr(gpu, &self.dispatches[1], lr)
+    }
+
+    /// The step counter's value for a resumed run (`t` steps taken).
+    pub fn set_steps_taken(&self, gpu: &Gpu, t: u32) -> Result<()> {
+        let (b1, b2) = match self.config {
+            Config::Adam(a) => (a.beta1, a.beta2),
+            Config::Sgd(_) => (0.0, 0.0),
+        };
+        gpu.write(&self.state[0].1, &k::step_words(t, b1, b2))
+    }
+}
