@@ -10,6 +10,7 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod profile;
 pub mod reference;
 
 pub use error::{Error, Result};
