@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod graph;
 pub mod kernels;
 pub mod optim;
+pub mod profile;
 pub mod reference;
 
 pub use error::{Error, Result};
