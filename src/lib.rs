@@ -5,6 +5,7 @@
 //! (conformance cases from PyTorch).
 
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;
