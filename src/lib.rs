@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod optim;
 pub mod profile;
 pub mod reference;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{Dispatch, Gpu, GpuOptions};
