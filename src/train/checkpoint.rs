@@ -3,6 +3,9 @@
 //! file, written atomically: a temporary file in the same folder, synced, then renamed over
 //! the old one, so a run killed mid-write leaves the previous checkpoint intact.
 
+use crate::gpu::Gpu;
+use crate::graph::Store;
+use crate::optim::Optimizer;
 use crate::{Error, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -116,10 +119,6 @@ mod tests {
         assert!(err.contains("cut.safetensors"), "{err}");
     }
 }
-
-use crate::gpu::Gpu;
-use crate::graph::Store;
-use crate::optim::Optimizer;
 
 /// Copies every parameter and state tensor of `store`, and each optimizer's moments and step
 /// count, into `ckpt` under their names.
