@@ -3,5 +3,6 @@
 
 mod support;
 
+mod batchnorm;
 mod elementwise;
 mod shaders;
