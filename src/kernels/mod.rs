@@ -3,6 +3,7 @@
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;

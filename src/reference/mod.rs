@@ -2,6 +2,7 @@
 //! GPU kernels are tested against, and itself tested against finite differences.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;

@@ -4,6 +4,7 @@
 mod support;
 
 mod activation;
+mod batchnorm;
 mod elementwise;
 mod gpu;
 mod loss;
