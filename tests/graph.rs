@@ -137,6 +137,12 @@ mod composed {
     /// CPU reference run of the same (backward-extended) graph, and the reference gradients
     /// against central differences of the reference loss.
     fn check_gradients(g: &mut Graph, loss: Tensor, params: &[(Tensor, Vec<f32>)], inputs: &[(Tensor, Vec<f32>)]) {
+        check_gradients_with_states(g, loss, params, inputs, &[]);
+    }
+
+    /// [`check_gradients`], with state tensors (running statistics) given initial values; their
+    /// in-place updates on the GPU are checked against the reference too.
+    fn check_gradients_with_states(g: &mut Graph, loss: Tensor, params: &[(Tensor, Vec<f32>)], inputs: &[(Tensor, Vec<f32>)], states: &[(Tensor, Vec<f32>)]) {
         let gpu = gpu();
         let forward_nodes = g.nodes.len();
         let wrt: Vec<Tensor> = params.iter().map(|(t, _)| *t).collect();
@@ -147,6 +153,9 @@ mod composed {
         let mut store = Store::new();
         let specs = params.iter().map(|(t, v)| (g.info(*t).name.clone(), g.shape(*t).to_vec(), v.clone())).collect();
         store.add_group(gpu, "params", specs).unwrap();
+        for (t, v) in states {
+            store.add_state(gpu, &g.info(*t).name, g.shape(*t), v).unwrap();
+        }
         let pairs: Vec<(Tensor, Tensor)> = wrt.iter().copied().zip(grads.iter().copied()).collect();
         let program = Program::compile(gpu, g, &mut store, &[loss], &pairs).unwrap();
         for (t, v) in inputs {
@@ -155,8 +164,14 @@ mod composed {
         program.run(gpu).unwrap();
 
         let leaves: Vec<(Tensor, Vec<f64>)> =
-            params.iter().chain(inputs).map(|(t, v)| (*t, v.iter().map(|&x| x as f64).collect())).collect();
+            params.iter().chain(inputs).chain(states).map(|(t, v)| (*t, v.iter().map(|&x| x as f64).collect())).collect();
         let values = g.evaluate_reference(&leaves).unwrap();
+        for (t, _) in states {
+            let got: Vec<f64> = gpu.read(&store.state(gpu, &g.info(*t).name, g.shape(*t)).unwrap().buffer).unwrap().iter().map(|&x| x as f64).collect();
+            let err = rel_l2(&got, &values[t.index()].as_ref().unwrap().1);
+            eprintln!("state {}: GPU vs reference rel L2 {err:.2e}", g.info(*t).name);
+            assert!(err <= 1e-5, "state {}: rel L2 {err:.3e}", g.info(*t).name);
+        }
         let want_loss = values[loss.index()].as_ref().unwrap().1[0];
         let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
         assert!((got_loss - want_loss).abs() <= 1e-4 * want_loss.abs() + 1e-6, "loss: GPU {got_loss} vs reference {want_loss}");
@@ -231,6 +246,32 @@ mod composed {
         let target = g.input("target", &[rows]);
         let loss = g.apply1(Loss(LossKind::Mse), &[s, target], "mse").unwrap();
         check_gradients(&mut g, loss, &[(a, rand(5, rows * cols, 1.0))], &[(x, rand(6, rows * cols, 2.0)), (target, rand(7, rows, 1.0))]);
+    }
+
+    #[test]
+    fn a_batch_normed_layer_differentiates_and_updates_its_running_statistics() {
+        let shape = [4, 3, 2, 5];
+        let n: usize = shape.iter().product();
+        let mut g = Graph::new();
+        let a = g.param("a", &shape);
+        let gamma = g.param("bn.weight", &[3]);
+        let beta = g.param("bn.bias", &[3]);
+        let mean = g.state("bn.running_mean", &[3]);
+        let var = g.state("bn.running_var", &[3]);
+        let x = g.input("x", &shape);
+        let h = g.apply1(Mul, &[a, x], "scale").unwrap();
+        let bn = BatchNorm { eps: 1e-5, momentum: 0.1, training: true, update_running: true };
+        let h = g.apply(bn, &[h, mean, var, gamma, beta], "bn").unwrap()[0];
+        let h = g.apply1(Activation(Act::LeakyRelu(0.2)), &[h], "act").unwrap();
+        let target = g.input("target", &shape);
+        let loss = g.apply1(Loss(LossKind::Mse), &[h, target], "mse").unwrap();
+        check_gradients_with_states(
+            &mut g,
+            loss,
+            &[(a, rand(9, n, 1.0)), (gamma, vec![1.2, 0.8, 1.0]), (beta, vec![0.1, -0.2, 0.0])],
+            &[(x, rand(10, n, 3.0)), (target, rand(11, n, 1.0))],
+            &[(mean, vec![0.0; 3]), (var, vec![1.0; 3])],
+        );
     }
 
     #[test]

@@ -84,6 +84,19 @@ impl Store {
         self.params.keys()
     }
 
+    /// Registers a state tensor (running statistics) with its initial values.
+    pub fn add_state(&mut self, gpu: &Gpu, name: &str, shape: &[usize], data: &[f32]) -> Result<()> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Shape(format!("state {name:?}: shape {shape:?} but {} initial values", data.len())));
+        }
+        if self.states.contains_key(name) {
+            return Err(Error::Invalid(format!("state {name:?} registered twice")));
+        }
+        let buffer = gpu.upload(name, data)?;
+        self.states.insert(name.to_string(), Stored { shape: shape.to_vec(), buffer });
+        Ok(())
+    }
+
     /// A state tensor by name, created zero-filled on first use.
     pub fn state(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> Result<&Stored> {
         Self::get_or_create(&mut self.states, gpu, "state", name, shape)

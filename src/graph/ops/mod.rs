@@ -2,12 +2,14 @@
 //! rule side by side.
 
 mod activation;
+mod batchnorm;
 mod elementwise;
 mod loss;
 mod random;
 mod reduce;
 
 pub use activation::{Act, Activation, ActivationGrad};
+pub use batchnorm::{BatchNorm, BatchNormGrad};
 pub use elementwise::{Add, Fill, Mul, Reshape, Scale};
 pub use loss::{Loss, LossGrad, LossKind};
 pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
