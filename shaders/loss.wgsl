@@ -1,11 +1,15 @@
-// Losses, PyTorch semantics. Forward entries write per-element terms, which reduce.wgsl sums
-// (times 1/n for a mean); backward entries read the upstream scalar
-// gradient g from a 1-element buffer, so the graph can chain it without a CPU round trip.
+// Losses, PyTorch semantics. Forward entries write per-element terms: reduction="none"'s
+// output itself, or what reduce.wgsl sums (times 1/n for a mean). Backward entries read the
+// upstream gradient g from a buffer, so the graph can chain it without a CPU round trip.
 
 struct Params {
     n: u32,
-    // Backward only: 1/n for reduction="mean", 1 for "sum" (forward scales in the reduction).
+    // Backward only: 1/n for reduction="mean", 1 for "sum" and "none" (forward scales in the
+    // reduction).
     scale: f32,
+    // Backward only: g[i * g_stride] is element i's upstream gradient; 0 reads one scalar
+    // (mean, sum), 1 an upstream gradient shaped like the input (none).
+    g_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -14,7 +18,7 @@ struct Params {
 // The target (logvar for kl_normal).
 @group(0) @binding(2) var<storage, read> t: array<f32>;
 @group(0) @binding(3) var<storage, read> g: array<f32>;
-// Per-element terms in forward, d(input) in backward.
+// Per-element terms (or the output, for reduction="none") in forward, d(input) in backward.
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // d(logvar), kl_normal_backward only.
 @group(0) @binding(5) var<storage, read_write> out2: array<f32>;
@@ -71,7 +75,7 @@ fn bce_with_logits_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     let e = exp(-abs(v));
     let tail = e / (1.0 + e);
     let diff = select(tail - t[i], (1.0 - t[i]) - tail, v >= 0.0);
-    out[i] = diff * p.scale * g[0];
+    out[i] = diff * p.scale * g[i * p.g_stride];
 }
 
 // −(t·log(p) + (1 − t)·log1p(−p)), each log clamped at −100 as PyTorch does.
@@ -91,7 +95,7 @@ fn bce_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     let pr = x[i];
-    out[i] = (pr - t[i]) / max((1.0 - pr) * pr, 1e-12) * p.scale * g[0];
+    out[i] = (pr - t[i]) / max((1.0 - pr) * pr, 1e-12) * p.scale * g[i * p.g_stride];
 }
 
 @compute @workgroup_size(WG)
@@ -107,7 +111,7 @@ fn mse_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn mse_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = 2.0 * (x[i] - t[i]) * p.scale * g[0];
+    out[i] = 2.0 * (x[i] - t[i]) * p.scale * g[i * p.g_stride];
 }
 
 // −½(1 + lv − mu² − e^lv) = ½(mu² + (e^lv − 1 − lv)): both parts are ≥ 0, so nothing cancels
@@ -126,6 +130,6 @@ fn kl_normal_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     let lv = t[i];
-    out[i] = x[i] * p.scale * g[0];
-    out2[i] = 0.5 * (expm1_minus_x(lv) + lv) * p.scale * g[0];
+    out[i] = x[i] * p.scale * g[i * p.g_stride];
+    out2[i] = 0.5 * (expm1_minus_x(lv) + lv) * p.scale * g[i * p.g_stride];
 }

@@ -331,6 +331,98 @@ fn check_fixture_mse_none_cases_pass_through_the_gpu() {
     }
 }
 
+/// The ops whose runners use kiln's activation and loss kernels.
+const ACTIVATION_AND_LOSS_OPS: [&str; 8] = [
+    "relu",
+    "leaky_relu",
+    "tanh",
+    "sigmoid",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy",
+    "mse_loss",
+    "kl_normal",
+];
+
+#[test]
+fn check_fixture_activation_and_loss_cases_all_pass() {
+    let file = CaseFile::load(FIXTURE).unwrap();
+    let registry = Registry::builtin();
+    let mut failed = Vec::new();
+    for op in ACTIVATION_AND_LOSS_OPS {
+        let cases: Vec<_> = file.cases.iter().filter(|c| c.op == op).collect();
+        assert!(!cases.is_empty(), "the fixture has no {op} case");
+        let mut worst: Option<(f64, String)> = None;
+        for case in cases {
+            let r = check_case(gpu(), &registry, case);
+            eprintln!("{}", r.line(34));
+            if !r.passed() {
+                failed.push(r.line(34));
+            }
+            if let Some((e, tensor)) = &r.worst {
+                if worst.as_ref().is_none_or(|(w, _)| e > w) {
+                    worst = Some((*e, format!("{} {tensor}", case.name)));
+                }
+            }
+        }
+        let (e, at) = worst.unwrap_or((f64::NAN, "nothing compared".into()));
+        eprintln!("{op}: worst relative error {e:.2e} ({at})");
+    }
+    assert!(failed.is_empty(), "{} activation/loss cases failed:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// A one-case file "c": `op` of x and t ([3] each, plus an input `extra` if given) with
+/// `attrs`, checking the gradients `grads`. Expected values are mse_loss's with reduction
+/// none; for another op the case must fail before anything is compared.
+fn pair_case(op: &str, attrs: &str, extra: Option<&str>, grads: &[&str]) -> Vec<u8> {
+    let (x, t, gy) = ([0.2f32, 0.6, 0.9], [0.0f32, 1.0, 0.5], [1.0f32, -2.0, 0.5]);
+    let y: Vec<f32> = (0..3).map(|i| (x[i] - t[i]) * (x[i] - t[i])).collect();
+    let gx: Vec<f32> = (0..3).map(|i| 2.0 * (x[i] - t[i]) * gy[i]).collect();
+    let gt: Vec<f32> = gx.iter().map(|g| -g).collect();
+    let mut inputs = vec!["x", "t"];
+    inputs.extend(extra);
+    let quoted = |names: &[&str]| names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(",");
+    let meta = format!(
+        r#"[{{"name":"c","op":"{op}","attrs":{attrs},"inputs":[{}],"outputs":["y"],"grads":[{}]}}]"#,
+        quoted(&inputs),
+        quoted(grads)
+    );
+    let mut tensors = vec![f32t("c/in/x", &[3], &x), f32t("c/in/t", &[3], &t), f32t("c/out/y", &[3], &y), f32t("c/grad_out/y", &[3], &gy)];
+    tensors.extend(extra.map(|e| f32t(&format!("c/in/{e}"), &[3], &[1.0; 3])));
+    for g in grads {
+        tensors.push(f32t(&format!("c/grad_in/{g}"), &[3], if *g == "x" { &gx } else { &gt }));
+    }
+    file_bytes(Some(&meta), &tensors)
+}
+
+fn pair_verdict(registry: &Registry, bytes: &[u8]) -> Verdict {
+    let file = CaseFile::from_bytes(bytes, "t").unwrap();
+    let r = check_case(gpu(), registry, &file.cases[0]);
+    eprintln!("{r}");
+    r.verdict
+}
+
+#[test]
+fn check_loss_runners_refuse_inputs_and_gradients_they_cannot_compute() {
+    let builtin = Registry::builtin();
+    // A weight input or a pos_weight attribute would change the loss: each fails by name.
+    let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case("binary_cross_entropy", NONE, Some("weight"), &["x"])) else { panic!() };
+    assert!(m.contains("binary_cross_entropy takes 2 inputs") && m.contains("(x, t, weight)"), "{m}");
+    let attrs = r#"{"reduction":"none","pos_weight":2.0}"#;
+    let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case("binary_cross_entropy_with_logits", attrs, None, &["x"])) else { panic!() };
+    assert!(m.contains("binary_cross_entropy_with_logits has no attribute \"pos_weight\""), "{m}");
+    // The runner refuses the extra input itself where a registry lets it through.
+    let spec = *SPEC_OPS.iter().find(|o| o.name == "binary_cross_entropy").unwrap();
+    let wide = Registry::builtin().with(OpSpec { inputs: &["input", "target", "weight"], ..spec });
+    let Verdict::Fail(m) = pair_verdict(&wide, &pair_case("binary_cross_entropy", NONE, Some("weight"), &["x"])) else { panic!() };
+    assert!(m.contains("binary_cross_entropy input \"weight\" (#2) is not supported"), "{m}");
+    // BCE's target gradient has no kernel; mse_loss's is −d(input).
+    for op in ["binary_cross_entropy", "binary_cross_entropy_with_logits"] {
+        let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case(op, NONE, None, &["x", "t"])) else { panic!() };
+        assert!(m.contains(op) && m.contains("gradient of \"t\" (the target) is not supported"), "{m}");
+    }
+    assert_eq!(pair_verdict(&builtin, &pair_case("mse_loss", NONE, None, &["x", "t"])), Verdict::Pass);
+}
+
 // ---- the command line ----
 
 #[test]

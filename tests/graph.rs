@@ -244,7 +244,7 @@ mod composed {
         let t = g.apply1(Mul, &[t, a], "again").unwrap();
         let s = g.apply1(Sum { all: false, mean: true }, &[t], "rowmean").unwrap();
         let target = g.input("target", &[rows]);
-        let loss = g.apply1(Loss(LossKind::Mse), &[s, target], "mse").unwrap();
+        let loss = g.apply1(Loss(LossKind::Mse(Reduction::Mean)), &[s, target], "mse").unwrap();
         check_gradients(&mut g, loss, &[(a, rand(5, rows * cols, 1.0))], &[(x, rand(6, rows * cols, 2.0)), (target, rand(7, rows, 1.0))]);
     }
 
@@ -281,8 +281,31 @@ mod composed {
         let s = g.apply1(Sum { all: false, mean: false }, &[a], "sum").unwrap();
         let s = g.apply1(Activation(Act::Relu), &[s], "relu").unwrap();
         let ones = g.apply1(Fill { value: 1.0, shape: vec![2, 3] }, &[], "ones").unwrap();
-        let loss = g.apply1(Loss(LossKind::BceWithLogits), &[s, ones], "bce").unwrap();
+        let loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[s, ones], "bce").unwrap();
         check_gradients(&mut g, loss, &[(a, rand(8, 30, 1.0))], &[]);
+    }
+
+    #[test]
+    fn per_element_losses_weighted_then_summed_differentiate() {
+        // reduction none: each element's upstream gradient is its own weight, so a backward
+        // that read one scalar would be wrong everywhere but element 0.
+        let (rows, cols) = (3, 5);
+        let n = rows * cols;
+        let mut g = Graph::new();
+        let a = g.param("a", &[rows, cols]);
+        let (w, target, labels) = (g.input("w", &[rows, cols]), g.input("target", &[rows, cols]), g.input("labels", &[rows, cols]));
+        let mse = g.apply1(Loss(LossKind::Mse(Reduction::None)), &[a, target], "mse").unwrap();
+        let bcel = g.apply1(Loss(LossKind::BceWithLogits(Reduction::None)), &[a, labels], "bce_logits").unwrap();
+        let p = g.apply1(Activation(Act::Sigmoid), &[a], "p").unwrap();
+        let bce = g.apply1(Loss(LossKind::Bce(Reduction::None)), &[p, labels], "bce").unwrap();
+        assert_eq!(g.shape(bce), [rows, cols]);
+        let terms = g.apply1(Add, &[mse, bcel], "terms").unwrap();
+        let terms = g.apply1(Add, &[terms, bce], "terms").unwrap();
+        let weighted = g.apply1(Mul, &[terms, w], "weighted").unwrap();
+        let loss = g.apply1(Sum { all: true, mean: false }, &[weighted], "loss").unwrap();
+        let labels_values: Vec<f32> = rand(12, n, 0.5).iter().map(|v| v + 0.5).collect();
+        let inputs = [(w, rand(10, n, 2.0)), (target, rand(11, n, 1.0)), (labels, labels_values)];
+        check_gradients(&mut g, loss, &[(a, rand(9, n, 2.0))], &inputs);
     }
 }
 
@@ -300,7 +323,7 @@ fn adam_through_the_executor_drives_a_tiny_models_loss_down() {
     let target = g.input("target", &[n]);
     let ax = g.apply1(Mul, &[a, x], "ax").unwrap();
     let y = g.apply1(Activation(Act::Tanh), &[ax], "tanh").unwrap();
-    let loss = g.apply1(Loss(LossKind::Mse), &[y, target], "mse").unwrap();
+    let loss = g.apply1(Loss(LossKind::Mse(kiln::kernels::loss::Reduction::Mean)), &[y, target], "mse").unwrap();
     let grads = g.backward(loss, &[a]).unwrap();
     let da = g.materialize(grads[0].unwrap(), &mut Vec::new()).unwrap();
 

@@ -144,7 +144,13 @@ impl Registry {
             } else {
                 format!("{} to {}", spec.required, spec.inputs.len())
             };
-            return fail(format!("{} takes {count} inputs ({}), the case gives {n}", spec.name, spec.inputs.join(", ")));
+            let given: Vec<&str> = case.inputs.iter().map(|(name, _)| name.as_str()).collect();
+            return fail(format!(
+                "{} takes {count} inputs ({}), the case gives {n} ({})",
+                spec.name,
+                spec.inputs.join(", "),
+                given.join(", ")
+            ));
         }
         for (key, value) in &case.attrs {
             let Some(&(_, kind)) = spec.attrs.iter().find(|(a, _)| a == key) else {

@@ -8,18 +8,159 @@
 //! fn linear(gpu: &Gpu, case: &Case) -> Result<OpResult> { ... }
 //! ```
 
-use super::ops::Runner;
+use super::case::{Case, HostTensor};
+use super::ops::{OpResult, Runner};
+use crate::gpu::{Buffer, Dispatch, Gpu};
+use crate::kernels::loss::{self, Reduction};
+use crate::kernels::{activation as act, elementwise, reduce};
+use crate::{bail, Result};
 
 pub const MATMUL: Option<Runner> = None;
 pub const LINEAR: Option<Runner> = None;
 pub const CONV2D: Option<Runner> = None;
 pub const CONV_TRANSPOSE2D: Option<Runner> = None;
 pub const BATCH_NORM: Option<Runner> = None;
-pub const RELU: Option<Runner> = None;
-pub const LEAKY_RELU: Option<Runner> = None;
-pub const TANH: Option<Runner> = None;
-pub const SIGMOID: Option<Runner> = None;
-pub const BCE_WITH_LOGITS: Option<Runner> = None;
-pub const BCE: Option<Runner> = None;
-pub const MSE_LOSS: Option<Runner> = None;
-pub const KL_NORMAL: Option<Runner> = None;
+pub const RELU: Option<Runner> = Some(relu);
+pub const LEAKY_RELU: Option<Runner> = Some(leaky_relu);
+pub const TANH: Option<Runner> = Some(tanh);
+pub const SIGMOID: Option<Runner> = Some(sigmoid);
+pub const BCE_WITH_LOGITS: Option<Runner> = Some(bce_with_logits);
+pub const BCE: Option<Runner> = Some(bce);
+pub const MSE_LOSS: Option<Runner> = Some(mse_loss);
+pub const KL_NORMAL: Option<Runner> = Some(kl_normal);
+
+/// The case's (single) output name, `y` in the shipped fixture.
+fn output_name(case: &Case) -> &str {
+    case.outputs.first().map_or("y", |(n, _)| n)
+}
+
+/// Inputs past the `supported` first ones (a `weight` or `pos_weight`) would change the
+/// result; refusing them beats a silent wrong answer.
+fn only_inputs(case: &Case, supported: usize) -> Result<()> {
+    if let Some((name, _)) = case.inputs.get(supported) {
+        bail!(Invalid, "case {:?}: {} input {name:?} (#{supported}) is not supported by kiln's kernels", case.name, case.op);
+    }
+    Ok(())
+}
+
+/// An activation y = f(x); its backward reads x, or y where `backward_from_y`.
+fn activation(
+    gpu: &Gpu,
+    case: &Case,
+    backward_from_y: bool,
+    forward: impl Fn(&Buffer, &Buffer) -> Result<Dispatch>,
+    backward: impl Fn(&Buffer, &Buffer, &Buffer) -> Result<Dispatch>,
+) -> Result<OpResult> {
+    only_inputs(case, 1)?;
+    let x = case.input(0)?;
+    let (xb, y) = (x.upload(gpu, "input")?, gpu.zeros("y", x.len())?);
+    gpu.run(&[forward(&xb, &y)?])?;
+    let mut result = OpResult::default();
+    result.output(output_name(case), HostTensor::download(gpu, &y, &x.shape)?);
+    if case.wants_grad(0) {
+        let dy = case.upstream(output_name(case))?.upload(gpu, "grad_y")?;
+        let dx = gpu.zeros("grad_input", x.len())?;
+        gpu.run(&[backward(if backward_from_y { &y } else { &xb }, &dy, &dx)?])?;
+        result.grad(case.input_name(0), HostTensor::download(gpu, &dx, &x.shape)?);
+    }
+    Ok(result)
+}
+
+fn relu(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let n = case.input(0)?.len();
+    activation(gpu, case, false, |x, y| act::relu(gpu, n, x, y), |x, dy, dx| act::relu_backward(gpu, n, x, dy, dx))
+}
+
+fn leaky_relu(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let n = case.input(0)?.len();
+    let slope = case.attr_f64("negative_slope", 0.01)? as f32;
+    let forward = |x: &Buffer, y: &Buffer| act::leaky_relu(gpu, slope, n, x, y);
+    activation(gpu, case, false, forward, |x, dy, dx| act::leaky_relu_backward(gpu, slope, n, x, dy, dx))
+}
+
+fn tanh(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let n = case.input(0)?.len();
+    activation(gpu, case, true, |x, y| act::tanh(gpu, n, x, y), |y, dy, dx| act::tanh_backward(gpu, n, y, dy, dx))
+}
+
+fn sigmoid(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let n = case.input(0)?.len();
+    activation(gpu, case, true, |x, y| act::sigmoid(gpu, n, x, y), |y, dy, dx| act::sigmoid_backward(gpu, n, y, dy, dx))
+}
+
+/// The two inputs of a loss, which must have one shape: kiln's losses do not broadcast.
+fn loss_inputs(case: &Case) -> Result<(&HostTensor, &HostTensor)> {
+    only_inputs(case, 2)?;
+    let (a, b) = (case.input(0)?, case.input(1)?);
+    if a.shape != b.shape {
+        let (an, bn) = (case.input_name(0), case.input_name(1));
+        bail!(Shape, "{}: {an} has shape {:?} but {bn} has shape {:?}; kiln does not broadcast losses", case.op, a.shape, b.shape);
+    }
+    Ok((a, b))
+}
+
+type LossForward = fn(&Gpu, Reduction, usize, &Buffer, &Buffer, &Buffer, &[Buffer]) -> Result<Vec<Dispatch>>;
+type LossBackward = fn(&Gpu, Reduction, usize, &Buffer, &Buffer, &Buffer, &Buffer) -> Result<Dispatch>;
+
+/// A loss with `reduction`: a 0-d output for mean and sum, the input's shape for none. The
+/// target's gradient is −d(input) where `target_grad_is_negated_input_grad` (mse_loss), and
+/// an error otherwise.
+fn reduced_loss(gpu: &Gpu, case: &Case, forward: LossForward, backward: LossBackward, target_grad_is_negated_input_grad: bool) -> Result<OpResult> {
+    let (x, t) = loss_inputs(case)?;
+    let reduction: Reduction = case.attr_str("reduction", "mean")?.parse()?;
+    if case.wants_grad(1) && !target_grad_is_negated_input_grad {
+        bail!(Invalid, "case {:?}: {}: the gradient of {:?} (the target) is not supported", case.name, case.op, case.input_name(1));
+    }
+    let n = x.len();
+    let (xb, tb) = (x.upload(gpu, "input")?, t.upload(gpu, "target")?);
+    let y = gpu.zeros("y", reduction.output_len(n))?;
+    let scratch = reduce::alloc_scratch(gpu, &case.op, &loss::scratch_lens(reduction, n))?;
+    gpu.run(&forward(gpu, reduction, n, &xb, &tb, &y, &scratch)?)?;
+    let mut result = OpResult::default();
+    let shape = if reduction == Reduction::None { x.shape.clone() } else { vec![] };
+    result.output(output_name(case), HostTensor::download(gpu, &y, &shape)?);
+    if case.wants_grad(0) || case.wants_grad(1) {
+        let gy = case.upstream(output_name(case))?.upload(gpu, "grad_y")?;
+        let (dx, dt) = (gpu.zeros("grad_input", n)?, gpu.zeros("grad_target", n)?);
+        gpu.run(&[backward(gpu, reduction, n, &xb, &tb, &gy, &dx)?, elementwise::scale(gpu, -1.0, &dx, &dt, n)?])?;
+        for (i, d) in [(0, &dx), (1, &dt)] {
+            if case.wants_grad(i) {
+                result.grad(case.input_name(i), HostTensor::download(gpu, d, &x.shape)?);
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn bce_with_logits(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    reduced_loss(gpu, case, loss::binary_cross_entropy_with_logits, loss::binary_cross_entropy_with_logits_backward, false)
+}
+
+fn bce(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    reduced_loss(gpu, case, loss::binary_cross_entropy, loss::binary_cross_entropy_backward, false)
+}
+
+fn mse_loss(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    reduced_loss(gpu, case, loss::mse_loss, loss::mse_loss_backward, true)
+}
+
+fn kl_normal(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let (mu, lv) = loss_inputs(case)?;
+    let n = mu.len();
+    let (mb, lvb, y) = (mu.upload(gpu, "mu")?, lv.upload(gpu, "logvar")?, gpu.zeros("y", 1)?);
+    let scratch = reduce::alloc_scratch(gpu, "kl_normal", &loss::scratch_lens(Reduction::Sum, n))?;
+    gpu.run(&loss::kl_normal(gpu, n, &mb, &lvb, &y, &scratch)?)?;
+    let mut result = OpResult::default();
+    result.output(output_name(case), HostTensor::download(gpu, &y, &[])?);
+    if case.wants_any_grad() {
+        let gy = case.upstream(output_name(case))?.upload(gpu, "grad_y")?;
+        let (dmu, dlv) = (gpu.zeros("grad_mu", n)?, gpu.zeros("grad_logvar", n)?);
+        gpu.run(&[loss::kl_normal_backward(gpu, n, &mb, &lvb, &gy, &dmu, &dlv)?])?;
+        for (i, d) in [(0, &dmu), (1, &dlv)] {
+            if case.wants_grad(i) {
+                result.grad(case.input_name(i), HostTensor::download(gpu, d, &mu.shape)?);
+            }
+        }
+    }
+    Ok(result)
+}

@@ -1,9 +1,32 @@
-//! Scalar losses (forward → f64) and their input gradients given the upstream gradient g.
+//! Losses with PyTorch's `reduction` (forward → 1 value for mean and sum, n for none) and their
+//! input gradients given the upstream gradient g (1 value for mean and sum, n for none).
 //! Written in the plain mathematical form (f64 has the range these inputs need), with
 //! PyTorch's clamps where PyTorch has them.
 
+use crate::kernels::loss::Reduction;
+
 fn check(op: &str, x: &[f64], t: &[f64]) {
     assert_eq!(x.len(), t.len(), "{op}: input has {} elements, target {}", x.len(), t.len());
+}
+
+/// The terms as the output (none), or their sum or mean as a 1-element output.
+fn reduce(terms: Vec<f64>, reduction: Reduction) -> Vec<f64> {
+    let n = terms.len() as f64;
+    match reduction {
+        Reduction::None => terms,
+        Reduction::Sum => vec![terms.iter().sum()],
+        Reduction::Mean => vec![terms.iter().sum::<f64>() / n],
+    }
+}
+
+/// d(loss)/d(term i) times the upstream gradient, for each i of `n` terms.
+fn upstream(op: &str, g: &[f64], n: usize, reduction: Reduction) -> Vec<f64> {
+    assert_eq!(g.len(), reduction.output_len(n), "{op}: upstream gradient has {} elements for {n} terms, {reduction:?}", g.len());
+    match reduction {
+        Reduction::None => g.to_vec(),
+        Reduction::Sum => vec![g[0]; n],
+        Reduction::Mean => vec![g[0] / n as f64; n],
+    }
 }
 
 /// sigmoid(x) − t without rounding sigmoid to 1 first (even f64 does at x > 37, which would
@@ -13,45 +36,45 @@ fn sigmoid_minus(x: f64, t: f64) -> f64 {
     if x >= 0.0 { (1.0 - t) - e / (1.0 + e) } else { e / (1.0 + e) - t }
 }
 
-/// mean(max(x, 0) − x·t + log1p(e^−|x|))
-pub fn binary_cross_entropy_with_logits(x: &[f64], t: &[f64]) -> f64 {
+/// reduce(max(x, 0) − x·t + log1p(e^−|x|))
+pub fn binary_cross_entropy_with_logits(x: &[f64], t: &[f64], reduction: Reduction) -> Vec<f64> {
     check("binary_cross_entropy_with_logits", x, t);
-    let sum: f64 = x.iter().zip(t).map(|(&x, &t)| x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()).sum();
-    sum / x.len() as f64
+    reduce(x.iter().zip(t).map(|(&x, &t)| x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()).collect(), reduction)
 }
 
-/// (sigmoid(x) − t) / n · g
-pub fn binary_cross_entropy_with_logits_backward(x: &[f64], t: &[f64], g: f64) -> Vec<f64> {
-    check("binary_cross_entropy_with_logits", x, t);
-    let n = x.len() as f64;
-    x.iter().zip(t).map(|(&x, &t)| sigmoid_minus(x, t) / n * g).collect()
+/// (sigmoid(x) − t) · g [/ n]
+pub fn binary_cross_entropy_with_logits_backward(x: &[f64], t: &[f64], g: &[f64], reduction: Reduction) -> Vec<f64> {
+    let op = "binary_cross_entropy_with_logits";
+    check(op, x, t);
+    let g = upstream(op, g, x.len(), reduction);
+    x.iter().zip(t).zip(g).map(|((&x, &t), g)| sigmoid_minus(x, t) * g).collect()
 }
 
-/// −(t·max(log p, −100) + (1 − t)·max(log(1 − p), −100)), summed, or averaged if `mean`.
-pub fn binary_cross_entropy(p: &[f64], t: &[f64], mean: bool) -> f64 {
+/// reduce(−(t·max(log p, −100) + (1 − t)·max(log(1 − p), −100)))
+pub fn binary_cross_entropy(p: &[f64], t: &[f64], reduction: Reduction) -> Vec<f64> {
     check("binary_cross_entropy", p, t);
-    let sum: f64 = p.iter().zip(t).map(|(&p, &t)| -(t * p.ln().max(-100.0) + (1.0 - t) * (-p).ln_1p().max(-100.0))).sum();
-    if mean { sum / p.len() as f64 } else { sum }
+    reduce(p.iter().zip(t).map(|(&p, &t)| -(t * p.ln().max(-100.0) + (1.0 - t) * (-p).ln_1p().max(-100.0))).collect(), reduction)
 }
 
 /// PyTorch's formula: (p − t) / max(p(1 − p), 1e-12) · g [/ n].
-pub fn binary_cross_entropy_backward(p: &[f64], t: &[f64], g: f64, mean: bool) -> Vec<f64> {
-    check("binary_cross_entropy", p, t);
-    let scale = if mean { g / p.len() as f64 } else { g };
-    p.iter().zip(t).map(|(&p, &t)| (p - t) / ((1.0 - p) * p).max(1e-12) * scale).collect()
+pub fn binary_cross_entropy_backward(p: &[f64], t: &[f64], g: &[f64], reduction: Reduction) -> Vec<f64> {
+    let op = "binary_cross_entropy";
+    check(op, p, t);
+    let g = upstream(op, g, p.len(), reduction);
+    p.iter().zip(t).zip(g).map(|((&p, &t), g)| (p - t) / ((1.0 - p) * p).max(1e-12) * g).collect()
 }
 
-/// mean((x − t)²)
-pub fn mse_loss(x: &[f64], t: &[f64]) -> f64 {
+/// reduce((x − t)²)
+pub fn mse_loss(x: &[f64], t: &[f64], reduction: Reduction) -> Vec<f64> {
     check("mse_loss", x, t);
-    x.iter().zip(t).map(|(x, t)| (x - t).powi(2)).sum::<f64>() / x.len() as f64
+    reduce(x.iter().zip(t).map(|(x, t)| (x - t).powi(2)).collect(), reduction)
 }
 
-/// 2(x − t) / n · g; the target's gradient is its negative.
-pub fn mse_loss_backward(x: &[f64], t: &[f64], g: f64) -> Vec<f64> {
+/// 2(x − t) · g [/ n]; the target's gradient is its negative.
+pub fn mse_loss_backward(x: &[f64], t: &[f64], g: &[f64], reduction: Reduction) -> Vec<f64> {
     check("mse_loss", x, t);
-    let n = x.len() as f64;
-    x.iter().zip(t).map(|(x, t)| 2.0 * (x - t) / n * g).collect()
+    let g = upstream("mse_loss", g, x.len(), reduction);
+    x.iter().zip(t).zip(g).map(|((x, t), g)| 2.0 * (x - t) * g).collect()
 }
 
 /// −½ Σ(1 + logvar − mu² − e^logvar)

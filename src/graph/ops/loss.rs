@@ -1,5 +1,6 @@
-//! Losses reduce to a scalar (shape []). Their gradient ops read the upstream gradient, also
-//! a scalar, so a loss can be scaled or summed with others before `backward`.
+//! Losses with PyTorch's `reduction`: mean and sum give a scalar (shape []), none a tensor
+//! shaped like the input. Their gradient ops read the upstream gradient, shaped like the loss,
+//! so a loss can be scaled, weighted or summed with others before `backward`.
 
 use crate::gpu::{Dispatch, Gpu};
 use crate::graph::{Graph, HostValue, NodeView, Op, OpIo, Tensor};
@@ -9,14 +10,23 @@ use crate::{bail, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LossKind {
-    /// binary_cross_entropy_with_logits(x, target), mean.
-    BceWithLogits,
+    /// binary_cross_entropy_with_logits(x, target) with the given reduction.
+    BceWithLogits(Reduction),
     /// binary_cross_entropy(p, target) with the given reduction.
     Bce(Reduction),
-    /// mse_loss(x, target), mean.
-    Mse,
-    /// kl_normal(mu, logvar) = −0.5·Σ(1 + logvar − mu² − exp(logvar)).
+    /// mse_loss(x, target) with the given reduction.
+    Mse(Reduction),
+    /// kl_normal(mu, logvar) = −0.5·Σ(1 + logvar − mu² − exp(logvar)), always a sum.
     KlNormal,
+}
+
+impl LossKind {
+    pub fn reduction(self) -> Reduction {
+        match self {
+            LossKind::BceWithLogits(red) | LossKind::Bce(red) | LossKind::Mse(red) => red,
+            LossKind::KlNormal => Reduction::Sum,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -29,38 +39,40 @@ fn n_of(shape: &[usize]) -> usize {
 impl Op for Loss {
     fn name(&self) -> &'static str {
         match self.0 {
-            LossKind::BceWithLogits => "binary_cross_entropy_with_logits",
+            LossKind::BceWithLogits(_) => "binary_cross_entropy_with_logits",
             LossKind::Bce(_) => "binary_cross_entropy",
-            LossKind::Mse => "mse_loss",
+            LossKind::Mse(_) => "mse_loss",
             LossKind::KlNormal => "kl_normal",
         }
     }
     fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
         super::same_shape(x[0], x[1])?;
-        Ok(vec![vec![]])
+        let shape = if self.0.reduction() == Reduction::None { x[0].to_vec() } else { vec![] };
+        Ok(vec![shape])
     }
     fn scratch(&self, x: &[&[usize]]) -> Vec<usize> {
-        k::scratch_lens(n_of(x[0]))
+        k::scratch_lens(self.0.reduction(), n_of(x[0]))
     }
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let n = n_of(io.input_shapes[0]);
         let (a, b, y, s) = (io.inputs[0], io.inputs[1], io.outputs[0], &io.scratch);
         match self.0 {
-            LossKind::BceWithLogits => k::binary_cross_entropy_with_logits(gpu, n, a, b, y, s),
+            LossKind::BceWithLogits(red) => k::binary_cross_entropy_with_logits(gpu, red, n, a, b, y, s),
             LossKind::Bce(red) => k::binary_cross_entropy(gpu, red, n, a, b, y, s),
-            LossKind::Mse => k::mse_loss(gpu, n, a, b, y, s),
+            LossKind::Mse(red) => k::mse_loss(gpu, red, n, a, b, y, s),
             LossKind::KlNormal => k::kl_normal(gpu, n, a, b, y, s),
         }
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let (a, b) = (&x[0].1, &x[1].1);
         let v = match self.0 {
-            LossKind::BceWithLogits => r::binary_cross_entropy_with_logits(a, b),
-            LossKind::Bce(red) => r::binary_cross_entropy(a, b, red == Reduction::Mean),
-            LossKind::Mse => r::mse_loss(a, b),
-            LossKind::KlNormal => r::kl_normal(a, b),
+            LossKind::BceWithLogits(red) => r::binary_cross_entropy_with_logits(a, b, red),
+            LossKind::Bce(red) => r::binary_cross_entropy(a, b, red),
+            LossKind::Mse(red) => r::mse_loss(a, b, red),
+            LossKind::KlNormal => vec![r::kl_normal(a, b)],
         };
-        vec![(vec![], vec![v])]
+        let shape = if self.0.reduction() == Reduction::None { x[0].0.clone() } else { vec![] };
+        vec![(shape, v)]
     }
     fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let dy = dys[0].expect("gradient");
@@ -72,14 +84,15 @@ impl Op for Loss {
         let da = g.apply1(LossGrad(self.0), &[a, b, dy], &n.layer)?;
         let db = match (needs[1], self.0) {
             (false, _) => None,
-            (true, LossKind::Mse) => Some(g.apply1(super::Scale { alpha: -1.0 }, &[da], &n.layer)?),
+            (true, LossKind::Mse(_)) => Some(g.apply1(super::Scale { alpha: -1.0 }, &[da], &n.layer)?),
             (true, _) => bail!(Invalid, "{} {:?}: the gradient with respect to the target is not supported", self.name(), n.layer),
         };
         Ok(vec![Some(da), db])
     }
 }
 
-/// Gradient of [`Loss`]: inputs (a, b, dy) → d(a), or (dmu, dlogvar) for kl_normal.
+/// Gradient of [`Loss`]: inputs (a, b, dy) → d(a), or (dmu, dlogvar) for kl_normal. dy is
+/// shaped like the loss: a scalar, or like `a` for reduction none.
 #[derive(Debug)]
 pub struct LossGrad(pub LossKind);
 
@@ -88,6 +101,10 @@ impl Op for LossGrad {
         "loss_backward"
     }
     fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
+        let loss_len = self.0.reduction().output_len(n_of(x[0]));
+        if n_of(x[2]) != loss_len {
+            return Err(format!("upstream gradient has shape {:?}, the loss has {loss_len} elements", x[2]));
+        }
         let outputs = if self.0 == LossKind::KlNormal { 2 } else { 1 };
         Ok(vec![x[0].to_vec(); outputs])
     }
@@ -95,21 +112,21 @@ impl Op for LossGrad {
         let n = n_of(io.input_shapes[0]);
         let (a, b, dy, out) = (io.inputs[0], io.inputs[1], io.inputs[2], io.outputs[0]);
         Ok(vec![match self.0 {
-            LossKind::BceWithLogits => k::binary_cross_entropy_with_logits_backward(gpu, n, a, b, dy, out)?,
+            LossKind::BceWithLogits(red) => k::binary_cross_entropy_with_logits_backward(gpu, red, n, a, b, dy, out)?,
             LossKind::Bce(red) => k::binary_cross_entropy_backward(gpu, red, n, a, b, dy, out)?,
-            LossKind::Mse => k::mse_loss_backward(gpu, n, a, b, dy, out)?,
+            LossKind::Mse(red) => k::mse_loss_backward(gpu, red, n, a, b, dy, out)?,
             LossKind::KlNormal => k::kl_normal_backward(gpu, n, a, b, dy, out, io.outputs[1])?,
         }])
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
-        let (a, b, dy) = (&x[0].1, &x[1].1, x[2].1[0]);
+        let (a, b, dy) = (&x[0].1, &x[1].1, &x[2].1);
         let shape = x[0].0.clone();
         match self.0 {
-            LossKind::BceWithLogits => vec![(shape, r::binary_cross_entropy_with_logits_backward(a, b, dy))],
-            LossKind::Bce(red) => vec![(shape, r::binary_cross_entropy_backward(a, b, dy, red == Reduction::Mean))],
-            LossKind::Mse => vec![(shape, r::mse_loss_backward(a, b, dy))],
+            LossKind::BceWithLogits(red) => vec![(shape, r::binary_cross_entropy_with_logits_backward(a, b, dy, red))],
+            LossKind::Bce(red) => vec![(shape, r::binary_cross_entropy_backward(a, b, dy, red))],
+            LossKind::Mse(red) => vec![(shape, r::mse_loss_backward(a, b, dy, red))],
             LossKind::KlNormal => {
-                let (dmu, dlogvar) = r::kl_normal_backward(a, b, dy);
+                let (dmu, dlogvar) = r::kl_normal_backward(a, b, dy[0]);
                 vec![(shape.clone(), dmu), (shape, dlogvar)]
             }
         }
