@@ -264,7 +264,7 @@ mod composed {
         let h = g.apply(bn, &[h, mean, var, gamma, beta], "bn").unwrap()[0];
         let h = g.apply1(Activation(Act::LeakyRelu(0.2)), &[h], "act").unwrap();
         let target = g.input("target", &shape);
-        let loss = g.apply1(Loss(LossKind::Mse), &[h, target], "mse").unwrap();
+        let loss = g.apply1(Loss(LossKind::Mse(Reduction::Mean)), &[h, target], "mse").unwrap();
         check_gradients_with_states(
             &mut g,
             loss,
