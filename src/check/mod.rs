@@ -15,6 +15,7 @@ mod case;
 mod ops;
 mod report;
 mod runners;
+mod via_graph;
 
 pub use case::{Case, CaseFile, HostTensor, ABS_TOL, DEFAULT_TOL, METADATA_KEY};
 pub use ops::{run_op, Attr, OpResult, OpSpec, Registry, Runner, SPEC_OPS};

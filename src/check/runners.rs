@@ -10,6 +10,7 @@
 
 use super::case::{Case, HostTensor};
 use super::ops::{OpResult, Runner};
+use super::via_graph::{via_graph, Produced};
 use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::kernels::loss::{self, Reduction};
 use crate::kernels::{activation as act, elementwise, reduce};
@@ -19,7 +20,7 @@ pub const MATMUL: Option<Runner> = None;
 pub const LINEAR: Option<Runner> = None;
 pub const CONV2D: Option<Runner> = None;
 pub const CONV_TRANSPOSE2D: Option<Runner> = None;
-pub const BATCH_NORM: Option<Runner> = None;
+pub const BATCH_NORM: Option<Runner> = Some(batch_norm);
 pub const RELU: Option<Runner> = Some(relu);
 pub const LEAKY_RELU: Option<Runner> = Some(leaky_relu);
 pub const TANH: Option<Runner> = Some(tanh);
@@ -163,4 +164,27 @@ fn kl_normal(gpu: &Gpu, case: &Case) -> Result<OpResult> {
         }
     }
     Ok(result)
+}
+
+/// batch_norm(input, running_mean, running_var[, weight, bias]) through the graph op; in
+/// training mode the running statistics after PyTorch's update are outputs too.
+fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    if case.inputs.len() == 4 {
+        bail!(Invalid, "case {:?}: batch_norm with a weight but no bias is not supported", case.name);
+    }
+    let op = crate::graph::ops::BatchNorm {
+        eps: case.attr_f64("eps", 1e-5)? as f32,
+        momentum: case.attr_f64("momentum", 0.1)? as f32,
+        training: case.attr_bool("training", false)?,
+        update_running: true,
+    };
+    via_graph(gpu, case, &[1, 2], |g, x| {
+        let y = g.apply(op, x, &case.name)?[0];
+        let mut out = vec![Produced::Computed("y".into(), y)];
+        if op.training {
+            out.push(Produced::Updated("running_mean".into(), x[1]));
+            out.push(Produced::Updated("running_var".into(), x[2]));
+        }
+        Ok(out)
+    })
 }
