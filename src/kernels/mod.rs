@@ -3,6 +3,7 @@
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
 pub mod elementwise;
+pub mod matmul;
 
 use crate::{Error, Result};
 

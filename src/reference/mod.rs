@@ -2,3 +2,4 @@
 //! GPU kernels are tested against, and itself tested against finite differences.
 
 pub mod elementwise;
+pub mod matmul;

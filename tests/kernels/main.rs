@@ -4,4 +4,5 @@
 mod support;
 
 mod elementwise;
+mod matmul;
 mod shaders;
