@@ -9,6 +9,7 @@ pub mod loss;
 pub mod reduce;
 pub mod optim;
 pub mod random;
+pub mod matmul;
 
 use crate::{Error, Result};
 

@@ -8,3 +8,4 @@ pub mod loss;
 pub mod reduce;
 pub mod optim;
 pub mod random;
+pub mod matmul;

@@ -11,4 +11,5 @@ mod loss;
 mod reduce;
 mod optim;
 mod random;
+mod matmul;
 mod shaders;
