@@ -2,6 +2,7 @@
 //! launcher of each entry point. Launchers return a [`Dispatch`](crate::Dispatch) that can be
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
+pub mod conv;
 pub mod elementwise;
 
 use crate::{Error, Result};

@@ -3,5 +3,6 @@
 
 mod support;
 
+mod conv;
 mod elementwise;
 mod shaders;
