@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;

@@ -5,6 +5,7 @@ mod support;
 
 mod activation;
 mod batchnorm;
+mod conv;
 mod elementwise;
 mod gpu;
 mod loss;

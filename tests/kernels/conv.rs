@@ -1,0 +1,344 @@
+use crate::support::*;
+use kiln::gpu::Buffer;
+use kiln::kernels::conv::{self, Conv2d, ConvTranspose2d};
+use kiln::reference::conv as reference;
+
+fn conv2d(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize) -> Conv2d {
+    Conv2d { stride: [stride; 2], padding: [padding; 2], ..Conv2d::new(batch, cin, cout, size, [k, k]) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transpose(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize, output_padding: usize) -> ConvTranspose2d {
+    ConvTranspose2d {
+        stride: [stride; 2],
+        padding: [padding; 2],
+        output_padding: [output_padding; 2],
+        ..ConvTranspose2d::new(batch, cin, cout, size, [k, k])
+    }
+}
+
+/// Random operands of one layer, on the CPU (f32 and f64) and on the GPU.
+struct Operands {
+    x: Vec<f64>,
+    w: Vec<f64>,
+    b: Vec<f64>,
+    dy: Vec<f64>,
+    gpu: [Buffer; 4],
+}
+
+/// Runs single dispatches and multi-pass ops together, in order, in one submission.
+fn run(dispatches: Vec<Vec<kiln::Dispatch>>) {
+    gpu().run(&dispatches.into_iter().flatten().collect::<Vec<_>>()).unwrap();
+}
+
+fn operands(seed: u64, x_len: usize, w_len: usize, channels: usize, y_len: usize) -> Operands {
+    // rand(s + k) is rand(s) shifted by k elements; seeds 2^32 apart share no elements.
+    let r = |k: u64, len| rand(seed + (k << 32), len);
+    let host = [r(0, x_len), r(1, w_len), r(2, channels), r(3, y_len)];
+    let gpu = [upload("x", &host[0]), upload("w", &host[1]), upload("b", &host[2]), upload("dy", &host[3])];
+    let [x, w, b, dy] = host.map(|v| f64s(&v));
+    Operands { x, w, b, dy, gpu }
+}
+
+/// Forward (with bias when `bias`), dX, dW and db of a Conv2d against the reference.
+fn check_conv2d(name: &str, s: Conv2d, bias: bool, seed: u64) {
+    let gpu = gpu();
+    let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+    let [xb, wb, bb, dyb] = &o.gpu;
+    let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
+    run(vec![
+        vec![conv::conv2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap()],
+        vec![conv::conv2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap()],
+        conv::conv2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap(),
+        conv::conv2d_bias_grad(gpu, &s, dyb, &db, false).unwrap(),
+    ]);
+    let want = reference::conv2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
+    assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
+    assert_close(&format!("{name} dx"), &read(&dx), &reference::conv2d_data_grad(&s, &o.dy, &o.w), 1e-4);
+    assert_close(&format!("{name} dw"), &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
+    assert_close(&format!("{name} db"), &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+}
+
+fn check_conv_transpose2d(name: &str, s: ConvTranspose2d, bias: bool, seed: u64) {
+    let gpu = gpu();
+    let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+    let [xb, wb, bb, dyb] = &o.gpu;
+    let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
+    run(vec![
+        vec![conv::conv_transpose2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap()],
+        vec![conv::conv_transpose2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap()],
+        conv::conv_transpose2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap(),
+        conv::conv_transpose2d_bias_grad(gpu, &s, dyb, &db, false).unwrap(),
+    ]);
+    let want = reference::conv_transpose2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
+    assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
+    let dx_want = reference::conv_transpose2d_data_grad(&s, &o.dy, &o.w);
+    assert_close(&format!("{name} dx"), &read(&dx), &dx_want, 1e-4);
+    let dw_want = reference::conv_transpose2d_weight_grad(&s, &o.x, &o.dy);
+    assert_close(&format!("{name} dw"), &read(&dw), &dw_want, 1e-4);
+    assert_close(&format!("{name} db"), &read(&db), &reference::conv_transpose2d_bias_grad(&s, &o.dy), 1e-4);
+}
+
+#[test]
+fn conv2d_matches_reference_for_odd_sizes() {
+    // Channels of 3, 5 and 17 leave partial 8-channel blocks; widths of 7, 9 and 13 leave
+    // partial 8-column blocks; batch 1 and kernels 1, 3, 5 with strides 1, 2, padding 0, 1, 2.
+    let shapes = [
+        conv2d(1, 3, 5, [7, 9], 3, 1, 1),
+        conv2d(2, 5, 17, [13, 13], 5, 2, 2),
+        conv2d(1, 17, 3, [13, 13], 1, 1, 0),
+        conv2d(3, 3, 5, [7, 9], 3, 2, 0),
+        conv2d(1, 5, 3, [9, 7], 5, 1, 2),
+        Conv2d { stride: [2, 1], padding: [0, 2], ..Conv2d::new(2, 4, 6, [9, 7], [3, 5]) },
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        check_conv2d(&format!("conv2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64);
+    }
+}
+
+#[test]
+fn conv2d_supports_dilation() {
+    let s = Conv2d { padding: [2, 1], dilation: [2, 3], ..Conv2d::new(2, 3, 5, [11, 10], [3, 3]) };
+    check_conv2d(&format!("conv2d {}", s.describe()), s, true, 7);
+    let s = Conv2d { stride: [2, 2], dilation: [2, 2], ..Conv2d::new(1, 2, 3, [9, 9], [2, 2]) };
+    check_conv2d(&format!("conv2d {}", s.describe()), s, false, 8);
+}
+
+#[test]
+fn conv2d_matches_reference_for_dcgan_discriminator_layer() {
+    // 5x5, stride 2, padding 2, 1 -> 64 channels, 28x28 -> 14x14.
+    check_conv2d("conv2d dcgan 1->64 28x28", conv2d(2, 1, 64, [28, 28], 5, 2, 2), true, 100);
+}
+
+#[test]
+fn conv_transpose2d_matches_reference_for_odd_sizes() {
+    let shapes = [
+        transpose(1, 3, 5, [7, 9], 3, 2, 1, 1),
+        transpose(2, 17, 3, [13, 13], 5, 2, 2, 1),
+        transpose(1, 5, 17, [7, 9], 1, 1, 0, 0),
+        transpose(3, 3, 5, [6, 5], 3, 1, 1, 0),
+        transpose(1, 5, 3, [7, 7], 5, 2, 0, 0),
+        ConvTranspose2d { stride: [2, 3], padding: [1, 0], output_padding: [1, 2], ..ConvTranspose2d::new(2, 4, 6, [5, 4], [3, 4]) },
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64);
+    }
+}
+
+#[test]
+fn conv_transpose2d_supports_dilation() {
+    // PyTorch allows output_padding up to max(stride, dilation) - 1: here 1 with stride 1.
+    let s = ConvTranspose2d { padding: [1, 1], output_padding: [1, 0], dilation: [2, 2], ..ConvTranspose2d::new(2, 3, 5, [6, 7], [3, 3]) };
+    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, true, 3);
+    let s = ConvTranspose2d { stride: [2, 2], dilation: [3, 2], output_padding: [2, 1], ..ConvTranspose2d::new(1, 2, 3, [5, 4], [2, 3]) };
+    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, false, 4);
+}
+
+#[test]
+fn conv_transpose2d_matches_reference_for_dcgan_generator_layer() {
+    // 5x5, stride 2, padding 2, output_padding 1, 128 -> 64 channels, 7x7 -> 14x14.
+    let s = transpose(2, 128, 64, [7, 7], 5, 2, 2, 1);
+    assert_eq!(s.out_size().unwrap(), [14, 14]);
+    check_conv_transpose2d("conv_transpose2d dcgan 128->64 7x7", s, true, 200);
+}
+
+/// Runs dw and db of a layer with `accumulate` onto random prior values; returns the number of
+/// dispatches each took (2 when the sum was split into slices, as db's always is).
+fn check_accumulate(name: &str, seed: u64, lens: [usize; 4], grads: impl FnOnce(&Operands, &Buffer, &Buffer) -> [Vec<kiln::Dispatch>; 2], want: impl FnOnce(&Operands) -> [Vec<f64>; 2]) -> [usize; 2] {
+    let [x_len, w_len, channels, y_len] = lens;
+    let o = operands(seed, x_len, w_len, channels, y_len);
+    let (prior_w, prior_b) = (rand(seed + (10 << 32), w_len), rand(seed + (11 << 32), channels));
+    let (dw, db) = (upload("dw", &prior_w), upload("db", &prior_b));
+    let [dw_pass, db_pass] = grads(&o, &dw, &db);
+    let passes = [dw_pass.len(), db_pass.len()];
+    run(vec![dw_pass, db_pass]);
+    let plus = |prior: &[f32], g: Vec<f64>| -> Vec<f64> { prior.iter().zip(g).map(|(&p, g)| p as f64 + g).collect() };
+    let [dw_want, db_want] = want(&o);
+    assert_close(&format!("{name} dw accumulated"), &read(&dw), &plus(&prior_w, dw_want), 1e-4);
+    assert_close(&format!("{name} db accumulated"), &read(&db), &plus(&prior_b, db_want), 1e-4);
+    passes
+}
+
+#[test]
+fn conv_weight_and_bias_grads_accumulate() {
+    let gpu = gpu();
+    // Small layers sum dw in one pass; larger ones split the sum, and the second pass accumulates.
+    for (s, passes) in [(conv2d(2, 3, 5, [7, 9], 3, 2, 1), [1, 2]), (conv2d(8, 3, 5, [28, 28], 3, 1, 1), [2, 2])] {
+        let lens = [s.input_len(), s.weight_len(), s.out_channels, s.output_len()];
+        let got = check_accumulate(
+            &format!("conv2d {}", s.describe()),
+            50,
+            lens,
+            |o, dw, db| {
+                [conv::conv2d_weight_grad(gpu, &s, &o.gpu[0], &o.gpu[3], dw, true).unwrap(), conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], db, true).unwrap()]
+            },
+            |o| [reference::conv2d_weight_grad(&s, &o.x, &o.dy), reference::conv2d_bias_grad(&s, &o.dy)],
+        );
+        assert_eq!(got, passes, "dispatches of dw and db");
+    }
+    for (t, passes) in [(transpose(2, 3, 5, [4, 5], 3, 2, 1, 1), [1, 2]), (transpose(8, 3, 5, [14, 14], 3, 2, 1, 1), [2, 2])] {
+        let lens = [t.input_len(), t.weight_len(), t.out_channels, t.output_len()];
+        let got = check_accumulate(
+            &format!("conv_transpose2d {}", t.describe()),
+            70,
+            lens,
+            |o, dw, db| {
+                [
+                    conv::conv_transpose2d_weight_grad(gpu, &t, &o.gpu[0], &o.gpu[3], dw, true).unwrap(),
+                    conv::conv_transpose2d_bias_grad(gpu, &t, &o.gpu[3], db, true).unwrap(),
+                ]
+            },
+            |o| [reference::conv_transpose2d_weight_grad(&t, &o.x, &o.dy), reference::conv_transpose2d_bias_grad(&t, &o.dy)],
+        );
+        assert_eq!(got, passes, "dispatches of dw and db");
+    }
+}
+
+/// A tall one-pixel-wide image: one 8x8 block per row, and 4.2M-term weight and bias sums.
+fn tall() -> (Conv2d, Operands) {
+    let s = Conv2d::new(1, 1, 1, [4_200_000, 1], [1, 1]);
+    (s, operands(300, s.input_len(), s.weight_len(), s.out_channels, s.output_len()))
+}
+
+#[test]
+fn conv2d_forward_folds_grids_over_65535_workgroups() {
+    // 4.2M blocks: more than 65,535 workgroups of 64 (ConvTranspose2d's data gradient too).
+    let (s, o) = tall();
+    let y = zeros("y", s.output_len());
+    run(vec![vec![conv::conv2d(gpu(), &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap()]]);
+    assert_close("conv2d tall forward", &read(&y), &reference::conv2d(&s, &o.x, &o.w, Some(&o.b)), 1e-4);
+}
+
+#[test]
+fn conv2d_data_grad_folds_grids_over_65535_workgroups() {
+    // 4.2M blocks (ConvTranspose2d's forward too).
+    let (s, o) = tall();
+    let dx = zeros("dx", s.input_len());
+    run(vec![vec![conv::conv2d_data_grad(gpu(), &s, &o.gpu[3], &o.gpu[1], &dx).unwrap()]]);
+    assert_close("conv2d tall dx", &read(&dx), &reference::conv2d_data_grad(&s, &o.dy, &o.w), 1e-4);
+}
+
+#[test]
+fn conv2d_weight_and_bias_grads_sum_millions_of_terms() {
+    // 4.2M terms, split into slices short enough for llvmpipe's loop limit.
+    let (s, o) = tall();
+    let (dw, db) = (zeros("dw", 1), zeros("db", 1));
+    let (dw_pass, db_pass) = (conv::conv2d_weight_grad(gpu(), &s, &o.gpu[0], &o.gpu[3], &dw, false).unwrap(), conv::conv2d_bias_grad(gpu(), &s, &o.gpu[3], &db, false).unwrap());
+    assert_eq!((dw_pass.len(), db_pass.len()), (2, 2), "split sums");
+    run(vec![dw_pass, db_pass]);
+    assert_close("conv2d tall dw", &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
+    assert_close("conv2d tall db", &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+}
+
+#[test]
+fn conv2d_bias_grad_folds_grids_over_65535_workgroups() {
+    // 70,000 channels: one bias-gradient workgroup each. (Weight-gradient grids that large
+    // need over 2^25 weights; the fold is the same `flat` as in every entry.)
+    let gpu = gpu();
+    let s = Conv2d::new(1, 1, 70_000, [1, 1], [1, 1]);
+    let o = operands(330, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+    let (y, db) = (zeros("y", s.output_len()), zeros("db", s.out_channels));
+    let forward = conv::conv2d(gpu, &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap();
+    run(vec![vec![forward], conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], &db, false).unwrap()]);
+    assert_close("conv2d 70000 channels forward", &read(&y), &reference::conv2d(&s, &o.x, &o.w, Some(&o.b)), 1e-4);
+    assert_close("conv2d 70000 channels db", &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+}
+
+#[test]
+fn conv2d_sums_just_under_the_loop_limit_in_full() {
+    // 2000 channels x 5x5 taps = 50,000 terms per output, the most the launcher allows near
+    // llvmpipe's 65,535 loop iterations per invocation: every term must arrive.
+    check_conv2d("conv2d 2000 -> 9 channels", conv2d(1, 2000, 9, [5, 5], 5, 1, 2), false, 700);
+    check_conv2d("conv2d 9 -> 2000 channels", conv2d(1, 9, 2000, [5, 5], 5, 1, 2), false, 710);
+}
+
+#[test]
+fn conv_bias_grad_is_accurate_over_large_batches() {
+    // 8·256·256 = 524,288 terms per channel with a nonzero mean: one running f32 sum drifts
+    // by 3e-6 to 2e-5 relative; short sums, then sums of their partial sums, stay near 2e-7.
+    let gpu = gpu();
+    let s = Conv2d::new(8, 1, 3, [256, 256], [1, 1]);
+    let dy: Vec<f32> = rand(400, s.output_len()).iter().map(|v| v + 0.5).collect();
+    let db = zeros("db", 3);
+    run(vec![conv::conv2d_bias_grad(gpu, &s, &upload("dy", &dy), &db, false).unwrap()]);
+    assert_close("conv2d db over 524288 terms", &read(&db), &reference::conv2d_bias_grad(&s, &f64s(&dy)), 1e-6);
+}
+
+#[test]
+fn conv2d_reference_backward_matches_finite_differences() {
+    let shapes = [
+        conv2d(2, 2, 3, [5, 4], 3, 2, 1),
+        Conv2d { padding: [1, 2], dilation: [2, 1], stride: [1, 2], ..Conv2d::new(1, 2, 2, [6, 5], [2, 3]) },
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+        let (x, w, b, dy) = (&o.x, &o.w, &o.b, &o.dy);
+        let name = format!("conv2d {}", s.describe());
+        let fd = finite_difference(|x| reference::conv2d(&s, x, w, Some(b)), x, dy);
+        assert_grad_matches_fd(&format!("{name} dx"), &reference::conv2d_data_grad(&s, dy, w), &fd);
+        let fd = finite_difference(|w| reference::conv2d(&s, x, w, Some(b)), w, dy);
+        assert_grad_matches_fd(&format!("{name} dw"), &reference::conv2d_weight_grad(&s, x, dy), &fd);
+        let fd = finite_difference(|b| reference::conv2d(&s, x, w, Some(b)), b, dy);
+        assert_grad_matches_fd(&format!("{name} db"), &reference::conv2d_bias_grad(&s, dy), &fd);
+    }
+}
+
+#[test]
+fn conv_transpose2d_reference_backward_matches_finite_differences() {
+    let shapes = [
+        transpose(2, 2, 3, [3, 4], 3, 2, 1, 1),
+        ConvTranspose2d { padding: [1, 0], dilation: [2, 1], stride: [1, 2], output_padding: [1, 1], ..ConvTranspose2d::new(1, 2, 2, [4, 3], [2, 3]) },
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        let seed = 600 + 10 * i as u64;
+        let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+        let (x, w, b, dy) = (&o.x, &o.w, &o.b, &o.dy);
+        let name = format!("conv_transpose2d {}", s.describe());
+        let fd = finite_difference(|x| reference::conv_transpose2d(&s, x, w, Some(b)), x, dy);
+        assert_grad_matches_fd(&format!("{name} dx"), &reference::conv_transpose2d_data_grad(&s, dy, w), &fd);
+        let fd = finite_difference(|w| reference::conv_transpose2d(&s, x, w, Some(b)), w, dy);
+        assert_grad_matches_fd(&format!("{name} dw"), &reference::conv_transpose2d_weight_grad(&s, x, dy), &fd);
+        let fd = finite_difference(|b| reference::conv_transpose2d(&s, x, w, Some(b)), b, dy);
+        assert_grad_matches_fd(&format!("{name} db"), &reference::conv_transpose2d_bias_grad(&s, dy), &fd);
+    }
+}
+
+fn expect_err(result: kiln::Result<impl Sized>, needles: &[&str]) {
+    let err = result.err().expect("must fail").to_string();
+    assert!(needles.iter().all(|n| err.contains(n)), "{err:?} should mention {needles:?}");
+}
+
+#[test]
+fn conv_rejects_bad_shapes_naming_the_op() {
+    let gpu = gpu();
+    let buf = zeros("buf", 1000);
+    expect_err(Conv2d::from_dims(&[2, 3, 8, 8], &[4, 5, 3, 3]), &["conv2d", "[2, 3, 8, 8] has 3 channels", "expects 5"]);
+    expect_err(ConvTranspose2d::from_dims(&[2, 3, 8, 8], &[4, 5, 3, 3]), &["conv_transpose2d", "has 3 channels", "expects 4"]);
+    expect_err(Conv2d::from_dims(&[3, 8, 8], &[4, 3, 3, 3]), &["conv2d", "4 dims"]);
+
+    let too_small = Conv2d::new(1, 1, 1, [3, 3], [5, 5]);
+    expect_err(conv::conv2d(gpu, &too_small, &buf, &buf, None, &buf), &["conv2d", "kernel spans 5", "only 3"]);
+    let t = ConvTranspose2d { padding: [2, 2], ..ConvTranspose2d::new(1, 1, 1, [1, 1], [3, 3]) };
+    expect_err(conv::conv_transpose2d(gpu, &t, &buf, &buf, None, &buf), &["conv_transpose2d", "not positive"]);
+
+    let s = conv2d(2, 3, 4, [8, 8], 3, 1, 1);
+    let short = zeros("short", 10);
+    expect_err(conv::conv2d(gpu, &s, &buf, &buf, None, &short), &["conv2d", "output y [2, 4, 8, 8]", "needs 512"]);
+    expect_err(conv::conv2d(gpu, &s, &buf, &buf, Some(&zeros("b", 3)), &buf), &["conv2d", "bias [4]", "needs 4"]);
+    expect_err(conv::conv2d_weight_grad(gpu, &s, &buf, &buf, &short, false), &["conv2d.weight_grad", "dw [4, 3, 3, 3]"]);
+    expect_err(conv::conv2d(gpu, &Conv2d { groups: 2, ..s }, &buf, &buf, None, &buf), &["conv2d", "groups = 2"]);
+    expect_err(conv::conv2d(gpu, &Conv2d { stride: [0, 1], ..s }, &buf, &buf, None, &buf), &["conv2d", "positive"]);
+    // Sums longer than llvmpipe runs in one invocation are refused, not silently cut short.
+    let wide = Conv2d::new(1, 70_000, 1, [1, 1], [1, 1]);
+    let big = zeros("big", 70_000);
+    expect_err(conv::conv2d(gpu, &wide, &big, &big, None, &big), &["conv2d", "70000 channels summed", "llvmpipe"]);
+
+    let t = transpose(2, 4, 3, [4, 4], 5, 2, 2, 2);
+    expect_err(conv::conv_transpose2d(gpu, &t, &buf, &buf, None, &buf), &["conv_transpose2d", "output_padding 2"]);
+    let t = transpose(2, 4, 3, [4, 4], 5, 2, 2, 1);
+    expect_err(conv::conv_transpose2d_data_grad(gpu, &t, &buf, &buf, &short), &["conv_transpose2d.data_grad", "dx [2, 4, 4, 4]"]);
+    expect_err(conv::conv_transpose2d_bias_grad(gpu, &t, &short, &buf, false), &["conv_transpose2d.bias_grad", "dy [2, 3, 8, 8]"]);
+}
+
+
