@@ -16,10 +16,10 @@ use crate::kernels::loss::{self, Reduction};
 use crate::kernels::{activation as act, elementwise, reduce};
 use crate::{bail, Result};
 
-pub const MATMUL: Option<Runner> = None;
-pub const LINEAR: Option<Runner> = None;
-pub const CONV2D: Option<Runner> = None;
-pub const CONV_TRANSPOSE2D: Option<Runner> = None;
+pub const MATMUL: Option<Runner> = Some(matmul);
+pub const LINEAR: Option<Runner> = Some(linear);
+pub const CONV2D: Option<Runner> = Some(conv2d);
+pub const CONV_TRANSPOSE2D: Option<Runner> = Some(conv_transpose2d);
 pub const BATCH_NORM: Option<Runner> = Some(batch_norm);
 pub const RELU: Option<Runner> = Some(relu);
 pub const LEAKY_RELU: Option<Runner> = Some(leaky_relu);
@@ -187,4 +187,42 @@ fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
         }
         Ok(out)
     })
+}
+
+/// One op applied to all the case's inputs, through the graph; output `y`.
+fn single_op(gpu: &Gpu, case: &Case, op: impl crate::graph::Op + 'static) -> Result<OpResult> {
+    via_graph(gpu, case, &[], |g, x| Ok(vec![Produced::Computed("y".into(), g.apply1(op, x, &case.name)?)]))
+}
+
+/// torch.matmul of two 2-D tensors.
+fn matmul(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    for i in 0..2 {
+        if case.input(i)?.shape.len() != 2 {
+            bail!(Invalid, "case {:?}: matmul of {:?}: kiln's matmul takes 2-D tensors", case.name, case.input(i)?.shape);
+        }
+    }
+    single_op(gpu, case, crate::graph::ops::Matmul::default())
+}
+
+fn linear(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    single_op(gpu, case, crate::graph::ops::Linear)
+}
+
+/// Convolution attributes kiln supports: groups must be 1.
+fn conv_attrs(case: &Case) -> Result<([usize; 2], [usize; 2], [usize; 2])> {
+    if case.attr_int("groups", 1)? != 1 {
+        bail!(Invalid, "case {:?}: {} with groups != 1 is not supported", case.name, case.op);
+    }
+    Ok((case.attr_pair("stride", 1)?, case.attr_pair("padding", 0)?, case.attr_pair("dilation", 1)?))
+}
+
+fn conv2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let (stride, padding, dilation) = conv_attrs(case)?;
+    single_op(gpu, case, crate::graph::ops::Conv2d { stride, padding, dilation })
+}
+
+fn conv_transpose2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let (stride, padding, dilation) = conv_attrs(case)?;
+    let output_padding = case.attr_pair("output_padding", 0)?;
+    single_op(gpu, case, crate::graph::ops::ConvTranspose2d { stride, padding, output_padding, dilation })
 }

@@ -8,6 +8,11 @@ impl Tensor {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The handle of the graph's `i`-th tensor.
+    pub fn from_index(i: usize) -> Tensor {
+        Tensor(i)
+    }
 }
 
 /// Where a tensor's memory comes from, which decides its lifetime.

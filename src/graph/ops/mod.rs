@@ -3,15 +3,19 @@
 
 mod activation;
 mod batchnorm;
+mod conv;
 mod elementwise;
 mod loss;
+mod matmul;
 mod random;
 mod reduce;
 
 pub use activation::{Act, Activation, ActivationGrad};
 pub use batchnorm::{BatchNorm, BatchNormGrad};
+pub use conv::{Conv2d, ConvGrad, ConvTranspose2d, Geometry};
 pub use elementwise::{Add, Fill, Mul, Reshape, Scale};
 pub use loss::{Loss, LossGrad, LossKind};
+pub use matmul::{Linear, LinearGrad, Matmul};
 pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
 pub use reduce::{BroadcastRows, Sum};
 

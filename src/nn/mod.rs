@@ -1,0 +1,104 @@
+//! Layers on top of the graph, with PyTorch's default initialisations and parameter names
+//! (`0.weight`, `1.running_mean`, …), so a PyTorch state_dict saved as safetensors loads by
+//! name. A model is a [`Sequential`] of layers under a prefix (`generator.`).
+
+mod init;
+mod layers;
+
+pub use init::InitRng;
+pub use layers::{BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, Layer, Linear, Reshape};
+
+use crate::graph::ops::Act;
+use crate::graph::{Graph, Store, Tensor};
+use crate::gpu::Gpu;
+use crate::Result;
+
+/// A tensor to create in the store: its full name, shape and initial values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Init {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// How a forward pass is built.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    /// Batch statistics and dropout (training) or running statistics and identity (eval).
+    pub training: bool,
+    /// Whether batch norm updates its running statistics in this forward (off when a step
+    /// runs the same forward twice, as a GAN's generator update does).
+    pub update_running: bool,
+    /// Base of the dropout streams; each dropout layer derives its own from its name.
+    pub seed: u64,
+}
+
+impl Mode {
+    pub fn train(seed: u64) -> Mode {
+        Mode { training: true, update_running: true, seed }
+    }
+
+    pub fn eval() -> Mode {
+        Mode { training: false, update_running: false, seed: 0 }
+    }
+}
+
+/// Layers applied in order, named by position as `nn.Sequential` names them.
+pub struct Sequential {
+    pub prefix: String,
+    pub layers: Vec<Layer>,
+}
+
+impl Sequential {
+    pub fn new(prefix: &str, layers: Vec<Layer>) -> Sequential {
+        Sequential { prefix: prefix.to_string(), layers }
+    }
+
+    fn name(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix)
+    }
+
+    /// Initial parameters (PyTorch's defaults, drawn from `rng`) and states.
+    pub fn init(&self, rng: &mut InitRng) -> (Vec<Init>, Vec<Init>) {
+        let (mut params, mut states) = (Vec::new(), Vec::new());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (p, s) = layer.init(&self.name(i), rng);
+            params.extend(p);
+            states.extend(s);
+        }
+        (params, states)
+    }
+
+    /// Registers this model's parameters as one group (one optimizer dispatch) and its states.
+    pub fn register(&self, gpu: &Gpu, store: &mut Store, group: &str, rng: &mut InitRng) -> Result<()> {
+        let (params, states) = self.init(rng);
+        store.add_group(gpu, group, params.into_iter().map(|p| (p.name, p.shape, p.values)).collect())?;
+        for s in states {
+            store.add_state(gpu, &s.name, &s.shape, &s.values)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every layer to `x`; shape errors name the layer (`generator.3`).
+    pub fn forward(&self, g: &mut Graph, x: Tensor, mode: Mode) -> Result<Tensor> {
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(g, &self.name(i), h, mode)?;
+        }
+        Ok(h)
+    }
+
+    /// The graph's parameter tensors of this model, in registration order.
+    pub fn params(&self, g: &Graph) -> Vec<Tensor> {
+        let prefix = &self.prefix;
+        (0..g.tensors.len())
+            .map(Tensor::from_index)
+            .filter(|&t| g.info(t).role == crate::graph::Role::Param && g.info(t).name.starts_with(prefix.as_str()))
+            .collect()
+    }
+}
+
+/// Shorthand for activation layers.
+pub fn act(a: Act) -> Layer {
+    Layer::Activation(a)
+}
