@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod data;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;

@@ -6,6 +6,7 @@ mod support;
 mod activation;
 mod batchnorm;
 mod conv;
+mod data;
 mod elementwise;
 mod gpu;
 mod loss;
