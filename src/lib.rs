@@ -11,6 +11,7 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod profile;

@@ -43,19 +43,28 @@ impl Mode {
     }
 }
 
-/// Layers applied in order, named by position as `nn.Sequential` names them.
+/// Layers applied in order, named by position as `nn.Sequential` names them (or by the
+/// names given, as attributes of an `nn.Module` are).
 pub struct Sequential {
     pub prefix: String,
     pub layers: Vec<Layer>,
+    names: Vec<String>,
 }
 
 impl Sequential {
     pub fn new(prefix: &str, layers: Vec<Layer>) -> Sequential {
-        Sequential { prefix: prefix.to_string(), layers }
+        let names = (0..layers.len()).map(|i| i.to_string()).collect();
+        Sequential { prefix: prefix.to_string(), layers, names }
+    }
+
+    /// Layers with names of their own (`fc1`, `fc2`): parameters `{prefix}fc1.weight`.
+    pub fn named(prefix: &str, layers: Vec<(&str, Layer)>) -> Sequential {
+        let names = layers.iter().map(|(n, _)| n.to_string()).collect();
+        Sequential { prefix: prefix.to_string(), layers: layers.into_iter().map(|(_, l)| l).collect(), names }
     }
 
     fn name(&self, i: usize) -> String {
-        format!("{}{i}", self.prefix)
+        format!("{}{}", self.prefix, self.names[i])
     }
 
     /// Initial parameters (PyTorch's defaults, drawn from `rng`) and states.
@@ -69,14 +78,11 @@ impl Sequential {
         (params, states)
     }
 
-    /// Registers this model's parameters as one group (one optimizer dispatch) and its states.
+    /// Registers this model's parameters, with PyTorch's default initial values, as one
+    /// group (one optimizer dispatch) and its states.
     pub fn register(&self, gpu: &Gpu, store: &mut Store, group: &str, rng: &mut InitRng) -> Result<()> {
         let (params, states) = self.init(rng);
-        store.add_group(gpu, group, params.into_iter().map(|p| (p.name, p.shape, p.values)).collect())?;
-        for s in states {
-            store.add_state(gpu, &s.name, &s.shape, &s.values)?;
-        }
-        Ok(())
+        register(gpu, store, group, params, states)
     }
 
     /// Applies every layer to `x`; shape errors name the layer (`generator.3`).
@@ -96,6 +102,15 @@ impl Sequential {
             .filter(|&t| g.info(t).role == crate::graph::Role::Param && g.info(t).name.starts_with(prefix.as_str()))
             .collect()
     }
+}
+
+/// Registers `params` as one group of the store and `states` beside them.
+pub fn register(gpu: &Gpu, store: &mut Store, group: &str, params: Vec<Init>, states: Vec<Init>) -> Result<()> {
+    store.add_group(gpu, group, params.into_iter().map(|p| (p.name, p.shape, p.values)).collect())?;
+    for s in states {
+        store.add_state(gpu, &s.name, &s.shape, &s.values)?;
+    }
+    Ok(())
 }
 
 /// Shorthand for activation layers.

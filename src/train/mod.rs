@@ -1,5 +1,7 @@
 //! Training runs: checkpoints, sample grids, metrics.
 
 pub mod checkpoint;
+pub mod data;
+pub mod gan;
 
 pub use checkpoint::Checkpoint;

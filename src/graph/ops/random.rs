@@ -73,7 +73,7 @@ impl Op for DropoutGrad {
 }
 
 /// A tensor of fresh random numbers each step: N(a, b²) when `normal`, else U[a, b).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RandomFill {
     pub normal: bool,
     pub a: f32,

@@ -1,0 +1,178 @@
+//! The GAN training step: a discriminator update and a generator update, recorded once and
+//! submitted together each step (gather, D program, D's Adam, G program, G's Adam).
+
+use super::data::GpuData;
+use crate::gpu::{Dispatch, Gpu};
+use crate::graph::ops::{Add, Fill, Loss, LossKind, RandomFill};
+use crate::graph::{Graph, Program, Store, Tensor};
+use crate::kernels::loss::Reduction;
+use crate::models::dcgan::{self, ImageShape, LATENT};
+use crate::nn::{self, InitRng, Mode, Sequential};
+use crate::optim::{Adam, Config, Optimizer};
+use crate::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// The TensorFlow tutorial exactly: framework-default init, Adam(1e-4) for both.
+    Seed,
+    /// The DCGAN paper: N(0, 0.02) weights, BN γ N(1, 0.02), Adam(2e-4, β1 = 0.5).
+    Paper,
+}
+
+#[derive(Clone, Debug)]
+pub struct GanConfig {
+    pub image: ImageShape,
+    pub batch: usize,
+    pub recipe: Recipe,
+    /// Learning rates; None takes the recipe's.
+    pub lr_g: Option<f32>,
+    pub lr_d: Option<f32>,
+    /// One-sided label smoothing: the discriminator's target for real images (1 without).
+    pub real_label: f32,
+    pub seed: u64,
+}
+
+impl GanConfig {
+    fn adam(&self, lr: Option<f32>) -> Adam {
+        match self.recipe {
+            Recipe::Seed => Adam { lr: lr.unwrap_or(1e-4), eps: 1e-7, ..Adam::default() },
+            Recipe::Paper => Adam { lr: lr.unwrap_or(2e-4), beta1: 0.5, ..Adam::default() },
+        }
+    }
+}
+
+pub struct Gan {
+    pub config: GanConfig,
+    pub store: Store,
+    pub generator: Sequential,
+    pub discriminator: Sequential,
+    gather: Dispatch,
+    d_step: Program,
+    g_step: Program,
+    pub opt_d: Optimizer,
+    pub opt_g: Optimizer,
+    /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit.
+    pub logged: Vec<crate::gpu::Buffer>,
+    sampler: Program,
+    sample_images: Tensor,
+}
+
+/// Streams of the step's random numbers: noise, and the dropout of each discriminator pass.
+const NOISE: u64 = 1;
+const DROPOUT_REAL: u64 = 2;
+const DROPOUT_FAKE: u64 = 3;
+const DROPOUT_G_STEP: u64 = 4;
+
+pub const SAMPLES: usize = 64;
+
+fn mean_logit(g: &mut Graph, logits: Tensor) -> Result<Tensor> {
+    g.apply1(crate::graph::ops::Sum { all: true, mean: true }, &[logits], "mean_logit")
+}
+
+impl Gan {
+    pub fn new(gpu: &Gpu, config: GanConfig, data: &GpuData) -> Result<Gan> {
+        let generator = dcgan::generator(config.image)?;
+        let discriminator = dcgan::discriminator(config.image)?;
+        let mut store = Store::new();
+        let mut rng = InitRng::new(config.seed);
+        for (model, group) in [(&generator, "generator"), (&discriminator, "discriminator")] {
+            let (mut params, states) = model.init(&mut rng);
+            if config.recipe == Recipe::Paper {
+                dcgan::paper_init(&mut params, &mut rng);
+            }
+            nn::register(gpu, &mut store, group, params, states)?;
+        }
+        let b = config.batch;
+        let ImageShape { channels: c, size: s } = config.image;
+        let seed = config.seed;
+        let noise = RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ NOISE, shape: vec![b, LATENT] };
+        let bce = Loss(LossKind::BceWithLogits(Reduction::Mean));
+
+        // Discriminator step: real batch → 1 (or the smoothed label), G(z) → 0.
+        let mut g = Graph::new();
+        let real = g.input("real", &[b, c, s, s]);
+        let z = g.apply1(noise.clone(), &[], "noise")?;
+        let fake = generator.forward(&mut g, z, Mode::train(0))?;
+        let d_real = discriminator.forward(&mut g, real, Mode::train(seed ^ DROPOUT_REAL))?;
+        let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE))?;
+        let real_t = g.apply1(Fill { value: config.real_label, shape: vec![b, 1] }, &[], "real_label")?;
+        let fake_t = g.apply1(Fill { value: 0.0, shape: vec![b, 1] }, &[], "fake_label")?;
+        let l_real = g.apply1(bce, &[d_real, real_t], "d_loss_real")?;
+        let l_fake = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, fake_t], "d_loss_fake")?;
+        let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss")?;
+        let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
+        let d_params = discriminator.params(&g);
+        let d_grads = differentiate(&mut g, d_loss, &d_params)?;
+        let d_step = Program::compile(gpu, &g, &mut store, &[d_loss, m_real, m_fake], &d_grads)?;
+        let logged_d = [d_step.buffer(d_loss).clone(), d_step.buffer(m_real).clone(), d_step.buffer(m_fake).clone()];
+
+        // Generator step: the same z (same stream and step), through the updated D, → 1. The
+        // generator's batch statistics were counted in the D step, so not again here.
+        let mut g = Graph::new();
+        let z = g.apply1(noise.clone(), &[], "noise")?;
+        let fake = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) })?;
+        let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
+        let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
+        let g_loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")?;
+        let g_params = generator.params(&g);
+        let g_grads = differentiate(&mut g, g_loss, &g_params)?;
+        let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
+
+        // Samples from fixed noise, batch norm on its running statistics.
+        let mut g = Graph::new();
+        let sample_z = g.input("sample_z", &[SAMPLES, LATENT]);
+        let sample_images = generator.forward(&mut g, sample_z, Mode::eval())?;
+        let sampler = Program::compile(gpu, &g, &mut store, &[sample_images], &[])?;
+
+        let real_buffer = store.input_buffer("real").expect("compiled").buffer.clone();
+        let gather = data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?;
+        let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
+        let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
+        let logged = vec![logged_d[0].clone(), g_step.buffer(g_loss).clone(), logged_d[1].clone(), logged_d[2].clone()];
+        Ok(Gan { config, store, generator, discriminator, gather, d_step, g_step, opt_d, opt_g, logged, sampler, sample_images })
+    }
+
+    /// Bytes of pooled intermediates, planned and naive, over both programs.
+    pub fn memory(&self) -> (u64, u64) {
+        (self.d_step.memory.planned + self.g_step.memory.planned, self.d_step.memory.naive + self.g_step.memory.naive)
+    }
+
+    /// Everything one training step submits, in order.
+    pub fn step_dispatches(&self) -> [&[Dispatch]; 5] {
+        [std::slice::from_ref(&self.gather), &self.d_step.dispatches, &self.opt_d.dispatches, &self.g_step.dispatches, &self.opt_g.dispatches]
+    }
+
+    /// Points the recorded step at training step `step` (noise and dropout streams) and batch
+    /// `batch_index` of the epoch's order.
+    pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
+        data.select(gpu, &self.gather, self.config.batch, batch_index);
+        self.d_step.set_step(gpu, step)?;
+        self.g_step.set_step(gpu, step)
+    }
+
+    /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]).
+    pub fn sample(&self, gpu: &Gpu, noise: &[f32]) -> Result<Vec<f32>> {
+        gpu.write(&self.store.input_buffer("sample_z").expect("compiled").buffer, noise)?;
+        self.sampler.run(gpu)?;
+        gpu.read(self.sampler.buffer(self.sample_images))
+    }
+}
+
+/// Gradients of `loss` w.r.t. `params`, each a tensor of its own for the gradient arena.
+pub(crate) fn differentiate(g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
+    let grads = g.backward(loss, params)?;
+    let mut taken = Vec::new();
+    let mut pairs = Vec::new();
+    for (&p, d) in params.iter().zip(grads) {
+        let d = match d {
+            Some(d) => d,
+            // A parameter the loss does not reach still gets a (zero) gradient written each step.
+            None => {
+                let shape = g.shape(p).to_vec();
+                g.apply1(Fill { value: 0.0, shape }, &[], "zero_grad")?
+            }
+        };
+        pairs.push((p, g.materialize(d, &mut taken)?));
+    }
+    Ok(pairs)
+}
