@@ -176,3 +176,47 @@ pub(crate) fn differentiate(g: &mut Graph, loss: Tensor, params: &[Tensor]) -> R
     }
     Ok(pairs)
 }
+
+impl super::run::Trainer for Gan {
+    fn kind(&self) -> &'static str {
+        "gan"
+    }
+    fn batch(&self) -> usize {
+        self.config.batch
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn optimizers(&self) -> Vec<&Optimizer> {
+        vec![&self.opt_d, &self.opt_g]
+    }
+    fn logged(&self) -> Vec<(&'static str, crate::gpu::Buffer)> {
+        ["d_loss", "g_loss", "d_real", "d_fake"].into_iter().zip(self.logged.iter().cloned()).collect()
+    }
+    fn step_dispatches(&self) -> Vec<&[Dispatch]> {
+        Gan::step_dispatches(self).to_vec()
+    }
+    fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
+        Gan::prepare(self, gpu, data, step, batch_index)
+    }
+    fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
+        let images = self.sample(gpu, &fixed_noise(self.config.seed))?;
+        let unit: Vec<f32> = images.iter().map(|v| (v + 1.0) / 2.0).collect();
+        let ImageShape { channels, size } = self.config.image;
+        crate::data::images::save_grid(&unit, [SAMPLES, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
+    }
+    fn config_json(&self) -> String {
+        let c = &self.config;
+        serde_json::json!({
+            "model": "dcgan", "channels": c.image.channels, "size": c.image.size, "batch": c.batch,
+            "recipe": format!("{:?}", c.recipe).to_lowercase(), "lr_g": c.lr_g, "lr_d": c.lr_d,
+            "real_label": c.real_label, "seed": c.seed,
+        })
+        .to_string()
+    }
+}
+
+/// The same noise for every sample grid of a run, so grids compare across steps.
+pub fn fixed_noise(seed: u64) -> Vec<f32> {
+    InitRng::new(seed ^ 0x5A3D_1E5F_1EED).normal(SAMPLES * LATENT, 0.0, 1.0)
+}

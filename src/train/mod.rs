@@ -3,5 +3,6 @@
 pub mod checkpoint;
 pub mod data;
 pub mod gan;
+pub mod run;
 
 pub use checkpoint::Checkpoint;

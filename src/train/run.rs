@@ -1,0 +1,178 @@
+//! The training loop shared by the GAN and the VAE: one submit per step, losses read back
+//! through a ring without stalling, NaN detection, metrics, samples and atomic checkpoints,
+//! and `--resume` from the last checkpoint.
+
+use super::checkpoint::{capture, restore, Checkpoint};
+use super::data::GpuData;
+use crate::gpu::{Buffer, Dispatch, Gpu, Readback};
+use crate::graph::Store;
+use crate::optim::Optimizer;
+use crate::{Error, Result};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a model brings to the loop.
+pub trait Trainer {
+    /// `gan` or `vae`, stored in checkpoints.
+    fn kind(&self) -> &'static str;
+    fn batch(&self) -> usize;
+    fn store(&self) -> &Store;
+    fn optimizers(&self) -> Vec<&Optimizer>;
+    /// Names and buffers of the scalars logged each step (the first is the loss watched for NaN).
+    fn logged(&self) -> Vec<(&'static str, Buffer)>;
+    fn step_dispatches(&self) -> Vec<&[Dispatch]>;
+    fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()>;
+    /// Writes sample images for `step` into `dir`.
+    fn save_samples(&self, gpu: &Gpu, dir: &Path, step: u64) -> Result<()>;
+    /// The run's configuration as JSON, stored in checkpoints.
+    fn config_json(&self) -> String;
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// Total steps, or epochs × steps per epoch.
+    pub steps: Option<u64>,
+    pub epochs: Option<u64>,
+    pub checkpoint_every: u64,
+    pub sample_every: u64,
+    pub log_every: u64,
+    pub resume: bool,
+    pub seed: u64,
+}
+
+pub struct Summary {
+    pub steps: u64,
+    pub images_per_second: f64,
+    pub last: Vec<(String, f32)>,
+    pub checkpoint: PathBuf,
+}
+
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.safetensors")
+}
+
+pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) -> Result<Summary> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let per_epoch = (data.len / trainer.batch()) as u64;
+    if per_epoch == 0 {
+        return Err(Error::Invalid(format!("batch size {} is larger than the dataset ({} images)", trainer.batch(), data.len)));
+    }
+    let total = opts.steps.unwrap_or(opts.epochs.unwrap_or(1) * per_epoch);
+    let ckpt_path = checkpoint_path(&opts.out);
+    let mut start = 0;
+    if opts.resume && ckpt_path.exists() {
+        let ckpt = Checkpoint::load(&ckpt_path)?;
+        let kind = ckpt.meta("kind")?;
+        if kind != trainer.kind() {
+            return Err(Error::Invalid(format!("{}: a {kind} checkpoint cannot resume a {} run", ckpt_path.display(), trainer.kind())));
+        }
+        restore(gpu, trainer.store(), &trainer.optimizers(), &ckpt)?;
+        start = ckpt.meta_parse("step")?;
+        log::info!("resumed from {} at step {start}", ckpt_path.display());
+    }
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+    let samples = opts.out.join("samples");
+    std::fs::create_dir_all(&samples).map_err(io(&samples))?;
+
+    let names: Vec<&'static str> = trainer.logged().iter().map(|(n, _)| *n).collect();
+    let mut ring = Readback::new(gpu, trainer.logged().into_iter().map(|(_, b)| b).collect(), 4)?;
+    let mut log = Log {
+        names,
+        metrics,
+        metrics_path,
+        terminal: std::io::stdout().is_terminal(),
+        began: Instant::now(),
+        start,
+        total,
+        per_epoch,
+        batch: trainer.batch() as u64,
+        last: Vec::new(),
+        last_good: None,
+        checkpoint: ckpt_path.clone(),
+    };
+    for step in start..total {
+        let (epoch, index) = (step / per_epoch, (step % per_epoch) as usize);
+        if index == 0 || step == start {
+            data.shuffle(gpu, opts.seed, epoch)?;
+        }
+        trainer.prepare(gpu, data, step, index)?;
+        let log_now = step % opts.log_every == 0 || step + 1 == total;
+        gpu.submit("training step", &trainer.step_dispatches(), log_now.then_some((&mut ring, step)))?;
+        log.record(ring.collect(gpu, false)?)?;
+        let finished = step + 1;
+        if finished % opts.checkpoint_every == 0 || finished == total {
+            log.record(ring.collect(gpu, true)?)?;
+            save(gpu, trainer, opts, finished, &ckpt_path)?;
+            log.last_good = Some(finished);
+        }
+        if finished % opts.sample_every == 0 || finished == total {
+            trainer.save_samples(gpu, &samples, finished)?;
+        }
+    }
+    log.record(ring.collect(gpu, true)?)?;
+    if log.terminal {
+        println!();
+    }
+    let done = total.saturating_sub(start);
+    Ok(Summary { steps: done, images_per_second: (done * log.batch) as f64 / log.began.elapsed().as_secs_f64(), last: log.last, checkpoint: ckpt_path })
+}
+
+/// Metrics lines, the progress line, and the NaN watch over the values read back.
+struct Log {
+    names: Vec<&'static str>,
+    metrics: std::fs::File,
+    metrics_path: PathBuf,
+    terminal: bool,
+    began: Instant,
+    start: u64,
+    total: u64,
+    per_epoch: u64,
+    batch: u64,
+    last: Vec<(String, f32)>,
+    last_good: Option<u64>,
+    checkpoint: PathBuf,
+}
+
+impl Log {
+    fn record(&mut self, results: Vec<(u64, Vec<Vec<f32>>)>) -> Result<()> {
+        for (step, values) in results {
+            let values: Vec<f32> = values.iter().map(|v| v[0]).collect();
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                let good = self.last_good.map_or("none yet".to_string(), |s| format!("{} (step {s})", self.checkpoint.display()));
+                return Err(Error::Invalid(format!("{} became {v} at step {step}; last good checkpoint: {good}", self.names[i])));
+            }
+            let rate = ((step + 1 - self.start) * self.batch) as f64 / self.began.elapsed().as_secs_f64();
+            let epoch = step / self.per_epoch;
+            let fields: Vec<String> = self.names.iter().zip(&values).map(|(n, v)| format!("\"{n}\":{v}")).collect();
+            writeln!(self.metrics, "{{\"step\":{step},\"epoch\":{epoch},{},\"images_per_s\":{rate:.1}}}", fields.join(","))
+                .map_err(|source| Error::Io { path: self.metrics_path.display().to_string(), source })?;
+            let shown: Vec<String> = self.names.iter().zip(&values).map(|(n, v)| format!("{n} {v:.4}")).collect();
+            let line = format!("step {}/{} epoch {epoch} {} {rate:.0} img/s", step + 1, self.total, shown.join(" "));
+            if self.terminal {
+                print!("\r{line}   ");
+                let _ = std::io::stdout().flush();
+            } else {
+                println!("{line}");
+            }
+            self.last = self.names.iter().map(|n| n.to_string()).zip(values).collect();
+        }
+        Ok(())
+    }
+}
+
+fn save(gpu: &Gpu, trainer: &dyn Trainer, opts: &RunOptions, step: u64, path: &Path) -> Result<()> {
+    let mut ckpt = Checkpoint::default();
+    capture(gpu, trainer.store(), &trainer.optimizers(), &mut ckpt)?;
+    ckpt.metadata.insert("kind".into(), trainer.kind().into());
+    ckpt.metadata.insert("step".into(), step.to_string());
+    ckpt.metadata.insert("seed".into(), opts.seed.to_string());
+    ckpt.metadata.insert("config".into(), trainer.config_json());
+    ckpt.save(path)
+}
