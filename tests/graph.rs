@@ -9,6 +9,12 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// A device of the test's own, for tests that count created objects: the counts are per
+/// `Gpu`, and tests running in parallel on the shared one would move them.
+fn own_gpu() -> Gpu {
+    Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn gradients_of_a_tensor_used_twice_accumulate() {
     // loss = (a * b) * a  →  dloss/da = 2ab, dloss/db = a²
@@ -61,7 +67,7 @@ fn a_shape_mismatch_names_the_op_the_layer_and_both_shapes() {
 
 #[test]
 fn steps_after_the_first_create_no_buffers_or_bind_groups() {
-    let gpu = gpu();
+    let gpu = &own_gpu();
     let mut g = Graph::new();
     let x = g.input("x", &[1000]);
     let mut h = x;
@@ -112,10 +118,10 @@ fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
 mod composed {
     use super::gpu;
     use kiln::graph::ops::*;
-    use kiln::graph::{Graph, Program, Store, Tensor};
+    use kiln::graph::{Graph, Program, Role, Store, Tensor};
     use kiln::kernels::loss::Reduction;
 
-    fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    pub fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -144,33 +150,61 @@ mod composed {
     /// in-place updates on the GPU are checked against the reference too.
     fn check_gradients_with_states(g: &mut Graph, loss: Tensor, params: &[(Tensor, Vec<f32>)], inputs: &[(Tensor, Vec<f32>)], states: &[(Tensor, Vec<f32>)]) {
         let gpu = gpu();
-        let forward_nodes = g.nodes.len();
-        let wrt: Vec<Tensor> = params.iter().map(|(t, _)| *t).collect();
-        let grads = g.backward(loss, &wrt).unwrap();
-        let mut taken = Vec::new();
-        let grads: Vec<Tensor> = grads.iter().map(|d| g.materialize(d.expect("every parameter reaches the loss"), &mut taken).unwrap()).collect();
-
         let mut store = Store::new();
         let specs = params.iter().map(|(t, v)| (g.info(*t).name.clone(), g.shape(*t).to_vec(), v.clone())).collect();
         store.add_group(gpu, "params", specs).unwrap();
         for (t, v) in states {
             store.add_state(gpu, &g.info(*t).name, g.shape(*t), v).unwrap();
         }
-        let pairs: Vec<(Tensor, Tensor)> = wrt.iter().copied().zip(grads.iter().copied()).collect();
-        let program = Program::compile(gpu, g, &mut store, &[loss], &pairs).unwrap();
+        let wrt: Vec<Tensor> = params.iter().map(|(t, _)| *t).collect();
+        check_gradients_in_store(g, &mut store, loss, &wrt, inputs);
+    }
+
+    /// Worst errors of one check, for the test's log.
+    #[derive(Debug, Default)]
+    pub struct Worst {
+        pub gpu_vs_reference: f64,
+        pub reference_vs_fd: f64,
+        pub states: f64,
+    }
+
+    /// The check behind [`check_gradients`] over parameters and states already in `store` (as
+    /// `Sequential::register` puts them there): their initial values are read back from the
+    /// GPU, so the reference starts from the same f32 values. Every state tensor of the graph
+    /// is compared after the step.
+    pub fn check_gradients_in_store(g: &mut Graph, store: &mut Store, loss: Tensor, params: &[Tensor], inputs: &[(Tensor, Vec<f32>)]) -> Worst {
+        let gpu = gpu();
+        let f64s = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(f64::from).collect() };
+        let forward_nodes = g.nodes.len();
+        let grads = g.backward(loss, params).unwrap();
+        let mut taken = Vec::new();
+        let grads: Vec<Tensor> = grads.iter().map(|d| g.materialize(d.expect("every parameter reaches the loss"), &mut taken).unwrap()).collect();
+
+        let states: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == Role::State).collect();
+        let mut leaves: Vec<(Tensor, Vec<f64>)> = Vec::new();
+        for &p in params {
+            leaves.push((p, f64s(gpu.read(&store.param(&g.info(p).name).expect("registered").buffer).unwrap())));
+        }
+        for &s in &states {
+            leaves.push((s, f64s(gpu.read(&store.state(gpu, &g.info(s).name, g.shape(s)).unwrap().buffer).unwrap())));
+        }
+        leaves.extend(inputs.iter().map(|(t, v)| (*t, v.iter().map(|&x| x as f64).collect())));
+
+        let pairs: Vec<(Tensor, Tensor)> = params.iter().copied().zip(grads.iter().copied()).collect();
+        let program = Program::compile(gpu, g, store, &[loss], &pairs).unwrap();
         for (t, v) in inputs {
             gpu.write(&store.input_buffer(&g.info(*t).name).unwrap().buffer, v).unwrap();
         }
         program.run(gpu).unwrap();
 
-        let leaves: Vec<(Tensor, Vec<f64>)> =
-            params.iter().chain(inputs).chain(states).map(|(t, v)| (*t, v.iter().map(|&x| x as f64).collect())).collect();
+        let mut worst = Worst::default();
         let values = g.evaluate_reference(&leaves).unwrap();
-        for (t, _) in states {
-            let got: Vec<f64> = gpu.read(&store.state(gpu, &g.info(*t).name, g.shape(*t)).unwrap().buffer).unwrap().iter().map(|&x| x as f64).collect();
+        for &t in &states {
+            let got = f64s(gpu.read(&store.state(gpu, &g.info(t).name, g.shape(t)).unwrap().buffer).unwrap());
             let err = rel_l2(&got, &values[t.index()].as_ref().unwrap().1);
-            eprintln!("state {}: GPU vs reference rel L2 {err:.2e}", g.info(*t).name);
-            assert!(err <= 1e-5, "state {}: rel L2 {err:.3e}", g.info(*t).name);
+            eprintln!("state {}: GPU vs reference rel L2 {err:.2e}", g.info(t).name);
+            assert!(err <= 1e-5, "state {}: rel L2 {err:.3e}", g.info(t).name);
+            worst.states = worst.states.max(err);
         }
         let want_loss = values[loss.index()].as_ref().unwrap().1[0];
         let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
@@ -179,21 +213,22 @@ mod composed {
         // Forward-only copy of the graph for finite differences of the reference loss.
         let mut forward = g.clone();
         forward.nodes.truncate(forward_nodes);
-        for ((param, init), grad) in params.iter().zip(&grads) {
+        for (param, grad) in params.iter().zip(&grads) {
             let name = &g.info(*param).name;
-            let got: Vec<f64> = gpu.read(store.grad(name).unwrap()).unwrap().iter().map(|&x| x as f64).collect();
+            let got = f64s(gpu.read(store.grad(name).unwrap()).unwrap());
             let reference = &values[grad.index()].as_ref().unwrap().1;
             let err = rel_l2(&got, reference);
             eprintln!("d{name}: GPU vs reference rel L2 {err:.2e}");
             assert!(err <= 1e-4, "d{name}: GPU vs reference rel L2 {err:.3e}");
+            worst.gpu_vs_reference = worst.gpu_vs_reference.max(err);
 
+            let slot = leaves.iter().position(|(t, _)| t == param).unwrap();
             let h = 1e-6;
-            let numeric: Vec<f64> = (0..init.len())
+            let numeric: Vec<f64> = (0..g.info(*param).numel())
                 .map(|i| {
                     let at = |delta: f64| {
                         let mut leaves = leaves.clone();
-                        let slot = leaves.iter_mut().find(|(t, _)| t == param).unwrap();
-                        slot.1[i] += delta;
+                        leaves[slot].1[i] += delta;
                         forward.evaluate_reference(&leaves).unwrap()[loss.index()].as_ref().unwrap().1[0]
                     };
                     (at(h) - at(-h)) / (2.0 * h)
@@ -202,7 +237,9 @@ mod composed {
             let err = rel_l2(reference, &numeric);
             eprintln!("d{name}: reference vs finite differences rel L2 {err:.2e}");
             assert!(err <= 1e-5, "d{name}: reference vs finite differences rel L2 {err:.3e}");
+            worst.reference_vs_fd = worst.reference_vs_fd.max(err);
         }
+        worst
     }
 
     #[test]
@@ -349,4 +386,259 @@ fn adam_through_the_executor_drives_a_tiny_models_loss_down() {
     assert!(last < first * 1e-3, "loss {first} -> {last}");
     let learned = gpu.read(&store.param("a").unwrap().buffer).unwrap();
     assert!(learned.iter().all(|v| (v - 1.5).abs() < 0.05), "{learned:?}");
+}
+
+/// Whole networks built from `kiln::nn` layers with PyTorch's default initialisation, checked
+/// parameter by parameter (GPU vs reference vs finite differences) with the `composed` helper.
+/// Each net holds a few hundred parameters, so finite differences cover every coordinate.
+mod nets {
+    use super::composed::{check_gradients_in_store, rand};
+    use super::{gpu, own_gpu};
+    use kiln::graph::ops::{Act, Add, Loss, LossKind, RandomFill, Reparameterize};
+    use kiln::graph::{Graph, Program, Role, Store, Tensor};
+    use kiln::gpu::Gpu;
+    use kiln::kernels::loss::Reduction;
+    use kiln::nn::{act, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, InitRng, Layer, Linear, Mode, Reshape, Sequential};
+
+    fn linear(in_features: usize, out_features: usize, bias: bool) -> Layer {
+        Layer::Linear(Linear { in_features, out_features, bias })
+    }
+
+    fn conv(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize, bias: bool) -> Layer {
+        Layer::Conv2d(Conv2d { in_channels, out_channels, kernel, stride, padding, bias })
+    }
+
+    fn conv_t(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize, output_padding: usize, bias: bool) -> Layer {
+        Layer::ConvTranspose2d(ConvTranspose2d { in_channels, out_channels, kernel, stride, padding, output_padding, bias })
+    }
+
+    fn batch_norm(channels: usize) -> Layer {
+        Layer::BatchNorm(BatchNorm { channels, eps: 1e-5, momentum: 0.1 })
+    }
+
+    /// Values in (0, 1), for BCE targets and images.
+    fn unit(seed: u64, n: usize) -> Vec<f32> {
+        rand(seed, n, 0.45).iter().map(|v| v + 0.5).collect()
+    }
+
+    /// Registers each model as its own parameter group, PyTorch-default values from one seed.
+    fn register(gpu: &Gpu, models: &[&Sequential], seed: u64) -> Store {
+        let mut store = Store::new();
+        let mut rng = InitRng::new(seed);
+        for m in models {
+            m.register(gpu, &mut store, m.prefix.trim_end_matches('.'), &mut rng).unwrap();
+        }
+        store
+    }
+
+    fn mlp(last: Act) -> Sequential {
+        Sequential::new("mlp.", vec![linear(5, 7, true), act(Act::Relu), linear(7, 3, true), act(last)])
+    }
+
+    fn check_mlp(last: Act, loss: LossKind, target: impl Fn(u64, usize) -> Vec<f32>) {
+        for batch in [1, 4] {
+            let model = mlp(last);
+            let mut store = register(gpu(), &[&model], 21);
+            let mut g = Graph::new();
+            let x = g.input("x", &[batch, 5]);
+            let t = g.input("target", &[batch, 3]);
+            let y = model.forward(&mut g, x, Mode::train(1)).unwrap();
+            let l = g.apply1(Loss(loss), &[y, t], "loss").unwrap();
+            let params = model.params(&g);
+            assert_eq!(params.len(), 4);
+            let inputs = [(x, rand(22, batch * 5, 2.0)), (t, target(23, batch * 3))];
+            let worst = check_gradients_in_store(&mut g, &mut store, l, &params, &inputs);
+            eprintln!("mlp batch {batch}: {worst:?}");
+        }
+    }
+
+    #[test]
+    fn an_mlp_ending_in_tanh_differentiates_at_batch_four_and_one() {
+        check_mlp(Act::Tanh, LossKind::Mse(Reduction::Mean), |seed, n| rand(seed, n, 0.9));
+    }
+
+    #[test]
+    fn an_mlp_ending_in_sigmoid_differentiates_at_batch_four_and_one() {
+        check_mlp(Act::Sigmoid, LossKind::Bce(Reduction::Mean), unit);
+    }
+
+    /// Conv2d → BatchNorm2d → LeakyReLU → Dropout → Conv2d → Flatten → Linear on [3, 2, 7, 5]
+    /// images (odd and unequal sides). The first conv has no bias, as in DCGAN: batch norm
+    /// removes any per-channel constant, so that bias's gradient is exactly zero and a
+    /// relative error of it would measure rounding only.
+    fn conv_net() -> Sequential {
+        Sequential::new(
+            "disc.",
+            vec![
+                conv(2, 3, 3, 1, 1, false),
+                batch_norm(3),
+                act(Act::LeakyRelu(0.2)),
+                Layer::Dropout(Dropout { p: 0.25 }),
+                conv(3, 4, 3, 2, 1, true),
+                Layer::Flatten(Flatten),
+                linear(4 * 4 * 3, 1, true),
+            ],
+        )
+    }
+
+    const CONV_INPUT: [usize; 4] = [3, 2, 7, 5];
+
+    /// Input tensors with their values for one step.
+    type Batch = Vec<(Tensor, Vec<f32>)>;
+
+    /// The conv net's training loss on a batch: (graph, loss, params, inputs with values).
+    fn conv_net_step(model: &Sequential, seed: u64) -> (Graph, Tensor, Vec<Tensor>, Batch) {
+        let mut g = Graph::new();
+        let x = g.input("x", &CONV_INPUT);
+        let labels = g.input("labels", &[CONV_INPUT[0], 1]);
+        let logits = model.forward(&mut g, x, Mode::train(seed)).unwrap();
+        let loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, labels], "loss").unwrap();
+        let params = model.params(&g);
+        let inputs = vec![(x, rand(31, CONV_INPUT.iter().product(), 2.0)), (labels, vec![1.0, 0.0, 1.0])];
+        (g, loss, params, inputs)
+    }
+
+    #[test]
+    fn a_conv_net_with_batch_norm_and_dropout_differentiates_on_odd_sizes() {
+        let model = conv_net();
+        let mut store = register(gpu(), &[&model], 30);
+        let (mut g, loss, params, inputs) = conv_net_step(&model, 5);
+        assert!(g.nodes.iter().any(|n| n.op.name() == "dropout"), "training mode applies dropout");
+        assert_eq!(params.len(), 7);
+        let worst = check_gradients_in_store(&mut g, &mut store, loss, &params, &inputs);
+        eprintln!("conv net: {worst:?}");
+    }
+
+    #[test]
+    fn a_transposed_conv_generator_with_batch_norm_differentiates() {
+        // z [3, 4] → Linear → BatchNorm1d → LeakyReLU → [4, 3, 3] → ConvTranspose2d (stride 2,
+        // output_padding 1) → [3, 6, 6] → BatchNorm2d → ReLU → ConvTranspose2d → [1, 7, 7] → Tanh.
+        // Layers feeding batch norm have no bias (see `conv_net`).
+        let model = Sequential::new(
+            "gen.",
+            vec![
+                linear(4, 36, false),
+                batch_norm(36),
+                act(Act::LeakyRelu(0.2)),
+                Layer::Reshape(Reshape { shape: vec![4, 3, 3] }),
+                conv_t(4, 3, 3, 2, 1, 1, false),
+                batch_norm(3),
+                act(Act::Relu),
+                conv_t(3, 1, 4, 1, 1, 0, true),
+                act(Act::Tanh),
+            ],
+        );
+        let mut store = register(gpu(), &[&model], 40);
+        let batch = 3;
+        let mut g = Graph::new();
+        let z = g.input("z", &[batch, 4]);
+        let target = g.input("target", &[batch, 1, 7, 7]);
+        let image = model.forward(&mut g, z, Mode::train(0)).unwrap();
+        assert_eq!(g.shape(image), [batch, 1, 7, 7]);
+        let loss = g.apply1(Loss(LossKind::Mse(Reduction::Mean)), &[image, target], "loss").unwrap();
+        let params = model.params(&g);
+        assert_eq!(params.len(), 8);
+        let inputs = [(z, rand(41, batch * 4, 1.5)), (target, rand(42, batch * 49, 0.9))];
+        let worst = check_gradients_in_store(&mut g, &mut store, loss, &params, &inputs);
+        eprintln!("generator: {worst:?}");
+    }
+
+    #[test]
+    fn the_vae_loss_differentiates_through_an_nn_encoder_and_decoder() {
+        let (batch, features, latent) = (3, 6, 2);
+        let encoder = Sequential::new("enc.", vec![linear(features, 8, true), act(Act::Relu)]);
+        let to_mu = Sequential::new("mu.", vec![linear(8, latent, true)]);
+        let to_logvar = Sequential::new("logvar.", vec![linear(8, latent, true)]);
+        let decoder = Sequential::new("dec.", vec![linear(latent, 8, true), act(Act::Relu), linear(8, features, true), act(Act::Sigmoid)]);
+        let mut store = register(gpu(), &[&encoder, &to_mu, &to_logvar, &decoder], 50);
+        let mut g = Graph::new();
+        let x = g.input("x", &[batch, features]);
+        let mode = Mode::train(0);
+        let h = encoder.forward(&mut g, x, mode).unwrap();
+        let mu = to_mu.forward(&mut g, h, mode).unwrap();
+        let logvar = to_logvar.forward(&mut g, h, mode).unwrap();
+        let eps = g.apply1(RandomFill { normal: true, a: 0.0, b: 1.0, seed: 9, shape: vec![batch, latent] }, &[], "eps").unwrap();
+        let z = g.apply1(Reparameterize, &[mu, logvar, eps], "z").unwrap();
+        let recon = decoder.forward(&mut g, z, mode).unwrap();
+        let bce = g.apply1(Loss(LossKind::Bce(Reduction::Sum)), &[recon, x], "bce").unwrap();
+        let kl = g.apply1(Loss(LossKind::KlNormal), &[mu, logvar], "kl").unwrap();
+        let loss = g.apply1(Add, &[bce, kl], "loss").unwrap();
+        let params: Vec<Tensor> = [&encoder, &to_mu, &to_logvar, &decoder].iter().flat_map(|m| m.params(&g)).collect();
+        assert_eq!(params.len(), 10);
+        let worst = check_gradients_in_store(&mut g, &mut store, loss, &params, &[(x, unit(51, batch * features))]);
+        eprintln!("vae: {worst:?}");
+    }
+
+    #[test]
+    fn training_steps_of_a_conv_net_after_the_first_create_no_gpu_objects() {
+        use kiln::optim::{Adam, Config, Optimizer};
+        let gpu = own_gpu();
+        let model = conv_net();
+        let mut store = register(&gpu, &[&model], 30);
+        let (mut g, loss, params, inputs) = conv_net_step(&model, 5);
+        let grads = g.backward(loss, &params).unwrap();
+        let mut taken = Vec::new();
+        let pairs: Vec<(Tensor, Tensor)> = params.iter().zip(&grads).map(|(&p, d)| (p, g.materialize(d.unwrap(), &mut taken).unwrap())).collect();
+        let program = Program::compile(&gpu, &g, &mut store, &[loss], &pairs).unwrap();
+        let adam = Optimizer::new(&gpu, &store, "disc", Config::Adam(Adam { lr: 1e-2, ..Adam::default() })).unwrap();
+        let mut ring = kiln::gpu::Readback::new(&gpu, vec![program.buffer(loss).clone()], 2).unwrap();
+        for (t, v) in &inputs {
+            gpu.write(&store.input_buffer(&g.info(*t).name).unwrap().buffer, v).unwrap();
+        }
+        let mut losses = Vec::new();
+        let step = |step: u64, ring: &mut kiln::gpu::Readback| {
+            program.set_step(&gpu, step).unwrap();
+            gpu.submit("step", &[&program.dispatches, &adam.dispatches], Some((ring, step))).unwrap();
+            ring.collect(&gpu, false).unwrap()
+        };
+        losses.extend(step(0, &mut ring));
+        let created = gpu.created.snapshot();
+        for s in 1..6 {
+            losses.extend(step(s, &mut ring));
+        }
+        assert_eq!(gpu.created.snapshot(), created, "(buffers, bind groups, pipelines) after the first step");
+        losses.extend(ring.collect(&gpu, true).unwrap());
+        // The steps did run: the loss came back and training moved it.
+        let values: Vec<f32> = losses.iter().map(|(_, v)| v[0][0]).collect();
+        assert!(values.len() >= 2 && values.iter().all(|v| v.is_finite()), "{values:?}");
+        assert_ne!(values.first(), values.last(), "{values:?}");
+        assert_eq!(gpu.created.snapshot(), created);
+    }
+
+    #[test]
+    fn the_conv_net_steps_memory_plan_is_smaller_than_one_buffer_per_tensor() {
+        let gpu = gpu();
+        let model = conv_net();
+        let mut store = register(gpu, &[&model], 30);
+        let (mut g, loss, params, _) = conv_net_step(&model, 5);
+        let grads = g.backward(loss, &params).unwrap();
+        let mut taken = Vec::new();
+        let pairs: Vec<(Tensor, Tensor)> = params.iter().zip(&grads).map(|(&p, d)| (p, g.materialize(d.unwrap(), &mut taken).unwrap())).collect();
+        let program = Program::compile(gpu, &g, &mut store, &[loss], &pairs).unwrap();
+        let memory = program.memory;
+        eprintln!("{memory}");
+
+        // The naive total, counted independently: every intermediate that is neither a
+        // gradient (in the store's arena) nor kept for readback, plus every op's scratch.
+        let fixed: Vec<Tensor> = pairs.iter().map(|&(_, d)| d).chain([loss]).collect();
+        let pooled: Vec<u64> = (0..g.tensors.len())
+            .map(Tensor::from_index)
+            .filter(|t| g.info(*t).role == Role::Intermediate && !fixed.contains(t))
+            .map(|t| (g.info(t).numel() as u64 * 4).max(4))
+            .collect();
+        let scratch: u64 = g
+            .nodes
+            .iter()
+            .flat_map(|n| n.op.scratch(&n.inputs.iter().map(|&t| g.shape(t)).collect::<Vec<_>>()))
+            .map(|len| (len as u64 * 4).max(4))
+            .sum();
+        eprintln!("planned {} bytes, naive {} bytes", memory.planned, memory.naive);
+        assert_eq!(memory.naive, pooled.iter().sum::<u64>() + scratch, "{memory}");
+        // The plan cannot beat the largest tensor, and sharing must save something real.
+        assert!(memory.planned >= *pooled.iter().max().unwrap(), "{memory}");
+        assert!(memory.planned < memory.naive * 3 / 5, "{memory}");
+        assert_eq!(memory.kept, 4, "the loss alone is kept for readback: {memory}");
+        let shown = memory.to_string();
+        assert!(shown.contains("planned") && shown.contains("MiB") && shown.contains("x less"), "{shown}");
+    }
 }
