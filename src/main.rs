@@ -37,6 +37,30 @@ enum Command {
     Bench(BenchArgs),
     /// Train a model: `gan` (DCGAN) or `vae`
     Train(TrainArgs),
+    /// Time every kernel of a training step on the GPU
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    /// gan or vae
+    model: String,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Profiled steps (after one warm-up step and as many unprofiled ones for the overhead)
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Write a Chrome trace (Perfetto, chrome://tracing) of the profiled steps
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// One row per layer and kernel instead of per kernel
+    #[arg(long)]
+    by_layer: bool,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -124,6 +148,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Bench(args) => bench(&args),
         Command::Train(args) => train(&args),
+        Command::Profile(args) => profile(&args),
     };
     match result {
         Ok(code) => code,
@@ -262,5 +287,39 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
         summary.checkpoint.display(),
         out.join("samples").display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in data set, small: profiling needs shapes, not many images.
+fn profile_data() -> kiln::Result<kiln::data::Splits> {
+    kiln::data::synthetic::digits(&kiln::data::synthetic::DigitsOptions { seed: 0, train: 1024, test: 64 })
+}
+
+fn profile(args: &ProfileArgs) -> kiln::Result<ExitCode> {
+    use kiln::train::{data::GpuData, gan::{Gan, GanConfig, Recipe}};
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let splits = profile_data()?;
+    let data = GpuData::upload(&gpu, &splits.train)?;
+    let dispatches: Vec<kiln::Dispatch> = match args.model.as_str() {
+        "gan" => {
+            let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
+            let config = GanConfig { image, batch: args.batch_size, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
+            let gan = Gan::new(&gpu, config, &data)?;
+            gan.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect()
+        }
+        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
+    };
+    let peak = kiln::bench::measure_peak(&gpu)?;
+    let timing = kiln::profile::Timing::best(&gpu);
+    let report = kiln::profile::profile_dispatches(&gpu, &dispatches, args.steps.max(1), Some(peak), timing)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        report.print_table(args.by_layer);
+    }
+    if let Some(path) = &args.trace {
+        report.write_trace(path)?;
+        println!("trace written to {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

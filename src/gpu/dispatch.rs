@@ -34,6 +34,7 @@ impl Cost {
     }
 }
 
+#[derive(Clone)]
 pub struct Dispatch {
     pub kernel: KernelId,
     /// What the dispatch is for (a layer name), shown in errors and profiles.
