@@ -248,6 +248,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
         resume: args.resume,
         seed: args.seed,
     };
+    let mut vae_test = None;
     let trainer: Box<dyn run::Trainer> = match args.model.as_str() {
         "gan" => {
             use kiln::train::gan::{Gan, GanConfig, Recipe};
@@ -274,6 +275,22 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             println!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
             Box::new(gan)
         }
+        "vae" => {
+            use kiln::train::vae::{VaeConfig, VaeTrainer};
+            let kind = match args.vae_model.as_str() {
+                "mlp" => kiln::models::vae::Kind::Mlp,
+                "conv" => kiln::models::vae::Kind::Conv,
+                other => return Err(kiln::Error::Invalid(format!("unknown --vae-model {other:?}: expected mlp or conv"))),
+            };
+            let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
+            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed };
+            let test = GpuData::upload(&gpu, &splits.test)?;
+            let vae = VaeTrainer::new(&gpu, config, &data, &test)?;
+            let (planned, naive) = vae.memory();
+            println!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
+            vae_test = Some(test);
+            Box::new(vae)
+        }
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
     };
     println!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
@@ -287,6 +304,10 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
         summary.checkpoint.display(),
         out.join("samples").display()
     );
+    if let (Some(test), Some(vae)) = (&vae_test, trainer.as_any().downcast_ref::<kiln::train::vae::VaeTrainer>()) {
+        let (nats, mse) = vae.evaluate(&gpu, test)?;
+        println!("test set: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -205,6 +205,9 @@ impl super::run::Trainer for Gan {
         let ImageShape { channels, size } = self.config.image;
         crate::data::images::save_grid(&unit, [SAMPLES, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn config_json(&self) -> String {
         let c = &self.config;
         serde_json::json!({

@@ -4,5 +4,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod gan;
 pub mod run;
+pub mod vae;
 
 pub use checkpoint::Checkpoint;

@@ -27,6 +27,7 @@ pub trait Trainer {
     fn save_samples(&self, gpu: &Gpu, dir: &Path, step: u64) -> Result<()>;
     /// The run's configuration as JSON, stored in checkpoints.
     fn config_json(&self) -> String;
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 #[derive(Clone, Debug)]
