@@ -63,13 +63,4 @@ impl Optimizer {
     pub fn set_lr(&self, gpu: &Gpu, lr: f32) -> Result<()> {
         k::set_lr(gpu, &self.dispatches[1], lr)
     }
-
-    /// The step counter's value for a resumed run (`t` steps taken).
-    pub fn set_steps_taken(&self, gpu: &Gpu, t: u32) -> Result<()> {
-        let (b1, b2) = match self.config {
-            Config::Adam(a) => (a.beta1, a.beta2),
-            Config::Sgd(_) => (0.0, 0.0),
-        };
-        gpu.write(&self.state[0].1, &k::step_words(t, b1, b2))
-    }
 }

@@ -132,8 +132,10 @@ pub fn capture(gpu: &Gpu, store: &Store, optimizers: &[&Optimizer], ckpt: &mut C
     }
     for opt in optimizers {
         let (step, moments) = opt.state.split_first().expect("the step counter comes first");
-        let t = gpu.read_as::<u32>(&step.1)?[0];
-        ckpt.metadata.insert(step.0.clone(), t.to_string());
+        // The counter's four words exactly (t and the bias corrections the GPU accumulated),
+        // so a resumed run continues bit for bit.
+        let words: Vec<String> = gpu.read_as::<u32>(&step.1)?.iter().map(u32::to_string).collect();
+        ckpt.metadata.insert(step.0.clone(), words.join(" "));
         for (name, b) in moments {
             ckpt.tensors.insert(name.clone(), (vec![b.len], gpu.read(b)?));
         }
@@ -160,7 +162,13 @@ pub fn restore(gpu: &Gpu, store: &Store, optimizers: &[&Optimizer], ckpt: &Check
     }
     for opt in optimizers {
         let (step, moments) = opt.state.split_first().expect("the step counter comes first");
-        opt.set_steps_taken(gpu, ckpt.meta_parse(&step.0)?)?;
+        let words: Vec<u32> = ckpt.meta(&step.0)?.split(' ').map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| {
+            Error::Invalid(format!("checkpoint metadata {:?} is not four step-counter words", step.0))
+        })?;
+        if words.len() != 4 {
+            return Err(Error::Invalid(format!("checkpoint metadata {:?} has {} words, expected 4", step.0, words.len())));
+        }
+        gpu.write(&step.1, &words)?;
         for (name, b) in moments {
             gpu.write(b, check(name, &[b.len])?)?;
         }
