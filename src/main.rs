@@ -124,8 +124,9 @@ struct TrainArgs {
 struct BenchArgs {
     #[command(flatten)]
     device: DeviceArgs,
-    /// What to measure: peak (the adapter's FMA and copy peak) or kernels (matmul, conv at training shapes)
-    #[arg(default_value = "kernels")]
+    /// What to measure: peak (the adapter's FMA and copy peak), kernels (matmul and conv at
+    /// training shapes, as fractions of that peak) or all (both)
+    #[arg(default_value = "kernels", value_parser = ["peak", "kernels", "all"])]
     what: String,
     /// Print machine-readable JSON instead of a table
     #[arg(long)]
@@ -212,17 +213,42 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
 }
 
 fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
+    let kernels = args.what != "peak";
     let gpu = kiln::Gpu::new(&args.device.options())?;
     let peak = kiln::bench::measure_peak(&gpu)?;
+    if !args.json {
+        println!("adapter: {}", gpu.describe());
+        println!("peak: {:.1} GFLOP/s FMA, {:.1} GB/s copy", peak.fma_gflops, peak.copy_gbps);
+    }
+    let mut rows = Vec::new();
+    if kernels {
+        let suite = kiln::bench::Suite::training(&gpu);
+        if !args.json {
+            println!("\n{:<28} {:<46} {:<8} {:>10} {:>8} {:>7}", "kernel", "shape", "variant", "ms", "GFLOP/s", "% peak");
+        }
+        rows = kiln::bench::bench_kernels(&gpu, &peak, &suite, |r| {
+            if !args.json {
+                println!(
+                    "{:<28} {:<46} {:<8} {:>10.3} {:>8.2} {:>7.1}",
+                    r.kernel,
+                    r.shape,
+                    r.variant,
+                    r.seconds * 1e3,
+                    r.gflops,
+                    100.0 * r.fraction_of_peak
+                );
+            }
+        })?;
+    }
     if args.json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "adapter": gpu.describe(),
             "peak": { "fma_gflops": peak.fma_gflops, "copy_gbps": peak.copy_gbps },
         });
+        if kernels {
+            value["rows"] = rows.iter().map(|r| r.json()).collect();
+        }
         println!("{value:#}");
-    } else {
-        println!("adapter: {}", gpu.describe());
-        println!("peak: {:.1} GFLOP/s FMA, {:.1} GB/s copy", peak.fma_gflops, peak.copy_gbps);
     }
     Ok(ExitCode::SUCCESS)
 }

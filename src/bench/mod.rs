@@ -1,8 +1,10 @@
 //! Benchmarks: the adapter's measured peak (FMA throughput, copy bandwidth) and kernel
 //! throughput at the shapes kiln trains with. Speed is measured here, never asserted in tests.
 
+mod kernels;
 mod peak;
 
+pub use kernels::{bench_kernels, dcgan_layers, ConvLayer, KernelRow, Suite, MATMUL_SIZES};
 pub use peak::{measure_peak, Peak};
 
 use crate::gpu::{Dispatch, Gpu};

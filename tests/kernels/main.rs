@@ -4,6 +4,7 @@
 mod support;
 
 mod activation;
+mod bench;
 mod batchnorm;
 mod conv;
 mod data;
