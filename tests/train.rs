@@ -139,3 +139,39 @@ fn a_corrupt_or_mismatched_checkpoint_is_a_clear_error() {
     assert!(err.contains("checkpoint tensor \"fc21.") && err.contains("is [4") && err.contains("expects [8"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_kiln");
+    let out = out_dir("killed");
+    let args = |steps: u64| {
+        let steps = steps.to_string();
+        let out = out.to_str().unwrap().to_string();
+        ["train", "vae", "--batch-size", "32", "--checkpoint-every", "5", "--log-every", "1", "--seed", "3", "--out", &out, "--steps", &steps]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut child = Command::new(bin).args(args(1_000_000)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let ckpt = checkpoint_path(&out);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ckpt.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let saved: u64 = Checkpoint::load(&ckpt).unwrap().meta_parse("step").unwrap();
+    assert!(saved >= 5 && saved % 5 == 0, "checkpoint at step {saved}");
+
+    let status = Command::new(bin).args(args(saved + 3)).arg("--resume").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(Checkpoint::load(&ckpt).unwrap().meta_parse::<u64>("step").unwrap(), saved + 3);
+    // The resumed process logged exactly the steps after the checkpoint: nothing before it
+    // was redone and nothing after it skipped.
+    let steps: Vec<u64> = metrics(&out).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    let resumed_from = steps.iter().rposition(|&s| s == saved).expect("the resumed run logs the step after the checkpoint");
+    assert_eq!(&steps[resumed_from..], &[saved, saved + 1, saved + 2]);
+    std::fs::remove_dir_all(&out).unwrap();
+}
