@@ -111,28 +111,29 @@ fn backward(geometry: Geometry, g: &mut Graph, node: &NodeView, dys: &[Option<Te
     Ok(out)
 }
 
-impl Op for Conv2d {
-    fn name(&self) -> &'static str {
-        "conv2d"
-    }
-    fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
-        infer(self.geometry(x[0], x[1]), x)
-    }
-    fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
-        lower(self.geometry(io.input_shapes[0], io.input_shapes[1])?, gpu, io)
-    }
-    fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
-        reference(self.geometry(&x[0].0, &x[1].0).expect("checked at build"), x)
-    }
-    fn backward(&self, g: &mut Graph, node: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let geometry = self.geometry(g.shape(node.inputs[0]), g.shape(node.inputs[1]))?;
-        backward(geometry, g, node, dys, needs)
+/// What differs between the two convolutions; the Op impl below is shared.
+trait Convolution: std::fmt::Debug + Send + Sync {
+    const NAME: &'static str;
+    fn geometry(&self, x: &[usize], w: &[usize]) -> crate::Result<Geometry>;
+}
+
+impl Convolution for Conv2d {
+    const NAME: &'static str = "conv2d";
+    fn geometry(&self, x: &[usize], w: &[usize]) -> crate::Result<Geometry> {
+        Conv2d::geometry(self, x, w)
     }
 }
 
-impl Op for ConvTranspose2d {
+impl Convolution for ConvTranspose2d {
+    const NAME: &'static str = "conv_transpose2d";
+    fn geometry(&self, x: &[usize], w: &[usize]) -> crate::Result<Geometry> {
+        ConvTranspose2d::geometry(self, x, w)
+    }
+}
+
+impl<C: Convolution> Op for C {
     fn name(&self) -> &'static str {
-        "conv_transpose2d"
+        C::NAME
     }
     fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
         infer(self.geometry(x[0], x[1]), x)
