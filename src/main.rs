@@ -125,9 +125,19 @@ struct BenchArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// What to measure: peak (the adapter's FMA and copy peak), kernels (matmul and conv at
-    /// training shapes, as fractions of that peak) or all (both)
-    #[arg(default_value = "kernels", value_parser = ["peak", "kernels", "all"])]
+    /// training shapes, as fractions of that peak), steps (whole GAN and VAE training steps,
+    /// images/s) or all
+    #[arg(default_value = "kernels", value_parser = ["peak", "kernels", "steps", "all"])]
     what: String,
+    /// steps: the GAN's batch size
+    #[arg(long, default_value_t = 16)]
+    gan_batch: usize,
+    /// steps: the VAE's batch size
+    #[arg(long, default_value_t = 128)]
+    vae_batch: usize,
+    /// steps: timed steps per model (after one warm-up step)
+    #[arg(long, default_value_t = 3)]
+    timed_steps: usize,
     /// Print machine-readable JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -213,7 +223,7 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
 }
 
 fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
-    let kernels = args.what != "peak";
+    let kernels = args.what == "kernels" || args.what == "all";
     let gpu = kiln::Gpu::new(&args.device.options())?;
     let peak = kiln::bench::measure_peak(&gpu)?;
     if !args.json {
@@ -240,6 +250,30 @@ fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
             }
         })?;
     }
+    let mut steps = Vec::new();
+    if args.what == "steps" || args.what == "all" {
+        let data = profile_data()?;
+        for (model, batch) in [("gan", args.gan_batch), ("vae", args.vae_batch)] {
+            let trainer = build_trainer(&gpu, model, batch, &data)?;
+            let dispatches: Vec<kiln::Dispatch> = trainer.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect();
+            let seconds = kiln::bench::time_dispatches(&gpu, &dispatches, args.timed_steps)?;
+            let flops: u64 = dispatches.iter().map(|d| d.cost.flops).sum();
+            let row = serde_json::json!({
+                "model": model, "batch": batch, "step_ms": seconds * 1e3, "images_per_s": batch as f64 / seconds,
+                "gflops": flops as f64 / seconds / 1e9, "dispatches": dispatches.len(),
+            });
+            if !args.json {
+                println!(
+                    "{model} step, batch {batch}: {:.1} ms, {:.1} images/s, {:.2} GFLOP/s over {} dispatches in one submit",
+                    seconds * 1e3,
+                    batch as f64 / seconds,
+                    flops as f64 / seconds / 1e9,
+                    dispatches.len()
+                );
+            }
+            steps.push(row);
+        }
+    }
     if args.json {
         let mut value = serde_json::json!({
             "adapter": gpu.describe(),
@@ -248,9 +282,31 @@ fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
         if kernels {
             value["rows"] = rows.iter().map(|r| r.json()).collect();
         }
+        if !steps.is_empty() {
+            value["steps"] = steps.into();
+        }
         println!("{value:#}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A GAN or VAE trainer on `data`, as `kiln profile` and `kiln bench steps` measure them.
+fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::Splits) -> kiln::Result<Box<dyn kiln::train::run::Trainer>> {
+    use kiln::train::{data::GpuData, gan::{Gan, GanConfig, Recipe}, vae::{VaeConfig, VaeTrainer}};
+    let train = GpuData::upload(gpu, &data.train)?;
+    Ok(match model {
+        "gan" => {
+            let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
+            let config = GanConfig { image, batch, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
+            Box::new(Gan::new(gpu, config, &train)?)
+        }
+        "vae" => {
+            let test = GpuData::upload(gpu, &data.test)?;
+            let config = VaeConfig { kind: kiln::models::vae::Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0 };
+            Box::new(VaeTrainer::new(gpu, config, &train, &test)?)
+        }
+        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
+    })
 }
 
 fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
@@ -339,23 +395,13 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
 
 /// The built-in data set, small: profiling needs shapes, not many images.
 fn profile_data() -> kiln::Result<kiln::data::Splits> {
-    kiln::data::synthetic::digits(&kiln::data::synthetic::DigitsOptions { seed: 0, train: 1024, test: 64 })
+    kiln::data::synthetic::digits(&kiln::data::synthetic::DigitsOptions { seed: 0, train: 1024, test: 256 })
 }
 
 fn profile(args: &ProfileArgs) -> kiln::Result<ExitCode> {
-    use kiln::train::{data::GpuData, gan::{Gan, GanConfig, Recipe}};
     let gpu = kiln::Gpu::new(&args.device.options())?;
-    let splits = profile_data()?;
-    let data = GpuData::upload(&gpu, &splits.train)?;
-    let dispatches: Vec<kiln::Dispatch> = match args.model.as_str() {
-        "gan" => {
-            let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
-            let config = GanConfig { image, batch: args.batch_size, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
-            let gan = Gan::new(&gpu, config, &data)?;
-            gan.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect()
-        }
-        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
-    };
+    let trainer = build_trainer(&gpu, &args.model, args.batch_size, &profile_data()?)?;
+    let dispatches: Vec<kiln::Dispatch> = trainer.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect();
     let peak = kiln::bench::measure_peak(&gpu)?;
     let timing = kiln::profile::Timing::best(&gpu);
     let report = kiln::profile::profile_dispatches(&gpu, &dispatches, args.steps.max(1), Some(peak), timing)?;

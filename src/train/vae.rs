@@ -54,6 +54,11 @@ fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64) -> Result<(Graph, 
 
 impl VaeTrainer {
     pub fn new(gpu: &Gpu, config: VaeConfig, train: &GpuData, test: &GpuData) -> Result<VaeTrainer> {
+        for (set, data) in [("training", train), ("test", test)] {
+            if data.len < config.batch {
+                crate::bail!(Invalid, "the {set} set ({} images) is smaller than one batch of {}", data.len, config.batch);
+            }
+        }
         let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
