@@ -642,3 +642,48 @@ mod nets {
         assert!(shown.contains("planned") && shown.contains("MiB") && shown.contains("x less"), "{shown}");
     }
 }
+
+#[test]
+fn a_pytorch_state_dict_loads_by_name_and_gives_pytorchs_output() {
+    // fixtures/torch_state_dict.safetensors is written by scripts/torch_state_dict.py.
+    use kiln::graph::ops::Act;
+    use kiln::nn::{self, Layer, Mode, Sequential};
+    use kiln::train::checkpoint::{load_weights, Checkpoint};
+    let gpu = gpu();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/torch_state_dict.safetensors");
+    let ckpt = Checkpoint::load(std::path::Path::new(file)).unwrap();
+    let model = Sequential::new(
+        "",
+        vec![
+            Layer::Conv2d(nn::Conv2d { in_channels: 2, out_channels: 4, kernel: 3, stride: 2, padding: 1, bias: true }),
+            Layer::BatchNorm(nn::BatchNorm { channels: 4, eps: 1e-5, momentum: 0.1 }),
+            nn::act(Act::LeakyRelu(0.2)),
+            Layer::Flatten(nn::Flatten),
+            Layer::Linear(nn::Linear { in_features: 36, out_features: 5, bias: true }),
+            nn::act(Act::Tanh),
+        ],
+    );
+    let mut store = Store::new();
+    model.register(gpu, &mut store, "model", &mut nn::InitRng::new(0)).unwrap();
+    load_weights(gpu, &store, &ckpt).unwrap();
+    let (x_shape, x) = ckpt.tensor("test.input").unwrap().clone();
+    let mut g = Graph::new();
+    let input = g.input("x", &x_shape);
+    let y = model.forward(&mut g, input, Mode::eval()).unwrap();
+    let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
+    gpu.write(&store.input_buffer("x").unwrap().buffer, &x).unwrap();
+    program.run(gpu).unwrap();
+    let got = gpu.read(program.buffer(y)).unwrap();
+    let (shape, want) = ckpt.tensor("test.output").unwrap();
+    assert_eq!(g.shape(y), shape.as_slice());
+    let err: f32 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt() / want.iter().map(|b| b * b).sum::<f32>().sqrt();
+    eprintln!("kiln vs PyTorch output: rel L2 {err:.2e}");
+    assert!(err < 1e-5, "rel L2 {err}");
+
+    // A state_dict of another architecture names the tensor that does not fit.
+    let mut other = Store::new();
+    let wrong = Sequential::new("", vec![Layer::Conv2d(nn::Conv2d { in_channels: 3, out_channels: 4, kernel: 3, stride: 2, padding: 1, bias: true })]);
+    wrong.register(gpu, &mut other, "model", &mut nn::InitRng::new(0)).unwrap();
+    let err = load_weights(gpu, &other, &ckpt).unwrap_err().to_string();
+    assert!(err.contains("0.weight") && err.contains("[4, 2, 3, 3]"), "{err}");
+}

@@ -52,6 +52,10 @@ impl Checkpoint {
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("{e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
+            // PyTorch's batch-norm step counter (int64) matters only for momentum=None.
+            if name.ends_with("num_batches_tracked") && view.dtype() != Dtype::F32 {
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(bad(format!("tensor {name:?} is {:?}, not F32", view.dtype())));
             }
@@ -141,6 +145,13 @@ pub fn capture(gpu: &Gpu, store: &Store, optimizers: &[&Optimizer], ckpt: &mut C
         }
     }
     Ok(())
+}
+
+/// Loads parameters and states by name (a PyTorch state_dict saved with safetensors, or a
+/// kiln checkpoint), leaving optimizers alone. Every parameter and state of the store must be
+/// in `ckpt` with the same shape; tensors the store does not have are ignored.
+pub fn load_weights(gpu: &Gpu, store: &Store, ckpt: &Checkpoint) -> Result<()> {
+    restore(gpu, store, &[], ckpt)
 }
 
 /// Writes `ckpt`'s tensors back into `store` and the optimizers. Every parameter, state and
