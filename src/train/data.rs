@@ -3,40 +3,63 @@
 
 use crate::data::Dataset;
 use crate::gpu::{Buffer, Dispatch, Gpu};
-use crate::kernels::data::{gather, pack_bytes, set_first, Gather};
+use crate::kernels::data::{gather, pack_bytes, set_first, Gather, MAX_CHUNKS};
 use crate::{Error, Result};
 
 pub struct GpuData {
     pub len: usize,
     pub image_len: usize,
-    pixels: Buffer,
+    per_chunk: usize,
+    chunks: Vec<Buffer>,
     order: Buffer,
 }
 
 impl GpuData {
+    /// Uploads `data`, split into as many buffers (up to four) as the adapter's binding limit
+    /// needs.
     pub fn upload(gpu: &Gpu, data: &Dataset) -> Result<GpuData> {
+        Self::upload_in_chunks(gpu, data, gpu.max_binding_bytes() as usize)
+    }
+
+    /// [`upload`](Self::upload) with chunks of at most `chunk_bytes` each.
+    pub fn upload_in_chunks(gpu: &Gpu, data: &Dataset, chunk_bytes: usize) -> Result<GpuData> {
         if data.is_empty() {
             return Err(Error::Invalid(format!("dataset {:?} is empty", data.name)));
         }
-        let words = pack_bytes(data.images());
-        let pixels = gpu.upload(&format!("{} pixels", data.name), &words).map_err(|e| match e {
-            Error::Limit(m) => Error::Limit(format!(
-                "{m}: dataset {:?} ({} images of {}) does not fit one GPU buffer; use fewer images",
+        // Whole images per chunk, a multiple of 4 so every chunk starts on a word.
+        let per_chunk = (chunk_bytes / data.image_len().max(1)) / 4 * 4;
+        let chunks_needed = if per_chunk == 0 { usize::MAX } else { data.len().div_ceil(per_chunk) };
+        if chunks_needed > MAX_CHUNKS {
+            return Err(Error::Limit(format!(
+                "dataset {:?} ({} images of {} bytes, {} MiB) needs more than {MAX_CHUNKS} GPU buffers of {} MiB; use fewer or smaller images",
                 data.name,
                 data.len(),
-                data.image_len()
-            )),
-            other => other,
-        })?;
+                data.image_len(),
+                data.images().len() >> 20,
+                chunk_bytes >> 20
+            )));
+        }
+        let bytes = data.images();
+        let chunks = (0..chunks_needed)
+            .map(|i| {
+                let range = i * per_chunk * data.image_len()..((i + 1) * per_chunk * data.image_len()).min(bytes.len());
+                gpu.upload(&format!("{} pixels {i}", data.name), &pack_bytes(&bytes[range]))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let order: Vec<u32> = (0..data.len() as u32).collect();
         let order = gpu.upload(&format!("{} order", data.name), &order)?;
-        Ok(GpuData { len: data.len(), image_len: data.image_len(), pixels, order })
+        Ok(GpuData { len: data.len(), image_len: data.image_len(), per_chunk, chunks, order })
+    }
+
+    /// How many buffers hold the images.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
     }
 
     /// A recorded gather of `batch` images into `y`, normalised by `scale · pixel + offset`.
     pub fn gather(&self, gpu: &Gpu, batch: usize, scale: f32, offset: f32, y: &Buffer) -> Result<Dispatch> {
-        let g = Gather { images: self.len, image_len: self.image_len, batch, scale, offset };
-        gather(gpu, &g, &self.pixels, &self.order, 0, y)
+        let g = Gather { images: self.len, per_chunk: self.per_chunk, image_len: self.image_len, batch, scale, offset };
+        gather(gpu, &g, &self.chunks, &self.order, 0, y)
     }
 
     /// Points a recorded gather at batch `index` of the current epoch.
