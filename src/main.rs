@@ -19,11 +19,14 @@ struct DeviceArgs {
     /// Use the adapter whose name contains this (default: WGPU_ADAPTER_NAME, else the best one)
     #[arg(long, global = true)]
     adapter: Option<String>,
+    /// Read WGSL kernels from this folder instead of the built-in copies (also KILN_SHADERS=DIR)
+    #[arg(long, global = true)]
+    shaders: Option<PathBuf>,
 }
 
 impl DeviceArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), ..Default::default() }
+        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), shaders: self.shaders.clone(), ..Default::default() }
     }
 }
 

@@ -13,6 +13,8 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Open the device without timestamp queries (to exercise the profiler's fallback).
     pub without_timestamps: bool,
+    /// Read WGSL from this folder instead of the embedded copies (default: `KILN_SHADERS`).
+    pub shaders: Option<std::path::PathBuf>,
 }
 
 impl GpuOptions {

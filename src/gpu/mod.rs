@@ -106,7 +106,7 @@ impl Gpu {
             info,
             limits,
             features,
-            shaders: ShaderSet::from_env()?,
+            shaders: ShaderSet::new(options.shaders.clone())?,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             dummy,

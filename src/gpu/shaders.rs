@@ -13,11 +13,13 @@ pub struct ShaderSet {
 }
 
 impl ShaderSet {
-    pub fn from_env() -> Result<ShaderSet> {
-        let dir = std::env::var_os("KILN_SHADERS").filter(|d| !d.is_empty()).map(PathBuf::from);
+    /// Sources from `dir` where it has a file for a shader, else the embedded ones; without
+    /// `dir`, from the folder `KILN_SHADERS` names, if any.
+    pub fn new(dir: Option<PathBuf>) -> Result<ShaderSet> {
+        let dir = dir.or_else(|| std::env::var_os("KILN_SHADERS").filter(|d| !d.is_empty()).map(PathBuf::from));
         if let Some(d) = &dir {
             if !d.is_dir() {
-                return Err(Error::Invalid(format!("KILN_SHADERS={}: not a folder", d.display())));
+                return Err(Error::Invalid(format!("shader folder {}: not a folder", d.display())));
             }
         }
         Ok(ShaderSet { dir })
