@@ -118,10 +118,12 @@ impl Gan {
         let g_grads = differentiate(&mut g, g_loss, &g_params)?;
         let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
 
-        // Samples from fixed noise, batch norm on its running statistics.
+        // Samples from fixed noise. Batch norm normalises by the 64 samples' own statistics,
+        // as PyTorch's DCGAN tutorial samples: the running averages (Keras' momentum 0.01) need
+        // hundreds of steps to settle, and grids of early steps would show only grey.
         let mut g = Graph::new();
         let sample_z = g.input("sample_z", &[SAMPLES, LATENT]);
-        let sample_images = generator.forward(&mut g, sample_z, Mode::eval())?;
+        let sample_images = generator.forward(&mut g, sample_z, Mode { update_running: false, ..Mode::train(0) })?;
         let sampler = Program::compile(gpu, &g, &mut store, &[sample_images], &[])?;
 
         let real_buffer = store.input_buffer("real").expect("compiled").buffer.clone();
