@@ -21,15 +21,23 @@ pub struct MemoryReport {
 
 impl std::fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "intermediates {:.2} MiB planned vs {:.2} MiB one-buffer-per-tensor ({:.1}x less); {:.2} MiB kept for readback",
-            mib(self.planned),
-            mib(self.naive),
+            "intermediates {} planned vs {} one-buffer-per-tensor ({:.1}x less); {} kept for readback",
+            bytes(self.planned),
+            bytes(self.naive),
             self.naive as f64 / self.planned.max(1) as f64,
-            mib(self.kept)
+            bytes(self.kept)
         )
+    }
+}
+
+/// `1.5 MiB`, `12.0 KiB` or `40 B`: small plans stay readable.
+fn bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / (1 << 10) as f64),
+        b => format!("{b} B"),
     }
 }
 
