@@ -201,7 +201,7 @@ fn gan_checkpoint(out: &Path) -> PathBuf {
 
 /// `n` of the small digits as a folder of PNGs (kiln splits off 10% as its test set).
 fn digit_folder(dir: &Path, n: usize) -> String {
-    let train = small_digits().train;
+    let train = digits(&DigitsOptions { seed: 1, train: n, test: 1 }).unwrap().train;
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         kiln::data::images::save_png(train.image(i), [1, 28, 28], dir.join(format!("{i:04}.png"))).unwrap();
@@ -261,13 +261,14 @@ fn gan_samples_are_images_in_unit_range_and_independent_of_the_count() {
 #[test]
 fn kiln_eval_prints_finite_json_for_a_vae_and_a_gan() {
     let out = out_dir("eval");
-    let data = digit_folder(&out.join("digits"), 200);
+    // 70 test images: a batch of 64 and one of 6.
+    let data = digit_folder(&out.join("digits"), 700);
     let vae = vae_checkpoint(&out.join("vae"));
     let (ok, stdout, stderr) = kiln_cli(&["eval", "--checkpoint", vae.to_str().unwrap(), "--data", &data, "--json"]);
     assert!(ok, "{stdout}{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["kind"], "vae");
-    assert_eq!(v["images"], 20);
+    assert_eq!(v["images"], 70);
     let (nats, mse) = (v["nats"].as_f64().unwrap(), v["mse"].as_f64().unwrap());
     assert!(nats.is_finite() && nats > 0.0, "{v}");
     assert!(mse.is_finite() && mse > 0.0 && mse < 1.0, "{v}");
@@ -276,6 +277,7 @@ fn kiln_eval_prints_finite_json_for_a_vae_and_a_gan() {
     let (ok, stdout, stderr) = kiln_cli(&["eval", "--checkpoint", gan.to_str().unwrap(), "--data", &data, "--json"]);
     assert!(ok, "{stdout}{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((&v["kind"], &v["images"]), (&serde_json::json!("gan"), &serde_json::json!(70)));
     for key in ["d_real", "d_fake"] {
         let p = v[key].as_f64().unwrap();
         assert!(p.is_finite() && (0.0..=1.0).contains(&p), "{key} in {v}");
@@ -336,5 +338,26 @@ fn bad_checkpoints_and_wrong_kinds_are_clear_errors_naming_the_file() {
     let gan = gan_checkpoint(&out.join("gan"));
     let (ok, _, stderr) = kiln_cli(&["encode", "--checkpoint", gan.to_str().unwrap(), "--out", out.join("l.safetensors").to_str().unwrap()]);
     assert!(!ok && stderr.contains("checkpoint.safetensors") && stderr.contains("needs a VAE"), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn evaluating_a_vae_checkpoint_agrees_with_the_trainers_evaluation() {
+    let gpu = gpu();
+    let splits = small_digits();
+    let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
+    let vae = VaeTrainer::new(gpu, vae_config(), &train, &test).unwrap();
+    let out = out_dir("eval-agrees");
+    run(gpu, &vae, &train, &options(&out, 5)).unwrap();
+    let (nats, mse) = vae.evaluate(gpu, &test).unwrap();
+    let mut model = kiln::train::infer::load(gpu, &checkpoint_path(&out)).unwrap();
+    let kiln::train::infer::Evaluation::Vae { images, nats: got_nats, mse: got_mse } = model.evaluate(gpu, &splits.test, 0).unwrap() else {
+        panic!("a VAE checkpoint evaluates as a VAE")
+    };
+    eprintln!("trainer {nats:.3} nats, mse {mse:.5}; checkpoint {got_nats:.3} nats, mse {got_mse:.5}");
+    assert_eq!(images, 128);
+    // Only the sampled eps differs between the two.
+    assert!((got_nats - nats).abs() < 0.01 * nats, "{got_nats} vs {nats}");
+    assert!((got_mse - mse).abs() < 0.02 * mse, "{got_mse} vs {mse}");
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -6,7 +6,9 @@
 use super::checkpoint::{load_weights, Checkpoint};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
+use crate::graph::ops::{Loss, LossKind};
 use crate::graph::{Graph, Program, Store, Tensor};
+use crate::kernels::loss::Reduction;
 use crate::models::dcgan::{self, ImageShape, LATENT};
 use crate::models::vae::{Kind, Vae};
 use crate::nn::{self, InitRng, Mode, Sequential};
@@ -167,8 +169,8 @@ impl Loaded {
         Ok((mu, logvar))
     }
 
-    /// Evaluates on `test` (images of the model's shape), over its whole batches of 64 (or
-    /// the whole set when smaller).
+    /// Evaluates on every image of `test` (images of the model's shape) in batches of 64 and
+    /// one smaller last batch; `seed` draws the VAE's eps and the GAN's z.
     pub fn evaluate(&mut self, gpu: &Gpu, test: &Dataset, seed: u64) -> Result<Evaluation> {
         if test.shape()[1..] != self.image() {
             crate::bail!(Shape, "{}: the model takes {:?} images, the data has {:?}", self.origin, self.image(), &test.shape()[1..]);
@@ -176,55 +178,64 @@ impl Loaded {
         if test.is_empty() {
             crate::bail!(Invalid, "{}: the test set {:?} is empty", self.origin, test.name);
         }
-        let b = BATCH.min(test.len());
-        let n = test.len() / b * b;
-        match &self.model {
-            Model::Vae(vae) => {
-                let pixels: usize = vae.image.iter().product();
-                let mut g = Graph::new();
-                let flat = g.input("eval_x", &[b, pixels]);
-                let x = g.reshape(flat, &vae.input_shape(b))?;
-                let [loss, _, _, recon] = vae.loss(&mut g, x, flat, seed)?;
-                let mse = g.apply1(crate::graph::ops::Loss(crate::graph::ops::LossKind::Mse(crate::kernels::loss::Reduction::Sum)), &[recon, flat], "mse")?;
-                let program = Program::compile(gpu, &g, &mut self.store, &[loss, mse], &[])?;
-                let buffer = self.store.input_buffer("eval_x").expect("compiled").buffer.clone();
-                let images = test.to_f32(0.0, 1.0);
-                let (mut total, mut sq) = (0.0, 0.0);
-                for (i, batch) in images[..n * pixels].chunks_exact(b * pixels).enumerate() {
-                    gpu.write(&buffer, batch)?;
-                    program.set_step(gpu, i as u64)?;
-                    program.run(gpu)?;
-                    total += gpu.read(program.buffer(loss))?[0] as f64;
-                    sq += gpu.read(program.buffer(mse))?[0] as f64;
-                }
-                Ok(Evaluation::Vae { images: n, nats: total / n as f64, mse: sq / (n * pixels) as f64 })
+        let (n, pixels) = (test.len(), test.image_len());
+        let is_gan = matches!(self.model, Model::Gan { .. });
+        let images = if is_gan { test.to_f32(-1.0, 1.0) } else { test.to_f32(0.0, 1.0) };
+        let noise = if is_gan { InitRng::new(seed).normal(n * LATENT, 0.0, 1.0) } else { Vec::new() };
+        let mut programs: Vec<(usize, Program, [Tensor; 2])> = Vec::new();
+        let mut sums = [0.0f64; 2];
+        for (i, start) in (0..n).step_by(BATCH).enumerate() {
+            let b = BATCH.min(n - start);
+            if !programs.iter().any(|p| p.0 == b) {
+                let (program, outs) = eval_program(gpu, &self.model, &mut self.store, b, seed)?;
+                programs.push((b, program, outs));
             }
-            Model::Gan { image, generator, discriminator } => {
-                let ImageShape { channels: c, size: s } = *image;
-                let mut g = Graph::new();
-                let real = g.input("eval_real", &[b, c, s, s]);
-                let z = g.input("eval_z", &[b, LATENT]);
-                let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
-                let fake = generator.forward(&mut g, z, Mode::eval())?;
-                let d_fake = discriminator.forward(&mut g, fake, Mode::eval())?;
-                let program = Program::compile(gpu, &g, &mut self.store, &[d_real, d_fake], &[])?;
-                let real_buffer = self.store.input_buffer("eval_real").expect("compiled").buffer.clone();
-                let z_buffer = self.store.input_buffer("eval_z").expect("compiled").buffer.clone();
-                let images = test.to_f32(-1.0, 1.0);
-                let noise = InitRng::new(seed).normal(n * LATENT, 0.0, 1.0);
-                let sigmoid = |v: &f32| 1.0 / (1.0 + (-*v as f64).exp());
-                let (mut on_real, mut on_fake) = (0.0, 0.0);
-                for (batch, z) in images[..n * c * s * s].chunks_exact(b * c * s * s).zip(noise.chunks_exact(b * LATENT)) {
-                    gpu.write(&real_buffer, batch)?;
-                    gpu.write(&z_buffer, z)?;
-                    program.run(gpu)?;
-                    on_real += gpu.read(program.buffer(d_real))?.iter().map(sigmoid).sum::<f64>();
-                    on_fake += gpu.read(program.buffer(d_fake))?.iter().map(sigmoid).sum::<f64>();
-                }
-                Ok(Evaluation::Gan { images: n, d_real: on_real / n as f64, d_fake: on_fake / n as f64 })
+            let (_, program, outs) = programs.iter().find(|p| p.0 == b).expect("compiled above");
+            let input = |name: &str| &self.store.input_buffer(&format!("{name}_{b}")).expect("compiled").buffer;
+            gpu.write(input("eval_x"), &images[start * pixels..(start + b) * pixels])?;
+            if is_gan {
+                gpu.write(input("eval_z"), &noise[start * LATENT..(start + b) * LATENT])?;
+            }
+            program.set_step(gpu, i as u64)?;
+            program.run(gpu)?;
+            for (sum, out) in sums.iter_mut().zip(outs) {
+                let values = gpu.read(program.buffer(*out))?;
+                // The GAN's outputs are logits per image; the VAE's are already sums.
+                *sum += if is_gan { values.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum() } else { values[0] as f64 };
             }
         }
+        let n_f = n as f64;
+        Ok(if is_gan {
+            Evaluation::Gan { images: n, d_real: sums[0] / n_f, d_fake: sums[1] / n_f }
+        } else {
+            Evaluation::Vae { images: n, nats: sums[0] / n_f, mse: sums[1] / (n_f * pixels as f64) }
+        })
     }
+}
+
+/// The evaluation graph for a batch of `b` (inputs `eval_x_{b}`, and `eval_z_{b}` for the
+/// GAN): the VAE's loss and squared-error sums, or the discriminator's logits on real and on
+/// generated images.
+fn eval_program(gpu: &Gpu, model: &Model, store: &mut Store, b: usize, seed: u64) -> Result<(Program, [Tensor; 2])> {
+    let mut g = Graph::new();
+    let outs = match model {
+        Model::Vae(vae) => {
+            let flat = g.input(&format!("eval_x_{b}"), &[b, vae.image.iter().product()]);
+            let x = g.reshape(flat, &vae.input_shape(b))?;
+            let [loss, _, _, recon] = vae.loss(&mut g, x, flat, seed)?;
+            let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, flat], "mse")?;
+            [loss, mse]
+        }
+        Model::Gan { image, generator, discriminator } => {
+            let ImageShape { channels: c, size: s } = *image;
+            let real = g.input(&format!("eval_x_{b}"), &[b, c, s, s]);
+            let z = g.input(&format!("eval_z_{b}"), &[b, LATENT]);
+            let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
+            let fake = generator.forward(&mut g, z, Mode::eval())?;
+            [d_real, discriminator.forward(&mut g, fake, Mode::eval())?]
+        }
+    };
+    Ok((Program::compile(gpu, &g, store, &outs, &[])?, outs))
 }
 
 /// Runs `program` over `rows` of `width` values fed to `input` in batches of [`BATCH`] (the
