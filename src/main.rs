@@ -42,6 +42,72 @@ enum Command {
     Train(TrainArgs),
     /// Time every kernel of a training step on the GPU
     Profile(ProfileArgs),
+    /// Generate images from a checkpoint (GAN: G(z); VAE: decode(z)), z ~ N(0, 1)
+    Sample(SampleArgs),
+    /// Evaluate a checkpoint on held-out data (VAE: nats per image, MSE; GAN: mean D outputs)
+    Eval(EvalArgs),
+    /// Encode a data set's training images with a VAE checkpoint to "mu" and "logvar" tensors
+    Encode(EncodeArgs),
+    /// Decode the "mu" rows of a latents file with a VAE checkpoint to numbered PNGs
+    Decode(DecodeArgs),
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Number of images
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// A .png path for one grid, otherwise a folder for numbered PNGs
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print a JSON object instead of a line
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    #[arg(long, default_value = "latents.safetensors")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// A safetensors file with "mu" [N, latent] (as `kiln encode` writes)
+    #[arg(long)]
+    latents: PathBuf,
+    /// Folder for the numbered PNGs (or a .png path for one grid)
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -163,6 +229,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(&args),
         Command::Train(args) => train(&args),
         Command::Profile(args) => profile(&args),
+        Command::Sample(args) => sample(&args),
+        Command::Eval(args) => eval(&args),
+        Command::Encode(args) => encode(&args),
+        Command::Decode(args) => decode(&args),
     };
     match result {
         Ok(code) => code,
@@ -417,5 +487,56 @@ fn profile(args: &ProfileArgs) -> kiln::Result<ExitCode> {
         report.write_trace(path)?;
         println!("trace written to {}", path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads data for a checkpoint's model: image folders are resized to its image side.
+fn data_for(spec: &str, image: [usize; 3]) -> kiln::Result<kiln::data::Splits> {
+    use kiln::data::{folder::{Color, FolderOptions}, source::Source};
+    let color = if image[0] == 1 { Color::Gray } else { Color::Rgb };
+    Source::parse(spec, &FolderOptions { size: image[1] as u32, color, recursive: true })?.load()
+}
+
+fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
+    let images = model.sample(&gpu, args.n, args.seed)?;
+    kiln::train::infer::save_images(&images, model.image(), &args.out)?;
+    println!("{} {} samples written to {}", args.n, model.kind(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
+    let splits = data_for(&args.data, model.image())?;
+    let result = model.evaluate(&gpu, &splits.test, args.seed)?;
+    if args.json {
+        println!("{}", result.json());
+    } else {
+        println!("{}", result.line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn encode(args: &EncodeArgs) -> kiln::Result<ExitCode> {
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
+    let splits = data_for(&args.data, model.image())?;
+    let (mu, logvar) = model.encode(&gpu, &splits.train.to_f32(0.0, 1.0))?;
+    let n = splits.train.len();
+    let latents = kiln::train::infer::latents_checkpoint(mu, logvar, n);
+    latents.save(&args.out)?;
+    println!("{n} images encoded to {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decode(args: &DecodeArgs) -> kiln::Result<ExitCode> {
+    let gpu = kiln::Gpu::new(&args.device.options())?;
+    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
+    let latents = kiln::train::Checkpoint::load(&args.latents)?;
+    let images = model.decode_file(&gpu, &latents, &args.latents.display().to_string())?;
+    kiln::train::infer::save_images(&images, model.image(), &args.out)?;
+    println!("{} images decoded to {}", images.len() / model.image().iter().product::<usize>(), args.out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod gan;
+pub mod infer;
 pub mod run;
 pub mod vae;
 

@@ -1,0 +1,306 @@
+//! Using a trained checkpoint: sample images, evaluate on held-out data, encode images to VAE
+//! latents and decode them back. The model is rebuilt from the checkpoint's "kind" and
+//! "config" metadata, so nothing but the file is needed; batch norm and dropout run in eval
+//! mode throughout.
+
+use super::checkpoint::{load_weights, Checkpoint};
+use crate::data::Dataset;
+use crate::gpu::Gpu;
+use crate::graph::ops::{Loss, LossKind};
+use crate::graph::{Graph, Program, Store, Tensor};
+use crate::kernels::loss::Reduction;
+use crate::models::dcgan::{self, ImageShape, LATENT};
+use crate::models::vae::{Kind, Vae};
+use crate::nn::{self, InitRng, Mode, Sequential};
+use crate::{Error, Result};
+use std::path::Path;
+
+/// Images per GPU submit.
+pub const BATCH: usize = 64;
+
+pub enum Model {
+    Gan { image: ImageShape, generator: Sequential, discriminator: Sequential },
+    Vae(Vae),
+}
+
+/// A model rebuilt from a checkpoint, its weights on the GPU.
+pub struct Loaded {
+    /// The checkpoint's path, for error messages.
+    pub origin: String,
+    pub model: Model,
+    pub store: Store,
+    pub seed: u64,
+}
+
+/// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights. Every
+/// error names the file.
+pub fn load(gpu: &Gpu, path: &Path) -> Result<Loaded> {
+    let ckpt = Checkpoint::load(path)?;
+    let origin = path.display().to_string();
+    let named = |e: Error| match e {
+        Error::Io { .. } => e,
+        e if e.to_string().starts_with(&origin) => e,
+        Error::Shape(m) => Error::Shape(format!("{origin}: {m}")),
+        e => Error::Invalid(format!("{origin}: {e}")),
+    };
+    build(gpu, &ckpt).map(|(model, store, seed)| Loaded { origin: origin.clone(), model, store, seed }).map_err(named)
+}
+
+fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
+    let config: serde_json::Value =
+        serde_json::from_str(ckpt.meta("config")?).map_err(|e| Error::Invalid(format!("checkpoint metadata \"config\" is not JSON: {e}")))?;
+    let field = |key: &str| -> Result<usize> {
+        config[key].as_u64().map(|v| v as usize).ok_or_else(|| Error::Invalid(format!("checkpoint config has no number {key:?}")))
+    };
+    let seed = config["seed"].as_u64().unwrap_or(0);
+    let mut store = Store::new();
+    // Placeholder values: every tensor is overwritten from the checkpoint below.
+    let mut rng = InitRng::new(0);
+    let model = match ckpt.meta("kind")? {
+        "gan" => {
+            let image = ImageShape { channels: field("channels")?, size: field("size")? };
+            let (generator, discriminator) = (dcgan::generator(image)?, dcgan::discriminator(image)?);
+            generator.register(gpu, &mut store, "generator", &mut rng)?;
+            discriminator.register(gpu, &mut store, "discriminator", &mut rng)?;
+            Model::Gan { image, generator, discriminator }
+        }
+        "vae" => {
+            let kind = match config["kind"].as_str() {
+                Some("mlp") => Kind::Mlp,
+                Some("conv") => Kind::Conv,
+                other => crate::bail!(Invalid, "checkpoint config has VAE kind {other:?}, expected \"mlp\" or \"conv\""),
+            };
+            let image: Vec<usize> = config["image"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
+            let image: [usize; 3] = image.try_into().map_err(|_| Error::Invalid("checkpoint config has no [c, h, w] \"image\"".into()))?;
+            let vae = Vae::new(kind, image, field("latent")?, field("hidden")?)?;
+            let (mut params, mut states) = (Vec::new(), Vec::new());
+            for part in vae.parts() {
+                let (p, s) = part.init(&mut rng);
+                params.extend(p);
+                states.extend(s);
+            }
+            nn::register(gpu, &mut store, "vae", params, states)?;
+            Model::Vae(vae)
+        }
+        other => crate::bail!(Invalid, "checkpoint kind {other:?} is neither \"gan\" nor \"vae\""),
+    };
+    load_weights(gpu, &store, ckpt)?;
+    Ok((model, store, seed))
+}
+
+impl Loaded {
+    pub fn kind(&self) -> &'static str {
+        match self.model {
+            Model::Gan { .. } => "gan",
+            Model::Vae(_) => "vae",
+        }
+    }
+
+    /// [channels, height, width] of the model's images.
+    pub fn image(&self) -> [usize; 3] {
+        match &self.model {
+            Model::Gan { image, .. } => [image.channels, image.size, image.size],
+            Model::Vae(v) => v.image,
+        }
+    }
+
+    fn vae(&self, what: &str) -> Result<&Vae> {
+        match &self.model {
+            Model::Vae(v) => Ok(v),
+            Model::Gan { .. } => crate::bail!(Invalid, "{}: {what} needs a VAE checkpoint, this one is a GAN", self.origin),
+        }
+    }
+
+    fn latent(&self) -> usize {
+        match &self.model {
+            Model::Gan { .. } => LATENT,
+            Model::Vae(v) => v.latent,
+        }
+    }
+
+    /// `n` images in [0, 1] (NCHW, flattened) from z ~ N(0, 1) drawn from `seed`. Image i
+    /// depends only on the seed and i, not on `n`.
+    pub fn sample(&mut self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
+        if n == 0 {
+            crate::bail!(Invalid, "cannot sample 0 images: ask for at least 1");
+        }
+        let z = InitRng::new(seed).normal(n * self.latent(), 0.0, 1.0);
+        self.generate(gpu, &z)
+    }
+
+    /// Decodes (VAE) or generates (GAN) one image per row of `z` ([n, latent]), in [0, 1].
+    pub fn generate(&mut self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+        let latent = self.latent();
+        if z.is_empty() || !z.len().is_multiple_of(latent) {
+            crate::bail!(Shape, "{}: latents of {} values are not rows of {latent}", self.origin, z.len());
+        }
+        let mut g = Graph::new();
+        let input = g.input("infer_z", &[BATCH, latent]);
+        let (out, tanh) = match &self.model {
+            Model::Gan { generator, .. } => (generator.forward(&mut g, input, Mode::eval())?, true),
+            Model::Vae(v) => (v.decode(&mut g, input)?, false),
+        };
+        let program = Program::compile(gpu, &g, &mut self.store, &[out], &[])?;
+        let [rows] = batches(gpu, &self.store, &program, "infer_z", [out], z, latent)?;
+        Ok(if tanh { rows.into_iter().map(|v| (v + 1.0) / 2.0).collect() } else { rows })
+    }
+
+    /// Decodes the "mu" rows of a latents file (as [`latents_checkpoint`] writes) read from
+    /// `origin`; VAE only.
+    pub fn decode_file(&mut self, gpu: &Gpu, latents: &Checkpoint, origin: &str) -> Result<Vec<f32>> {
+        let latent = self.vae("decoding")?.latent;
+        let (shape, mu) = latents.tensor("mu").map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
+        if shape.len() != 2 || shape[1] != latent {
+            crate::bail!(Shape, "{origin}: \"mu\" is {shape:?}, the VAE in {} decodes [N, {latent}]", self.origin);
+        }
+        self.generate(gpu, mu)
+    }
+
+    /// (mu, logvar), each [n, latent], of `images` ([0, 1] pixels, n whole images).
+    pub fn encode(&mut self, gpu: &Gpu, images: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let vae = self.vae("encoding")?;
+        let pixels: usize = vae.image.iter().product();
+        let mut g = Graph::new();
+        let flat = g.input("infer_x", &[BATCH, pixels]);
+        let x = g.reshape(flat, &vae.input_shape(BATCH))?;
+        let (mu, logvar) = vae.encode(&mut g, x)?;
+        let program = Program::compile(gpu, &g, &mut self.store, &[mu, logvar], &[])?;
+        let [mu, logvar] = batches(gpu, &self.store, &program, "infer_x", [mu, logvar], images, pixels)?;
+        Ok((mu, logvar))
+    }
+
+    /// Evaluates on every image of `test` (images of the model's shape) in batches of 64 and
+    /// one smaller last batch; `seed` draws the VAE's eps and the GAN's z.
+    pub fn evaluate(&mut self, gpu: &Gpu, test: &Dataset, seed: u64) -> Result<Evaluation> {
+        if test.shape()[1..] != self.image() {
+            crate::bail!(Shape, "{}: the model takes {:?} images, the data has {:?}", self.origin, self.image(), &test.shape()[1..]);
+        }
+        if test.is_empty() {
+            crate::bail!(Invalid, "{}: the test set {:?} is empty", self.origin, test.name);
+        }
+        let (n, pixels) = (test.len(), test.image_len());
+        let is_gan = matches!(self.model, Model::Gan { .. });
+        let images = if is_gan { test.to_f32(-1.0, 1.0) } else { test.to_f32(0.0, 1.0) };
+        let noise = if is_gan { InitRng::new(seed).normal(n * LATENT, 0.0, 1.0) } else { Vec::new() };
+        let mut programs: Vec<(usize, Program, [Tensor; 2])> = Vec::new();
+        let mut sums = [0.0f64; 2];
+        for (i, start) in (0..n).step_by(BATCH).enumerate() {
+            let b = BATCH.min(n - start);
+            if !programs.iter().any(|p| p.0 == b) {
+                let (program, outs) = eval_program(gpu, &self.model, &mut self.store, b, seed)?;
+                programs.push((b, program, outs));
+            }
+            let (_, program, outs) = programs.iter().find(|p| p.0 == b).expect("compiled above");
+            let input = |name: &str| &self.store.input_buffer(&format!("{name}_{b}")).expect("compiled").buffer;
+            gpu.write(input("eval_x"), &images[start * pixels..(start + b) * pixels])?;
+            if is_gan {
+                gpu.write(input("eval_z"), &noise[start * LATENT..(start + b) * LATENT])?;
+            }
+            program.set_step(gpu, i as u64)?;
+            program.run(gpu)?;
+            for (sum, out) in sums.iter_mut().zip(outs) {
+                let values = gpu.read(program.buffer(*out))?;
+                // The GAN's outputs are logits per image; the VAE's are already sums.
+                *sum += if is_gan { values.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum() } else { values[0] as f64 };
+            }
+        }
+        let n_f = n as f64;
+        Ok(if is_gan {
+            Evaluation::Gan { images: n, d_real: sums[0] / n_f, d_fake: sums[1] / n_f }
+        } else {
+            Evaluation::Vae { images: n, nats: sums[0] / n_f, mse: sums[1] / (n_f * pixels as f64) }
+        })
+    }
+}
+
+/// The evaluation graph for a batch of `b` (inputs `eval_x_{b}`, and `eval_z_{b}` for the
+/// GAN): the VAE's loss and squared-error sums, or the discriminator's logits on real and on
+/// generated images.
+fn eval_program(gpu: &Gpu, model: &Model, store: &mut Store, b: usize, seed: u64) -> Result<(Program, [Tensor; 2])> {
+    let mut g = Graph::new();
+    let outs = match model {
+        Model::Vae(vae) => {
+            let flat = g.input(&format!("eval_x_{b}"), &[b, vae.image.iter().product()]);
+            let x = g.reshape(flat, &vae.input_shape(b))?;
+            let [loss, _, _, recon] = vae.loss(&mut g, x, flat, seed)?;
+            let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, flat], "mse")?;
+            [loss, mse]
+        }
+        Model::Gan { image, generator, discriminator } => {
+            let ImageShape { channels: c, size: s } = *image;
+            let real = g.input(&format!("eval_x_{b}"), &[b, c, s, s]);
+            let z = g.input(&format!("eval_z_{b}"), &[b, LATENT]);
+            let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
+            let fake = generator.forward(&mut g, z, Mode::eval())?;
+            [d_real, discriminator.forward(&mut g, fake, Mode::eval())?]
+        }
+    };
+    Ok((Program::compile(gpu, &g, store, &outs, &[])?, outs))
+}
+
+/// Runs `program` over `rows` of `width` values fed to `input` in batches of [`BATCH`] (the
+/// last padded with zeros) and returns each output's rows for the real inputs only.
+fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &str, outs: [Tensor; K], rows: &[f32], width: usize) -> Result<[Vec<f32>; K]> {
+    let input = &store.input_buffer(input).expect("compiled").buffer;
+    let mut result: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
+    for chunk in rows.chunks(BATCH * width) {
+        let mut batch = chunk.to_vec();
+        batch.resize(BATCH * width, 0.0);
+        gpu.write(input, &batch)?;
+        program.run(gpu)?;
+        for (out, acc) in outs.iter().zip(&mut result) {
+            let y = gpu.read(program.buffer(*out))?;
+            acc.extend_from_slice(&y[..y.len() / BATCH * (chunk.len() / width)]);
+        }
+    }
+    Ok(result)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Evaluation {
+    /// Test loss per image (BCE(sum) + KL, nats) and reconstruction MSE per pixel.
+    Vae { images: usize, nats: f64, mse: f64 },
+    /// The discriminator's mean sigmoid output on real test images and on as many generated.
+    Gan { images: usize, d_real: f64, d_fake: f64 },
+}
+
+impl Evaluation {
+    pub fn line(&self) -> String {
+        match self {
+            Evaluation::Vae { images, nats, mse } => format!("vae on {images} test images: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel"),
+            Evaluation::Gan { images, d_real, d_fake } => format!("gan on {images} test images: mean D(real) {d_real:.4}, mean D(G(z)) {d_fake:.4}"),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Evaluation::Vae { images, nats, mse } => serde_json::json!({ "kind": "vae", "images": images, "nats": nats, "mse": mse }),
+            Evaluation::Gan { images, d_real, d_fake } => serde_json::json!({ "kind": "gan", "images": images, "d_real": d_real, "d_fake": d_fake }),
+        }
+    }
+}
+
+/// The file `kiln encode` writes: "mu" and "logvar", each [n, latent].
+pub fn latents_checkpoint(mu: Vec<f32>, logvar: Vec<f32>, n: usize) -> Checkpoint {
+    let latent = mu.len() / n.max(1);
+    let mut file = Checkpoint::default();
+    file.metadata.insert("kind".into(), "latents".into());
+    file.tensors.insert("mu".into(), (vec![n, latent], mu));
+    file.tensors.insert("logvar".into(), (vec![n, latent], logvar));
+    file
+}
+
+/// Writes `images` ([n, c, h, w] in [0, 1]): one grid when `out` ends in .png, otherwise
+/// numbered PNGs 000000.png… in the folder `out`.
+pub fn save_images(images: &[f32], [c, h, w]: [usize; 3], out: &Path) -> Result<()> {
+    let n = images.len() / (c * h * w);
+    if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        let nrow = (n as f64).sqrt().ceil().max(1.0) as usize;
+        return crate::data::images::save_grid(images, [n, c, h, w], nrow, out);
+    }
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
+    for (i, image) in images.chunks_exact(c * h * w).enumerate() {
+        crate::data::images::save_png(image, [c, h, w], out.join(format!("{i:06}.png")))?;
+    }
+    Ok(())
+}
