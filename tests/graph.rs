@@ -688,3 +688,29 @@ fn a_pytorch_state_dict_loads_by_name_and_gives_pytorchs_output() {
     let err = load_weights(gpu, &other, &ckpt).unwrap_err().to_string();
     assert!(err.contains("0.weight") && err.contains("[4, 2, 3, 3]"), "{err}");
 }
+
+#[test]
+fn a_layer_applied_twice_shares_its_parameter_and_accumulates_both_gradients() {
+    // The GAN's discriminator sees the real and the fake batch: one weight, two uses.
+    use kiln::graph::ops::{Add, Mul, Sum};
+    let gpu = gpu();
+    let mut g = Graph::new();
+    let w1 = g.param("d.weight", &[3]);
+    let w2 = g.param("d.weight", &[3]);
+    assert_eq!(w1, w2);
+    let (a, b) = (g.input("a", &[3]), g.input("b", &[3]));
+    let ya = g.apply1(Mul, &[w1, a], "real").unwrap();
+    let yb = g.apply1(Mul, &[w2, b], "fake").unwrap();
+    let y = g.apply1(Add, &[ya, yb], "sum").unwrap();
+    let loss = g.apply1(Sum { all: true, mean: false }, &[y], "loss").unwrap();
+    let grads = g.backward(loss, &[w1]).unwrap();
+    let dw = g.materialize(grads[0].unwrap(), &mut Vec::new()).unwrap();
+    let mut store = Store::new();
+    store.add_group(gpu, "d", vec![("d.weight".into(), vec![3], vec![1.0, 2.0, 3.0])]).unwrap();
+    let program = Program::compile(gpu, &g, &mut store, &[loss], &[(w1, dw)]).unwrap();
+    gpu.write(&store.input_buffer("a").unwrap().buffer, &[1.0f32, 10.0, 100.0]).unwrap();
+    gpu.write(&store.input_buffer("b").unwrap().buffer, &[2.0f32, 20.0, 200.0]).unwrap();
+    program.run(gpu).unwrap();
+    // d(loss)/dw = a + b, both uses counted.
+    assert_eq!(gpu.read(store.grad("d.weight").unwrap()).unwrap(), vec![3.0, 30.0, 300.0]);
+}

@@ -50,14 +50,25 @@ impl Graph {
         self.add_tensor(name, shape, Role::Input)
     }
 
-    /// A trainable parameter, found by `name` in the executor's store.
+    /// A trainable parameter, found by `name` in the executor's store. Declaring a name twice
+    /// (a layer applied to two batches) gives the same tensor, so its gradient accumulates
+    /// over both uses instead of two gradients racing for one buffer.
     pub fn param(&mut self, name: &str, shape: &[usize]) -> Tensor {
-        self.add_tensor(name, shape, Role::Param)
+        self.named(name, shape, Role::Param)
     }
 
     /// Persistent, untrained state (running statistics), found by `name` in the store.
     pub fn state(&mut self, name: &str, shape: &[usize]) -> Tensor {
-        self.add_tensor(name, shape, Role::State)
+        self.named(name, shape, Role::State)
+    }
+
+    /// The existing tensor of this name, role and shape, else a new one (a different shape
+    /// under the same name is reported when the program is compiled against the store).
+    fn named(&mut self, name: &str, shape: &[usize], role: Role) -> Tensor {
+        match self.tensors.iter().position(|t| t.name == name && t.role == role && t.shape == shape) {
+            Some(i) => Tensor(i),
+            None => self.add_tensor(name, shape, role),
+        }
     }
 
     pub fn info(&self, t: Tensor) -> &TensorInfo {

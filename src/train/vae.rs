@@ -73,7 +73,8 @@ impl VaeTrainer {
         let seed = config.seed ^ EPS_STREAM;
 
         let (mut g, [loss, bce, kl, _]) = batch_graph(&model, b, "batch", seed)?;
-        let params: Vec<Tensor> = model.parts().iter().flat_map(|p| p.params(&g)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        // The MLP's layers have no common prefix: every parameter of the graph is the model's.
+        let params: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == crate::graph::Role::Param).collect();
         let grads = differentiate(&mut g, loss, &params)?;
         let step = Program::compile(gpu, &g, &mut store, &[loss, bce, kl], &grads)?;
         let logged = [loss, bce, kl].iter().map(|&t| step.buffer(t).clone()).collect();
