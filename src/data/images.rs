@@ -114,3 +114,11 @@ pub fn save_png<T: Pixel>(image: &[T], shape: [usize; 3], path: impl AsRef<Path>
     check_shape(&path.display().to_string(), image.len(), [1, c, h, w])?;
     make_grid(image, [1, c, h, w], 1, 0, 0)?.save_png(path)
 }
+
+/// Originals above their reconstructions: rows of `columns` images of `top`, each followed by
+/// the same row of `bottom` (both `[n, image_len]` with n a multiple of `columns`), for
+/// [`save_grid`] with `nrow = columns`.
+pub fn pair_rows<T: Copy>(top: &[T], bottom: &[T], image_len: usize, columns: usize) -> Vec<T> {
+    let row = image_len * columns;
+    top.chunks(row).zip(bottom.chunks(row)).flat_map(|(t, b)| t.iter().chain(b).copied()).collect()
+}

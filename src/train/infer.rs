@@ -1,14 +1,14 @@
 //! Using a trained checkpoint: sample images, evaluate on held-out data, encode images to VAE
-//! latents and decode them back. The model is rebuilt from the checkpoint's "kind" and
+//! latents and decode them back, reconstruct and interpolate between test images. The model is rebuilt from the checkpoint's "kind" and
 //! "config" metadata, so nothing but the file is needed; batch norm and dropout run in eval
 //! mode throughout.
 
 use super::checkpoint::{load_weights, Checkpoint};
+use super::data::GpuData;
+use super::vae::{shown_layout, VaeEval};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
-use crate::graph::ops::{Loss, LossKind};
 use crate::graph::{Graph, Program, Store, Tensor};
-use crate::kernels::loss::Reduction;
 use crate::models::dcgan::{self, ImageShape, LATENT};
 use crate::models::vae::{Kind, Vae};
 use crate::nn::{self, InitRng, Mode, Sequential};
@@ -170,7 +170,8 @@ impl Loaded {
     }
 
     /// Evaluates on every image of `test` (images of the model's shape) in batches of 64 and
-    /// one smaller last batch; `seed` draws the VAE's eps and the GAN's z.
+    /// one smaller last batch; `seed` draws the VAE's eps and the GAN's z. A VAE evaluates
+    /// through [`VaeEval`], as its trainer does.
     pub fn evaluate(&mut self, gpu: &Gpu, test: &Dataset, seed: u64) -> Result<Evaluation> {
         if test.shape()[1..] != self.image() {
             crate::bail!(Shape, "{}: the model takes {:?} images, the data has {:?}", self.origin, self.image(), &test.shape()[1..]);
@@ -178,63 +179,137 @@ impl Loaded {
         if test.is_empty() {
             crate::bail!(Invalid, "{}: the test set {:?} is empty", self.origin, test.name);
         }
+        let (image, generator, discriminator) = match &self.model {
+            Model::Vae(vae) => {
+                let data = GpuData::upload(gpu, test)?;
+                let (nats, mse) = VaeEval::new(gpu, vae, &mut self.store, &data, seed)?.run(gpu, &data)?;
+                return Ok(Evaluation::Vae { images: test.len(), nats, mse });
+            }
+            Model::Gan { image, generator, discriminator } => (*image, generator, discriminator),
+        };
         let (n, pixels) = (test.len(), test.image_len());
-        let is_gan = matches!(self.model, Model::Gan { .. });
-        let images = if is_gan { test.to_f32(-1.0, 1.0) } else { test.to_f32(0.0, 1.0) };
-        let noise = if is_gan { InitRng::new(seed).normal(n * LATENT, 0.0, 1.0) } else { Vec::new() };
+        let images = test.to_f32(-1.0, 1.0);
+        let noise = InitRng::new(seed).normal(n * LATENT, 0.0, 1.0);
         let mut programs: Vec<(usize, Program, [Tensor; 2])> = Vec::new();
-        let mut sums = [0.0f64; 2];
+        let (mut d_real, mut d_fake) = (0.0f64, 0.0f64);
         for (i, start) in (0..n).step_by(BATCH).enumerate() {
             let b = BATCH.min(n - start);
             if !programs.iter().any(|p| p.0 == b) {
-                let (program, outs) = eval_program(gpu, &self.model, &mut self.store, b, seed)?;
+                let (program, outs) = gan_eval_program(gpu, image, generator, discriminator, &mut self.store, b)?;
                 programs.push((b, program, outs));
             }
-            let (_, program, outs) = programs.iter().find(|p| p.0 == b).expect("compiled above");
+            let (_, program, [real, fake]) = programs.iter().find(|p| p.0 == b).expect("compiled above");
             let input = |name: &str| &self.store.input_buffer(&format!("{name}_{b}")).expect("compiled").buffer;
             gpu.write(input("eval_x"), &images[start * pixels..(start + b) * pixels])?;
-            if is_gan {
-                gpu.write(input("eval_z"), &noise[start * LATENT..(start + b) * LATENT])?;
-            }
+            gpu.write(input("eval_z"), &noise[start * LATENT..(start + b) * LATENT])?;
             program.set_step(gpu, i as u64)?;
             program.run(gpu)?;
-            for (sum, out) in sums.iter_mut().zip(outs) {
-                let values = gpu.read(program.buffer(*out))?;
-                // The GAN's outputs are logits per image; the VAE's are already sums.
-                *sum += if is_gan { values.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum() } else { values[0] as f64 };
+            // The outputs are logits per image.
+            let mean_sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read(program.buffer(*t))?.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum()) };
+            d_real += mean_sum(real)?;
+            d_fake += mean_sum(fake)?;
+        }
+        Ok(Evaluation::Gan { images: n, d_real: d_real / n as f64, d_fake: d_fake / n as f64 })
+    }
+
+    /// decode(mu) of `images` ([0, 1] pixels, whole images): reconstructions without sampling.
+    pub fn reconstruct(&mut self, gpu: &Gpu, images: &[f32]) -> Result<Vec<f32>> {
+        let (mu, _) = self.encode(gpu, images)?;
+        self.generate(gpu, &mu)
+    }
+
+    /// For each pair (`from` image i, `to` image i), `steps` decoded latents walking linearly
+    /// from mu(from) to mu(to): the first and last are the two reconstructions.
+    pub fn interpolate(&mut self, gpu: &Gpu, from: &[f32], to: &[f32], steps: usize) -> Result<Vec<f32>> {
+        let latent = self.vae("interpolating")?.latent;
+        if steps < 2 || from.len() != to.len() {
+            crate::bail!(Invalid, "{}: an interpolation needs as many start as end images and at least 2 steps, got {} and {} values, {steps} steps", self.origin, from.len(), to.len());
+        }
+        let (mu, _) = self.encode(gpu, &[from, to].concat())?;
+        let (a, b) = mu.split_at(mu.len() / 2);
+        let mut z = Vec::with_capacity(a.len() * steps);
+        for (a, b) in a.chunks(latent).zip(b.chunks(latent)) {
+            for j in 0..steps {
+                let t = j as f32 / (steps - 1) as f32;
+                z.extend(a.iter().zip(b).map(|(a, b)| (1.0 - t) * a + t * b));
             }
         }
-        let n_f = n as f64;
-        Ok(if is_gan {
-            Evaluation::Gan { images: n, d_real: sums[0] / n_f, d_fake: sums[1] / n_f }
-        } else {
-            Evaluation::Vae { images: n, nats: sums[0] / n_f, mse: sums[1] / (n_f * pixels as f64) }
-        })
+        self.generate(gpu, &z)
+    }
+
+    /// The reconstruction and interpolation grids `kiln sample` writes for a VAE, of test
+    /// images drawn from `seed`.
+    pub fn vae_views(&mut self, gpu: &Gpu, test: &Dataset, seed: u64) -> Result<VaeViews> {
+        self.vae("reconstructing")?;
+        if test.shape()[1..] != self.image() {
+            crate::bail!(Shape, "{}: the model takes {:?} images, the data has {:?}", self.origin, self.image(), &test.shape()[1..]);
+        }
+        if test.len() < 2 {
+            crate::bail!(Invalid, "{}: the test set {:?} has {} images, an interpolation needs 2", self.origin, test.name, test.len());
+        }
+        let images = |indices: &[usize]| -> Result<Vec<f32>> { Ok(test.subset("shown", indices)?.to_f32(0.0, 1.0)) };
+        let order = pick(test.len(), seed);
+        let (shown, columns) = shown_layout(test.len());
+        let originals = images(&order[..shown])?;
+        let recon = self.reconstruct(gpu, &originals)?;
+        let reconstructions = crate::data::images::pair_rows(&originals, &recon, test.image_len(), columns);
+        let pairs: Vec<(usize, usize)> = order.chunks_exact(2).take(LERP_ROWS).map(|p| (p[0], p[1])).collect();
+        let (from, to): (Vec<usize>, Vec<usize>) = pairs.iter().copied().unzip();
+        let interpolation = self.interpolate(gpu, &images(&from)?, &images(&to)?, LERP_STEPS)?;
+        Ok(VaeViews { image: self.image(), shown: order[..shown].to_vec(), columns, reconstructions, pairs, interpolation })
     }
 }
 
-/// The evaluation graph for a batch of `b` (inputs `eval_x_{b}`, and `eval_z_{b}` for the
-/// GAN): the VAE's loss and squared-error sums, or the discriminator's logits on real and on
-/// generated images.
-fn eval_program(gpu: &Gpu, model: &Model, store: &mut Store, b: usize, seed: u64) -> Result<(Program, [Tensor; 2])> {
+/// Rows of the interpolation grid and images per row; odd, so the middle column is the
+/// midpoint t = 1/2.
+pub const LERP_ROWS: usize = 8;
+pub const LERP_STEPS: usize = 11;
+
+/// A permutation of `0..len` drawn from `seed`: the test images `kiln sample` shows.
+pub fn pick(len: usize, seed: u64) -> Vec<usize> {
+    let mut rng = InitRng::new(seed ^ 0x5E1EC7);
+    let mut order: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        order.swap(i, ((rng.unit() * (i + 1) as f64) as usize).min(i));
+    }
+    order
+}
+
+/// A VAE's reconstructions and latent interpolations of test images, [0, 1] pixels.
+pub struct VaeViews {
+    pub image: [usize; 3],
+    /// Test indices of the reconstructed images, in grid order.
+    pub shown: Vec<usize>,
+    /// Images per grid row.
+    pub columns: usize,
+    /// Rows of `columns` originals, each followed by their reconstructions decode(mu).
+    pub reconstructions: Vec<f32>,
+    /// Test indices (from, to) of each interpolation row.
+    pub pairs: Vec<(usize, usize)>,
+    /// [`LERP_STEPS`] images per pair.
+    pub interpolation: Vec<f32>,
+}
+
+impl VaeViews {
+    /// Writes the two grids.
+    pub fn save(&self, reconstructions: &Path, interpolation: &Path) -> Result<()> {
+        let [c, h, w] = self.image;
+        let n = |v: &[f32]| v.len() / (c * h * w);
+        crate::data::images::save_grid(&self.reconstructions, [n(&self.reconstructions), c, h, w], self.columns, reconstructions)?;
+        crate::data::images::save_grid(&self.interpolation, [n(&self.interpolation), c, h, w], LERP_STEPS, interpolation)
+    }
+}
+
+/// The GAN's evaluation graph for a batch of `b` (inputs `eval_x_{b}`, `eval_z_{b}`): the
+/// discriminator's logits on real and on generated images.
+fn gan_eval_program(gpu: &Gpu, image: ImageShape, generator: &Sequential, discriminator: &Sequential, store: &mut Store, b: usize) -> Result<(Program, [Tensor; 2])> {
     let mut g = Graph::new();
-    let outs = match model {
-        Model::Vae(vae) => {
-            let flat = g.input(&format!("eval_x_{b}"), &[b, vae.image.iter().product()]);
-            let x = g.reshape(flat, &vae.input_shape(b))?;
-            let [loss, _, _, recon] = vae.loss(&mut g, x, flat, seed)?;
-            let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, flat], "mse")?;
-            [loss, mse]
-        }
-        Model::Gan { image, generator, discriminator } => {
-            let ImageShape { channels: c, size: s } = *image;
-            let real = g.input(&format!("eval_x_{b}"), &[b, c, s, s]);
-            let z = g.input(&format!("eval_z_{b}"), &[b, LATENT]);
-            let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
-            let fake = generator.forward(&mut g, z, Mode::eval())?;
-            [d_real, discriminator.forward(&mut g, fake, Mode::eval())?]
-        }
-    };
+    let ImageShape { channels: c, size: s } = image;
+    let real = g.input(&format!("eval_x_{b}"), &[b, c, s, s]);
+    let z = g.input(&format!("eval_z_{b}"), &[b, LATENT]);
+    let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
+    let fake = generator.forward(&mut g, z, Mode::eval())?;
+    let outs = [d_real, discriminator.forward(&mut g, fake, Mode::eval())?];
     Ok((Program::compile(gpu, &g, store, &outs, &[])?, outs))
 }
 

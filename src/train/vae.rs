@@ -1,5 +1,6 @@
 //! The VAE training step (gather, forward, backward, Adam in one submit) and its evaluation
-//! on held-out images: BCE(sum) + KL per image in nats, as PyTorch's example reports it.
+//! on held-out images: BCE(sum) + KL per image in nats, as PyTorch's example reports it. The
+//! evaluation ([`VaeEval`]) is the one `kiln eval` uses too.
 
 use super::data::GpuData;
 use super::gan::differentiate;
@@ -32,15 +33,28 @@ pub struct VaeTrainer {
     step: Program,
     pub opt: Optimizer,
     logged: Vec<Buffer>,
-    eval: Program,
-    eval_gather: Dispatch,
-    eval_outputs: [Tensor; 3],
+    eval: VaeEval,
     sampler: Program,
     sample_images: Tensor,
+    /// The first test images, encoded and decoded at each sample grid.
+    shown: Reconstructor,
 }
 
 const EPS_STREAM: u64 = 0xE95;
 pub const SAMPLES: usize = 64;
+/// Images per evaluation batch, whatever the training batch, so the trainer and `kiln eval`
+/// draw the same eps for the same seed.
+pub const EVAL_BATCH: usize = 64;
+/// Reconstruction grids show up to 8 rows of 8 test images, each row above its reconstructions.
+pub const SHOWN_COLUMNS: usize = 8;
+pub const SHOWN_ROWS: usize = 8;
+
+/// (images, columns) of a reconstruction grid drawn from `available` test images: whole rows
+/// only, so every original sits above its own reconstruction.
+pub fn shown_layout(available: usize) -> (usize, usize) {
+    let columns = SHOWN_COLUMNS.min(available);
+    (columns * SHOWN_ROWS.min(available / columns.max(1)), columns)
+}
 
 /// The graph of one batch: the input gathered as [0, 1] pixels, the loss and its parts.
 fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64) -> Result<(Graph, [Tensor; 4])> {
@@ -54,10 +68,8 @@ fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64) -> Result<(Graph, 
 
 impl VaeTrainer {
     pub fn new(gpu: &Gpu, config: VaeConfig, train: &GpuData, test: &GpuData) -> Result<VaeTrainer> {
-        for (set, data) in [("training", train), ("test", test)] {
-            if data.len < config.batch {
-                crate::bail!(Invalid, "the {set} set ({} images) is smaller than one batch of {}", data.len, config.batch);
-            }
+        if train.len < config.batch {
+            crate::bail!(Invalid, "the training set ({} images) is smaller than one batch of {}", train.len, config.batch);
         }
         let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?;
         let mut store = Store::new();
@@ -79,11 +91,8 @@ impl VaeTrainer {
         let step = Program::compile(gpu, &g, &mut store, &[loss, bce, kl], &grads)?;
         let logged = [loss, bce, kl].iter().map(|&t| step.buffer(t).clone()).collect();
 
-        let (g, [loss_e, bce_e, _, recon]) = batch_graph(&model, b, "eval_batch", seed)?;
-        let mut g = g;
-        let target = g.tensors.iter().position(|t| t.name == "eval_batch").map(Tensor::from_index).expect("declared");
-        let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, target], "mse")?;
-        let eval = Program::compile(gpu, &g, &mut store, &[loss_e, bce_e, mse], &[])?;
+        let eval = VaeEval::new(gpu, &model, &mut store, test, config.seed)?;
+        let shown = Reconstructor::new(gpu, &model, &mut store, test)?;
 
         let mut g = Graph::new();
         let z = g.input("sample_z", &[SAMPLES, config.latent]);
@@ -92,9 +101,8 @@ impl VaeTrainer {
 
         let input = |name: &str| store.input_buffer(name).expect("compiled").buffer.clone();
         let gather = train.gather(gpu, b, 1.0 / 255.0, 0.0, &input("batch"))?;
-        let eval_gather = test.gather(gpu, b, 1.0 / 255.0, 0.0, &input("eval_batch"))?;
         let opt = Optimizer::new(gpu, &store, "vae", Config::Adam(Adam { lr: config.lr, ..Adam::default() }))?;
-        Ok(VaeTrainer { config, model, store, gather, step, opt, logged, eval, eval_gather, eval_outputs: [loss_e, bce_e, mse], sampler, sample_images: images })
+        Ok(VaeTrainer { config, model, store, gather, step, opt, logged, eval, sampler, sample_images: images, shown })
     }
 
     pub fn memory(&self) -> (u64, u64) {
@@ -102,24 +110,10 @@ impl VaeTrainer {
     }
 
     /// Mean test loss per image (BCE(sum) + KL, nats) and reconstruction MSE per pixel over
-    /// the full batches of `test`.
+    /// every image of `test`, the set given to [`new`](Self::new), with eps drawn from the
+    /// run's seed: `kiln eval --seed <seed>` on its checkpoint gives the same numbers.
     pub fn evaluate(&self, gpu: &Gpu, test: &GpuData) -> Result<(f64, f64)> {
-        let b = self.config.batch;
-        let batches = test.len / b;
-        if batches == 0 {
-            crate::bail!(Invalid, "the test set ({} images) is smaller than one batch of {b}", test.len);
-        }
-        test.unshuffle(gpu)?;
-        let (mut loss, mut mse) = (0.0, 0.0);
-        for i in 0..batches {
-            test.select(gpu, &self.eval_gather, b, i);
-            self.eval.set_step(gpu, i as u64)?;
-            gpu.submit("evaluation", &[std::slice::from_ref(&self.eval_gather), &self.eval.dispatches], None)?;
-            loss += gpu.read(self.eval.buffer(self.eval_outputs[0]))?[0] as f64;
-            mse += gpu.read(self.eval.buffer(self.eval_outputs[2]))?[0] as f64;
-        }
-        let images = (batches * b) as f64;
-        Ok((loss / images, mse / (images * self.model.image.iter().product::<usize>() as f64)))
+        self.eval.run(gpu, test)
     }
 
     /// Decoded images (pixel probabilities) for latent codes `z` ([SAMPLES, latent]).
@@ -127,6 +121,87 @@ impl VaeTrainer {
         gpu.write(&self.store.input_buffer("sample_z").expect("compiled").buffer, z)?;
         self.sampler.run(gpu)?;
         gpu.read(self.sampler.buffer(self.sample_images))
+    }
+}
+
+/// Evaluation on every image of a test set resident on the GPU: batches of [`EVAL_BATCH`] and
+/// one smaller last batch, eps of batch i drawn from (`seed`, i). The trainer and
+/// `kiln eval` both use it.
+pub struct VaeEval {
+    images: usize,
+    pixels: usize,
+    /// One program per batch size (the full one and the last), each fed by its own gather.
+    programs: Vec<(usize, Dispatch, Program, [Tensor; 2])>,
+}
+
+impl VaeEval {
+    /// Compiles the evaluation of `model` (its weights in `store`) on `test`.
+    pub fn new(gpu: &Gpu, model: &Vae, store: &mut Store, test: &GpuData, seed: u64) -> Result<VaeEval> {
+        let mut sizes = vec![EVAL_BATCH.min(test.len)];
+        if test.len > EVAL_BATCH && !test.len.is_multiple_of(EVAL_BATCH) {
+            sizes.push(test.len % EVAL_BATCH);
+        }
+        let mut programs = Vec::new();
+        for b in sizes {
+            let input = format!("eval_x_{b}");
+            let (mut g, [loss, _, _, recon]) = batch_graph(model, b, &input, seed)?;
+            let target = g.tensors.iter().position(|t| t.name == input).map(Tensor::from_index).expect("declared");
+            let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, target], "mse")?;
+            let program = Program::compile(gpu, &g, store, &[loss, mse], &[])?;
+            let gather = test.gather(gpu, b, 1.0 / 255.0, 0.0, &store.input_buffer(&input).expect("compiled").buffer)?;
+            programs.push((b, gather, program, [loss, mse]));
+        }
+        Ok(VaeEval { images: test.len, pixels: test.image_len, programs })
+    }
+
+    /// (test loss per image in nats, reconstruction MSE per pixel) on `test`, the set given to
+    /// [`new`](Self::new).
+    pub fn run(&self, gpu: &Gpu, test: &GpuData) -> Result<(f64, f64)> {
+        if (test.len, test.image_len) != (self.images, self.pixels) {
+            crate::bail!(Invalid, "the evaluation was built for {} test images of {} pixels, not {} of {}", self.images, self.pixels, test.len, test.image_len);
+        }
+        test.unshuffle(gpu)?;
+        let (mut loss, mut mse) = (0.0, 0.0);
+        for (i, start) in (0..self.images).step_by(EVAL_BATCH).enumerate() {
+            let b = EVAL_BATCH.min(self.images - start);
+            let (_, gather, program, [l, m]) = self.programs.iter().find(|p| p.0 == b).expect("one program per batch size");
+            crate::kernels::data::set_first(gpu, gather, start);
+            program.set_step(gpu, i as u64)?;
+            gpu.submit("evaluation", &[std::slice::from_ref(gather), &program.dispatches], None)?;
+            loss += gpu.read(program.buffer(*l))?[0] as f64;
+            mse += gpu.read(program.buffer(*m))?[0] as f64;
+        }
+        let n = self.images as f64;
+        Ok((loss / n, mse / (n * self.pixels as f64)))
+    }
+}
+
+/// The first test images and their reconstructions decode(mu), as the training's grids show.
+struct Reconstructor {
+    images: usize,
+    columns: usize,
+    gather: Dispatch,
+    program: Program,
+    recon: Tensor,
+}
+
+impl Reconstructor {
+    fn new(gpu: &Gpu, model: &Vae, store: &mut Store, test: &GpuData) -> Result<Reconstructor> {
+        let (images, columns) = shown_layout(test.len);
+        let mut g = Graph::new();
+        let flat = g.input("shown_x", &[images, test.image_len]);
+        let x = g.reshape(flat, &model.input_shape(images))?;
+        let (mu, _) = model.encode(&mut g, x)?;
+        let recon = model.decode(&mut g, mu)?;
+        let program = Program::compile(gpu, &g, store, &[recon], &[])?;
+        let gather = test.gather(gpu, images, 1.0 / 255.0, 0.0, &store.input_buffer("shown_x").expect("compiled").buffer)?;
+        Ok(Reconstructor { images, columns, gather, program, recon })
+    }
+
+    /// (originals, reconstructions), each [images, pixels] in [0, 1].
+    fn run(&self, gpu: &Gpu, store: &Store) -> Result<(Vec<f32>, Vec<f32>)> {
+        gpu.submit("reconstruction", &[std::slice::from_ref(&self.gather), &self.program.dispatches], None)?;
+        Ok((gpu.read(&store.input_buffer("shown_x").expect("compiled").buffer)?, gpu.read(self.program.buffer(self.recon))?))
     }
 }
 
@@ -153,11 +228,16 @@ impl super::run::Trainer for VaeTrainer {
         data.select(gpu, &self.gather, self.config.batch, batch_index);
         self.step.set_step(gpu, step)
     }
+    /// The grid of decoded z ~ N(0, 1) (the same z every time) and, beside it, the first test
+    /// images above their reconstructions decode(mu), so epochs compare.
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
         let z = InitRng::new(self.config.seed ^ 0x5A3D).normal(SAMPLES * self.config.latent, 0.0, 1.0);
         let images = self.decode(gpu, &z)?;
         let [c, h, w] = self.config.image;
-        crate::data::images::save_grid(&images, [SAMPLES, c, h, w], 8, dir.join(format!("step_{step:07}.png")))
+        crate::data::images::save_grid(&images, [SAMPLES, c, h, w], 8, dir.join(format!("step_{step:07}.png")))?;
+        let (originals, recon) = self.shown.run(gpu, &self.store)?;
+        let paired = crate::data::images::pair_rows(&originals, &recon, c * h * w, self.shown.columns);
+        crate::data::images::save_grid(&paired, [2 * self.shown.images, c, h, w], self.shown.columns, dir.join(format!("step_{step:07}_reconstructions.png")))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
