@@ -42,7 +42,8 @@ enum Command {
     Train(TrainArgs),
     /// Time every kernel of a training step on the GPU
     Profile(ProfileArgs),
-    /// Generate images from a checkpoint (GAN: G(z); VAE: decode(z)), z ~ N(0, 1)
+    /// Generate images from a checkpoint (GAN: G(z); VAE: decode(z)), z ~ N(0, 1); for a VAE
+    /// and a .png --out, also reconstructions and a latent interpolation of test images
     Sample(SampleArgs),
     /// Evaluate a checkpoint on held-out data (VAE: nats per image, MSE; GAN: mean D outputs)
     Eval(EvalArgs),
@@ -61,9 +62,17 @@ struct SampleArgs {
     /// Number of images
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// A .png path for one grid, otherwise a folder for numbered PNGs
+    /// A .png path for one grid, otherwise a folder for numbered PNGs. For a VAE, NAME.png
+    /// also gets NAME_reconstructions.png (8 rows of test images, each above its
+    /// reconstructions decode(mu)) and NAME_interpolation.png (8 rows of 11 images decoded
+    /// along the line from one test image's mu to another's)
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
+    /// VAE with a .png --out: the data whose test images are reconstructed and interpolated:
+    /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    /// Draws z and the test images shown: the same seed gives the same files
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -503,6 +512,19 @@ fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
     let images = model.sample(&gpu, args.n, args.seed)?;
     kiln::train::infer::save_images(&images, model.image(), &args.out)?;
     println!("{} {} samples written to {}", args.n, model.kind(), args.out.display());
+    let grid = args.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if model.kind() == "vae" && grid {
+        let splits = data_for(&args.data, model.image())?;
+        let views = model.vae_views(&gpu, &splits.test, args.seed)?;
+        let beside = |suffix: &str| {
+            let stem = args.out.file_stem().unwrap_or_default().to_string_lossy();
+            args.out.with_file_name(format!("{stem}_{suffix}.png"))
+        };
+        let (recon, lerp) = (beside("reconstructions"), beside("interpolation"));
+        views.save(&recon, &lerp)?;
+        println!("{} test images and their reconstructions written to {}", views.shown.len(), recon.display());
+        println!("{} interpolations between test images written to {}", views.pairs.len(), lerp.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
