@@ -86,8 +86,10 @@ struct EvalArgs {
     /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
     #[arg(long, default_value = "synthetic")]
     data: String,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the VAE's eps and the GAN's z (default: the training run's, so `kiln eval`
+    /// repeats the numbers training printed)
+    #[arg(long)]
+    seed: Option<u64>,
     /// Print a JSON object instead of a line
     #[arg(long)]
     json: bool,
@@ -532,7 +534,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
     let gpu = kiln::Gpu::new(&args.device.options())?;
     let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
     let splits = data_for(&args.data, model.image())?;
-    let result = model.evaluate(&gpu, &splits.test, args.seed)?;
+    let result = model.evaluate(&gpu, &splits.test, args.seed.unwrap_or(model.seed))?;
     if args.json {
         println!("{}", result.json());
     } else {

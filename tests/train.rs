@@ -272,6 +272,14 @@ fn kiln_eval_prints_finite_json_for_a_vae_and_a_gan() {
     let (nats, mse) = (v["nats"].as_f64().unwrap(), v["mse"].as_f64().unwrap());
     assert!(nats.is_finite() && nats > 0.0, "{v}");
     assert!(mse.is_finite() && mse > 0.0 && mse < 1.0, "{v}");
+    // Without --seed, eval draws eps from the training run's seed (5), as training's own evaluation does.
+    let nats_with = |seed: &str| {
+        let (ok, stdout, stderr) = kiln_cli(&["eval", "--checkpoint", vae.to_str().unwrap(), "--data", &data, "--json", "--seed", seed]);
+        assert!(ok, "{stdout}{stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["nats"].as_f64().unwrap()
+    };
+    assert_eq!(nats, nats_with("5"));
+    assert_ne!(nats, nats_with("6"));
 
     let gan = gan_checkpoint(&out.join("gan"));
     let (ok, stdout, stderr) = kiln_cli(&["eval", "--checkpoint", gan.to_str().unwrap(), "--data", &data, "--json"]);
