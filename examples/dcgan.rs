@@ -4,7 +4,8 @@
 //! grid of samples from fixed noise.
 //!
 //! ```sh
-//! cargo run --release --example dcgan -- [--steps 6] [--batch-size 8] [--data synthetic|mnist|DIR] [--image-size 28|32|64] [--out out/examples/dcgan.png]
+//! cargo run --release --example dcgan -- [--steps 6] [--batch-size 8] [--data synthetic|mnist|DIR]
+//!     [--image-size 28|32|64] [--out out/examples/dcgan.png]
 //! ```
 //!
 //! On Mesa's CPU drivers a step at 28×28 and batch 8 takes seconds, hence the few steps; on a
@@ -31,7 +32,8 @@ fn main() {
     }
 }
 
-pub fn run(args: Vec<String>) -> Result<()> {
+/// Trains, writes the grid and returns each step's (d_loss, g_loss).
+pub fn run(args: Vec<String>) -> Result<Vec<(f32, f32)>> {
     let steps: u64 = arg(&args, "--steps", 6)?;
     let batch: usize = arg(&args, "--batch-size", 8)?;
     let size: u32 = arg(&args, "--image-size", 28)?;
@@ -39,6 +41,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let out: PathBuf = arg(&args, "--out", "out/examples/dcgan.png".into())?;
 
     let gpu = Gpu::new(&GpuOptions::default())?;
+    // Folders load as 28×28 gray or, at 32 and 64, RGB; the models take their shape from the data.
     let color = if size == 28 { Color::Gray } else { Color::Rgb };
     let train = Source::parse(&data, &FolderOptions { size, color, recursive: true })?.load()?.train;
     let image = ImageShape { channels: train.channels(), size: train.height() };
@@ -96,6 +99,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let adam = Config::Adam(Adam { lr: 2e-4, beta1: 0.5, ..Adam::default() });
     let (opt_d, opt_g) = (Optimizer::new(&gpu, &store, "discriminator", adam)?, Optimizer::new(&gpu, &store, "generator", adam)?);
 
+    let mut losses = Vec::new();
     for step in 0..steps {
         if step % per_epoch == 0 {
             data.shuffle(&gpu, 0, step / per_epoch)?;
@@ -107,8 +111,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
         // A whole GAN step is one submit: gather, D forward/backward, D's Adam, then G's.
         gpu.submit("dcgan step", &[&gather, &d_step.dispatches, &opt_d.dispatches, &g_step.dispatches, &opt_g.dispatches], None)?;
         // Reading the losses waits for the GPU; fine at this rate (`train::run` does not wait).
-        let (d, g) = (gpu.read(d_step.buffer(d_loss))?[0], gpu.read(g_step.buffer(g_loss))?[0]);
-        println!("step {}/{steps}: d_loss {d:.4} g_loss {g:.4}", step + 1);
+        let (loss_d, loss_g) = (gpu.read(d_step.buffer(d_loss))?[0], gpu.read(g_step.buffer(g_loss))?[0]);
+        println!("step {}/{steps}: d_loss {loss_d:.4} g_loss {loss_g:.4}", step + 1);
+        losses.push((loss_d, loss_g));
     }
 
     // Samples from fixed noise (the same grid for the same seed, run after run). Batch norm
@@ -123,7 +128,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let pixels: Vec<f32> = gpu.read(sampler.buffer(fakes))?.iter().map(|v| (v + 1.0) / 2.0).collect();
     images::save_grid(&pixels, [SAMPLES, c, s, s], 6, &out)?;
     println!("{SAMPLES} samples written to {}", out.display());
-    Ok(())
+    Ok(losses)
 }
 
 /// The value after `name` on the command line, or `default` when `name` is absent.

@@ -3,7 +3,8 @@
 //! `Program` per step, Adam, and a PNG grid of samples.
 //!
 //! ```sh
-//! cargo run --release --example vae -- [--steps 200] [--batch-size 64] [--data synthetic|mnist|DIR] [--image-size 28] [--out out/examples/vae.png]
+//! cargo run --release --example vae -- [--steps 200] [--batch-size 64] [--data synthetic|mnist|DIR]
+//!     [--image-size 28] [--out out/examples/vae.png]
 //! ```
 //!
 //! The network is PyTorch's example VAE (784-400-20). A folder of images (`--data photos/

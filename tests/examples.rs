@@ -39,15 +39,34 @@ fn the_vae_example_trains_and_writes_a_grid_of_64_digits() {
     assert_eq!(grid.color(), image::ColorType::L8);
 }
 
+/// The example writes out what `train::gan::Gan` does (same seeds, streams and recipe), so
+/// its losses must be the trainer's: the second step's also checks the Adam updates.
 #[test]
-fn the_dcgan_example_trains_and_writes_a_grid_from_fixed_noise() {
+fn the_dcgan_example_matches_kilns_gan_trainer_and_writes_a_grid_from_fixed_noise() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("dcgan.png");
     let started = std::time::Instant::now();
-    dcgan::run(args(&["--steps", "1", "--batch-size", "4", "--out", png.to_str().unwrap()])).unwrap();
-    eprintln!("dcgan example, 1 step: {:.1} s", started.elapsed().as_secs_f64());
+    let losses = dcgan::run(args(&["--steps", "2", "--batch-size", "2", "--out", png.to_str().unwrap()])).unwrap();
+    eprintln!("dcgan example, 2 steps: {:.1} s", started.elapsed().as_secs_f64());
     let grid = check_grid(&png, 6 * 30 + 2, 28);
     assert_eq!(grid.color(), image::ColorType::L8);
+
+    use kiln::train::gan::{Gan, GanConfig, Recipe};
+    let gpu = kiln::Gpu::new(&kiln::GpuOptions::default()).unwrap();
+    let digits = kiln::data::synthetic::digits(&Default::default()).unwrap();
+    let data = kiln::train::data::GpuData::upload(&gpu, &digits.train).unwrap();
+    let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
+    let config = GanConfig { image, batch: 2, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
+    let gan = Gan::new(&gpu, config, &data).unwrap();
+    data.shuffle(&gpu, 0, 0).unwrap();
+    for (step, &(d, g)) in losses.iter().enumerate() {
+        gan.prepare(&gpu, &data, step as u64, step).unwrap();
+        gpu.submit("gan step", &gan.step_dispatches(), None).unwrap();
+        let (want_d, want_g) = (gpu.read(&gan.logged[0]).unwrap()[0], gpu.read(&gan.logged[1]).unwrap()[0]);
+        eprintln!("step {step}: example d {d} g {g}, trainer d {want_d} g {want_g}");
+        assert!((d - want_d).abs() <= 1e-5 * want_d.abs().max(1.0), "step {step}: d_loss {d} vs the trainer's {want_d}");
+        assert!((g - want_g).abs() <= 1e-5 * want_g.abs().max(1.0), "step {step}: g_loss {g} vs the trainer's {want_g}");
+    }
 }
 
 #[test]

@@ -120,3 +120,38 @@ fn the_conv_vae_trains_on_32x32_rgb_images_and_samples_rgb() {
     assert_rgb(&out.join("samples/step_0000002.png"), 8 * 34 + 2);
     sample_rgb(&out.join("checkpoint.safetensors"), &dir.path().join("samples"), 32);
 }
+
+/// Shapes alone, no GPU: the DCGAN adds one upsampling block per doubling of the image side
+/// (and the discriminator one downsampling block), for gray and RGB, and the conv VAE decodes
+/// to the data's channels.
+#[test]
+fn models_take_their_shape_from_the_data_gray_or_rgb_at_28_32_and_64() {
+    use kiln::graph::Graph;
+    use kiln::models::dcgan::{self, ImageShape, LATENT};
+    use kiln::models::vae::{Kind, Vae};
+    use kiln::nn::{Layer, Mode};
+    for (size, upsampling, downsampling) in [(28, 3, 2), (32, 3, 2), (64, 4, 3)] {
+        for channels in [1, 3] {
+            let image = ImageShape { channels, size };
+            let (generator, discriminator) = (dcgan::generator(image).unwrap(), dcgan::discriminator(image).unwrap());
+            let count = |layers: &[Layer], convt: bool| {
+                layers.iter().filter(|l| if convt { matches!(l, Layer::ConvTranspose2d(_)) } else { matches!(l, Layer::Conv2d(_)) }).count()
+            };
+            assert_eq!(count(&generator.layers, true), upsampling, "{image:?}");
+            assert_eq!(count(&discriminator.layers, false), downsampling, "{image:?}");
+            let mut g = Graph::new();
+            let z = g.input("z", &[2, LATENT]);
+            let fake = generator.forward(&mut g, z, Mode::train(0)).unwrap();
+            assert_eq!(g.shape(fake), [2, channels, size as usize, size as usize]);
+            let logits = discriminator.forward(&mut g, fake, Mode::train(1)).unwrap();
+            assert_eq!(g.shape(logits), [2, 1]);
+        }
+    }
+    let vae = Vae::new(Kind::Conv, [3, 32, 32], 16, 64).unwrap();
+    let mut g = Graph::new();
+    let flat = g.input("x", &[2, 3 * 32 * 32]);
+    let x = g.reshape(flat, &vae.input_shape(2)).unwrap();
+    let [loss, _, _, recon] = vae.loss(&mut g, x, flat, 0).unwrap();
+    assert_eq!(g.info(loss).numel(), 1);
+    assert_eq!(g.shape(recon), [2, 3 * 32 * 32]);
+}
