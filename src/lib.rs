@@ -3,6 +3,10 @@
 //! Layers, bottom to top (see docs/ARCHITECTURE.md): `gpu` (adapter, buffers, pipelines,
 //! dispatch), `kernels` (one module per shader file), `reference` (CPU oracles), and `check`
 //! (conformance cases from PyTorch).
+//!
+//! `examples/vae.rs` and `examples/dcgan.rs` train a model through this API end to end: layers
+//! from `nn`, a loss from graph ops, [`graph::Graph::gradients`], a compiled
+//! [`graph::Program`], an `optim::Optimizer` and one submit per step.
 
 pub mod bench;
 pub mod check;

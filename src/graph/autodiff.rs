@@ -46,6 +46,27 @@ impl Graph {
         Ok(wrt.iter().map(|p| grads.get(p).copied()).collect())
     }
 
+    /// [`backward`](Self::backward) made ready for [`Program::compile`](super::Program::compile):
+    /// `(parameter, gradient)` pairs, each gradient a tensor of its own so it can be placed in
+    /// the store's gradient arena, and a zero gradient for a parameter the loss does not reach
+    /// (the optimizer still reads one every step).
+    pub fn gradients(&mut self, loss: Tensor, params: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
+        let grads = self.backward(loss, params)?;
+        let mut taken = Vec::new();
+        let mut pairs = Vec::new();
+        for (&p, d) in params.iter().zip(grads) {
+            let d = match d {
+                Some(d) => d,
+                None => {
+                    let shape = self.shape(p).to_vec();
+                    self.apply1(Fill { value: 0.0, shape }, &[], "zero_grad")?
+                }
+            };
+            pairs.push((p, self.materialize(d, &mut taken)?));
+        }
+        Ok(pairs)
+    }
+
     /// Forward reachability from `wrt`: which tensors depend on a parameter we differentiate.
     fn tensors_needing_grad(&self, wrt: &[Tensor]) -> Vec<bool> {
         let mut needs = vec![false; self.tensors.len()];

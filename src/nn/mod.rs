@@ -81,8 +81,7 @@ impl Sequential {
     /// Registers this model's parameters, with PyTorch's default initial values, as one
     /// group (one optimizer dispatch) and its states.
     pub fn register(&self, gpu: &Gpu, store: &mut Store, group: &str, rng: &mut InitRng) -> Result<()> {
-        let (params, states) = self.init(rng);
-        register(gpu, store, group, params, states)
+        register_models(gpu, store, group, &[self], rng)
     }
 
     /// Applies every layer to `x`; shape errors name the layer (`generator.3`).
@@ -113,7 +112,25 @@ pub fn register(gpu: &Gpu, store: &mut Store, group: &str, params: Vec<Init>, st
     Ok(())
 }
 
+/// Registers several models as one parameter group, so one optimizer dispatch updates them
+/// all (a VAE's encoder, heads and decoder), with PyTorch's default initial values drawn in
+/// the order given.
+pub fn register_models(gpu: &Gpu, store: &mut Store, group: &str, models: &[&Sequential], rng: &mut InitRng) -> Result<()> {
+    let (mut params, mut states) = (Vec::new(), Vec::new());
+    for model in models {
+        let (p, s) = model.init(rng);
+        params.extend(p);
+        states.extend(s);
+    }
+    register(gpu, store, group, params, states)
+}
+
 /// Shorthand for activation layers.
 pub fn act(a: Act) -> Layer {
     Layer::Activation(a)
+}
+
+/// Shorthand for a Linear layer with a bias, as `nn.Linear(in, out)`.
+pub fn linear(in_features: usize, out_features: usize) -> Layer {
+    Layer::Linear(Linear { in_features, out_features, bias: true })
 }

@@ -102,7 +102,7 @@ impl Gan {
         let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss")?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
-        let d_grads = differentiate(&mut g, d_loss, &d_params)?;
+        let d_grads = g.gradients(d_loss, &d_params)?;
         let d_step = Program::compile(gpu, &g, &mut store, &[d_loss, m_real, m_fake], &d_grads)?;
         let logged_d = [d_step.buffer(d_loss).clone(), d_step.buffer(m_real).clone(), d_step.buffer(m_fake).clone()];
 
@@ -115,7 +115,7 @@ impl Gan {
         let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
         let g_loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")?;
         let g_params = generator.params(&g);
-        let g_grads = differentiate(&mut g, g_loss, &g_params)?;
+        let g_grads = g.gradients(g_loss, &g_params)?;
         let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
 
         // Samples from fixed noise. Batch norm normalises by the 64 samples' own statistics,
@@ -160,23 +160,9 @@ impl Gan {
     }
 }
 
-/// Gradients of `loss` w.r.t. `params`, each a tensor of its own for the gradient arena.
+/// [`Graph::gradients`] under its earlier name, which `train::vae` still uses.
 pub(crate) fn differentiate(g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
-    let grads = g.backward(loss, params)?;
-    let mut taken = Vec::new();
-    let mut pairs = Vec::new();
-    for (&p, d) in params.iter().zip(grads) {
-        let d = match d {
-            Some(d) => d,
-            // A parameter the loss does not reach still gets a (zero) gradient written each step.
-            None => {
-                let shape = g.shape(p).to_vec();
-                g.apply1(Fill { value: 0.0, shape }, &[], "zero_grad")?
-            }
-        };
-        pairs.push((p, g.materialize(d, &mut taken)?));
-    }
-    Ok(pairs)
+    g.gradients(loss, params)
 }
 
 impl super::run::Trainer for Gan {

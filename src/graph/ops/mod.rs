@@ -18,6 +18,8 @@ pub use loss::{Loss, LossGrad, LossKind};
 pub use matmul::{Linear, LinearGrad, Matmul};
 pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
 pub use reduce::{BroadcastRows, Sum};
+/// The reduction of a [`Loss`], re-exported so that graph code needs no `kernels` import.
+pub use crate::kernels::loss::Reduction;
 
 /// Shapes must be equal: the message for elementwise ops.
 pub(crate) fn same_shape(a: &[usize], b: &[usize]) -> std::result::Result<(), String> {
