@@ -160,11 +160,6 @@ impl Gan {
     }
 }
 
-/// [`Graph::gradients`] under its earlier name, which `train::vae` still uses.
-pub(crate) fn differentiate(g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
-    g.gradients(loss, params)
-}
-
 impl super::run::Trainer for Gan {
     fn kind(&self) -> &'static str {
         "gan"

@@ -73,13 +73,7 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
             let image: Vec<usize> = config["image"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
             let image: [usize; 3] = image.try_into().map_err(|_| Error::Invalid("checkpoint config has no [c, h, w] \"image\"".into()))?;
             let vae = Vae::new(kind, image, field("latent")?, field("hidden")?)?;
-            let (mut params, mut states) = (Vec::new(), Vec::new());
-            for part in vae.parts() {
-                let (p, s) = part.init(&mut rng);
-                params.extend(p);
-                states.extend(s);
-            }
-            nn::register(gpu, &mut store, "vae", params, states)?;
+            nn::register_models(gpu, &mut store, "vae", &vae.parts(), &mut rng)?;
             Model::Vae(vae)
         }
         other => crate::bail!(Invalid, "checkpoint kind {other:?} is neither \"gan\" nor \"vae\""),
@@ -134,14 +128,17 @@ impl Loaded {
         if z.is_empty() || !z.len().is_multiple_of(latent) {
             crate::bail!(Shape, "{}: latents of {} values are not rows of {latent}", self.origin, z.len());
         }
+        // Fewer rows than a batch get a smaller program: `kiln sample --n 3` need not run 64.
+        let b = BATCH.min(z.len() / latent);
+        let name = format!("infer_z_{b}");
         let mut g = Graph::new();
-        let input = g.input("infer_z", &[BATCH, latent]);
+        let input = g.input(&name, &[b, latent]);
         let (out, tanh) = match &self.model {
             Model::Gan { generator, .. } => (generator.forward(&mut g, input, Mode::eval())?, true),
             Model::Vae(v) => (v.decode(&mut g, input)?, false),
         };
         let program = Program::compile(gpu, &g, &mut self.store, &[out], &[])?;
-        let [rows] = batches(gpu, &self.store, &program, "infer_z", [out], z, latent)?;
+        let [rows] = batches(gpu, &self.store, &program, &name, [out], z, latent)?;
         Ok(if tanh { rows.into_iter().map(|v| (v + 1.0) / 2.0).collect() } else { rows })
     }
 
@@ -313,19 +310,20 @@ fn gan_eval_program(gpu: &Gpu, image: ImageShape, generator: &Sequential, discri
     Ok((Program::compile(gpu, &g, store, &outs, &[])?, outs))
 }
 
-/// Runs `program` over `rows` of `width` values fed to `input` in batches of [`BATCH`] (the
-/// last padded with zeros) and returns each output's rows for the real inputs only.
+/// Runs `program` over `rows` of `width` values fed to `input` in batches of the input's
+/// size (the last padded with zeros) and returns each output's rows for the real inputs only.
 fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &str, outs: [Tensor; K], rows: &[f32], width: usize) -> Result<[Vec<f32>; K]> {
     let input = &store.input_buffer(input).expect("compiled").buffer;
+    let b = input.len / width;
     let mut result: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
-    for chunk in rows.chunks(BATCH * width) {
+    for chunk in rows.chunks(b * width) {
         let mut batch = chunk.to_vec();
-        batch.resize(BATCH * width, 0.0);
+        batch.resize(b * width, 0.0);
         gpu.write(input, &batch)?;
         program.run(gpu)?;
         for (out, acc) in outs.iter().zip(&mut result) {
             let y = gpu.read(program.buffer(*out))?;
-            acc.extend_from_slice(&y[..y.len() / BATCH * (chunk.len() / width)]);
+            acc.extend_from_slice(&y[..y.len() / b * (chunk.len() / width)]);
         }
     }
     Ok(result)

@@ -3,7 +3,6 @@
 //! evaluation ([`VaeEval`]) is the one `kiln eval` uses too.
 
 use super::data::GpuData;
-use super::gan::differentiate;
 use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::graph::ops::{Loss, LossKind};
 use crate::graph::{Graph, Program, Store, Tensor};
@@ -74,20 +73,14 @@ impl VaeTrainer {
         let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
-        let (mut params, mut states) = (Vec::new(), Vec::new());
-        for part in model.parts() {
-            let (p, s) = part.init(&mut rng);
-            params.extend(p);
-            states.extend(s);
-        }
-        crate::nn::register(gpu, &mut store, "vae", params, states)?;
+        crate::nn::register_models(gpu, &mut store, "vae", &model.parts(), &mut rng)?;
         let b = config.batch;
         let seed = config.seed ^ EPS_STREAM;
 
         let (mut g, [loss, bce, kl, _]) = batch_graph(&model, b, "batch", seed)?;
         // The MLP's layers have no common prefix: every parameter of the graph is the model's.
         let params: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == crate::graph::Role::Param).collect();
-        let grads = differentiate(&mut g, loss, &params)?;
+        let grads = g.gradients(loss, &params)?;
         let step = Program::compile(gpu, &g, &mut store, &[loss, bce, kl], &grads)?;
         let logged = [loss, bce, kl].iter().map(|&t| step.buffer(t).clone()).collect();
 
