@@ -232,7 +232,10 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // RUST_LOG through env_logger, wrapped so that log lines do not overwrite the progress bar.
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    log::set_max_level(logger.filter());
+    let _ = log::set_boxed_logger(Box::new(kiln::train::run::BarAwareLogger(logger)));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(dev) => info(&dev),

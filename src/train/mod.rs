@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod gan;
 pub mod infer;
+pub mod plot;
 pub mod run;
 pub mod vae;
 

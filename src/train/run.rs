@@ -1,6 +1,7 @@
 //! The training loop shared by the GAN and the VAE: one submit per step, losses read back
 //! through a ring without stalling, NaN detection, metrics, samples and atomic checkpoints,
-//! and `--resume` from the last checkpoint.
+//! and `--resume` from the last checkpoint. On a terminal a progress bar shows the latest
+//! losses; elsewhere (servers, CI) plain lines do, for logs and scripts to read.
 
 use super::checkpoint::{capture, restore, Checkpoint};
 use super::data::GpuData;
@@ -8,9 +9,12 @@ use crate::gpu::{Buffer, Dispatch, Gpu, Readback};
 use crate::graph::Store;
 use crate::optim::Optimizer;
 use crate::{Error, Result};
-use std::io::{IsTerminal, Write};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What a model brings to the loop.
 pub trait Trainer {
@@ -78,7 +82,7 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
         log::info!("resumed from {} at step {start}", ckpt_path.display());
     }
     let metrics_path = opts.out.join("metrics.jsonl");
-    let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+    let metrics = open_metrics(&metrics_path).map_err(io(&metrics_path))?;
     let samples = opts.out.join("samples");
     std::fs::create_dir_all(&samples).map_err(io(&samples))?;
 
@@ -88,7 +92,8 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
         names,
         metrics,
         metrics_path,
-        terminal: std::io::stdout().is_terminal(),
+        curve: opts.out.join("loss_curve.png"),
+        bar: if std::io::stdout().is_terminal() { Some(Bar::show(start, total)?) } else { None },
         began: Instant::now(),
         start,
         total,
@@ -106,31 +111,43 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
         trainer.prepare(gpu, data, step, index)?;
         let log_now = step % opts.log_every == 0 || step + 1 == total;
         gpu.submit("training step", &trainer.step_dispatches(), log_now.then_some((&mut ring, step)))?;
-        log.record(ring.collect(gpu, false)?)?;
         let finished = step + 1;
-        if finished % opts.checkpoint_every == 0 || finished == total {
+        if let Some(bar) = &log.bar {
+            bar.0.set_position(finished);
+        }
+        log.record(ring.collect(gpu, false)?)?;
+        let checkpoint = finished % opts.checkpoint_every == 0 || finished == total;
+        if checkpoint {
             log.record(ring.collect(gpu, true)?)?;
             save(gpu, trainer, opts, finished, &ckpt_path)?;
             log.last_good = Some(finished);
         }
-        if finished % opts.sample_every == 0 || finished == total {
+        let sample = finished % opts.sample_every == 0 || finished == total;
+        if sample {
             trainer.save_samples(gpu, &samples, finished)?;
+        }
+        if (checkpoint || sample) && finished != total {
+            log.plot();
         }
     }
     log.record(ring.collect(gpu, true)?)?;
-    if log.terminal {
-        println!();
+    log.plot();
+    if let Some(bar) = &log.bar {
+        bar.0.finish();
     }
     let done = total.saturating_sub(start);
     Ok(Summary { steps: done, images_per_second: (done * log.batch) as f64 / log.began.elapsed().as_secs_f64(), last: log.last, checkpoint: ckpt_path })
 }
 
-/// Metrics lines, the progress line, and the NaN watch over the values read back.
+/// Metrics lines, the progress bar or lines, the loss curve, and the NaN watch over the values
+/// read back.
 struct Log {
     names: Vec<&'static str>,
     metrics: std::fs::File,
     metrics_path: PathBuf,
-    terminal: bool,
+    curve: PathBuf,
+    /// Shown when stdout is a terminal; plain lines otherwise.
+    bar: Option<Bar>,
     began: Instant,
     start: u64,
     total: u64,
@@ -152,19 +169,104 @@ impl Log {
             let rate = ((step + 1 - self.start) * self.batch) as f64 / self.began.elapsed().as_secs_f64();
             let epoch = step / self.per_epoch;
             let fields: Vec<String> = self.names.iter().zip(&values).map(|(n, v)| format!("\"{n}\":{v}")).collect();
-            writeln!(self.metrics, "{{\"step\":{step},\"epoch\":{epoch},{},\"images_per_s\":{rate:.1}}}", fields.join(","))
-                .map_err(|source| Error::Io { path: self.metrics_path.display().to_string(), source })?;
+            // One write per line, so that a killed run leaves at most its last line partial.
+            let line = format!("{{\"step\":{step},\"epoch\":{epoch},{},\"images_per_s\":{rate:.1}}}\n", fields.join(","));
+            self.metrics.write_all(line.as_bytes()).map_err(|source| Error::Io { path: self.metrics_path.display().to_string(), source })?;
             let shown: Vec<String> = self.names.iter().zip(&values).map(|(n, v)| format!("{n} {v:.4}")).collect();
-            let line = format!("step {}/{} epoch {epoch} {} {rate:.0} img/s", step + 1, self.total, shown.join(" "));
-            if self.terminal {
-                print!("\r{line}   ");
-                let _ = std::io::stdout().flush();
-            } else {
-                println!("{line}");
+            match &self.bar {
+                Some(bar) => bar.0.set_message(format!("epoch {epoch} | {} | {rate:.0} img/s", shown.join(" "))),
+                None => println!("step {}/{} epoch {epoch} {} {rate:.0} img/s", step + 1, self.total, shown.join(" ")),
             }
             self.last = self.names.iter().map(|n| n.to_string()).zip(values).collect();
         }
         Ok(())
+    }
+
+    /// Redraws the loss curve from metrics.jsonl. A curve that cannot be drawn is worth a
+    /// warning, not the training run.
+    fn plot(&self) {
+        if let Err(e) = super::plot::write_loss_curve(&self.metrics_path, &self.names, &self.curve) {
+            log::warn!("loss curve not updated: {e}");
+        }
+    }
+}
+
+/// Opens metrics.jsonl for appending. A killed run may have left half a line; ending it keeps
+/// the resumed run's first line whole.
+fn open_metrics(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    if file.metadata()?.len() > 0 {
+        let mut last = [0];
+        file.seek(SeekFrom::End(-1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(file)
+}
+
+/// The terminal's progress bar. While one is shown, `BarAwareLogger` takes it off the screen
+/// around each log line.
+struct Bar(ProgressBar, u64);
+
+static SHOWN: Mutex<Option<(u64, ProgressBar)>> = Mutex::new(None);
+
+impl Bar {
+    fn show(start: u64, total: u64) -> Result<Bar> {
+        // Two lines, so that a narrow terminal still shows every loss.
+        let style = ProgressStyle::with_template("{wide_bar:.cyan/blue} step {pos}/{len}, ETA {eta}\n{wide_msg}")
+            .map_err(|e| Error::Invalid(format!("progress bar template: {e}")))?;
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout()).with_style(style).with_position(start);
+        // The ETA counts only this process's steps: the estimator learns the resumed position
+        // first, then forgets the time it took.
+        bar.tick();
+        bar.reset_eta();
+        // Steps can take seconds on CPU adapters; the ETA keeps counting down between them.
+        bar.enable_steady_tick(Duration::from_millis(500));
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, bar.clone()));
+        Ok(Bar(bar, id))
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+        if shown.as_ref().is_some_and(|(id, _)| *id == self.1) {
+            *shown = None;
+        }
+        drop(shown);
+        // A run that stopped on an error leaves its bar where it was, above the error.
+        if !self.0.is_finished() {
+            self.0.abandon();
+        }
+    }
+}
+
+/// A logger that hides the training progress bar while `inner` writes a record, so log lines
+/// (`RUST_LOG`) never land on the bar's line. The `kiln` binary wraps env_logger in it.
+pub struct BarAwareLogger<L>(pub L);
+
+impl<L: log::Log> log::Log for BarAwareLogger<L> {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.0.enabled(record.metadata()) {
+            return;
+        }
+        let shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, bar)| bar.clone());
+        match shown {
+            Some(bar) => bar.suspend(|| self.0.log(record)),
+            None => self.0.log(record),
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush()
     }
 }
 
