@@ -25,6 +25,11 @@ pub trait Trainer {
     fn optimizers(&self) -> Vec<&Optimizer>;
     /// Names and buffers of the scalars logged each step (the first is the loss watched for NaN).
     fn logged(&self) -> Vec<(&'static str, Buffer)>;
+    /// Factor from the logged buffers to the values shown and stored: the VAE's losses are
+    /// batch sums, reported per image as PyTorch's example does.
+    fn logged_scale(&self) -> f32 {
+        1.0
+    }
     fn step_dispatches(&self) -> Vec<&[Dispatch]>;
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()>;
     /// Writes sample images for `step` into `dir`.
@@ -90,6 +95,7 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
     let mut ring = Readback::new(gpu, trainer.logged().into_iter().map(|(_, b)| b).collect(), 4)?;
     let mut log = Log {
         names,
+        scale: trainer.logged_scale(),
         metrics,
         metrics_path,
         curve: opts.out.join("loss_curve.png"),
@@ -143,6 +149,7 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
 /// read back.
 struct Log {
     names: Vec<&'static str>,
+    scale: f32,
     metrics: std::fs::File,
     metrics_path: PathBuf,
     curve: PathBuf,
@@ -161,7 +168,7 @@ struct Log {
 impl Log {
     fn record(&mut self, results: Vec<(u64, Vec<Vec<f32>>)>) -> Result<()> {
         for (step, values) in results {
-            let values: Vec<f32> = values.iter().map(|v| v[0]).collect();
+            let values: Vec<f32> = values.iter().map(|v| v[0] * self.scale).collect();
             if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                 let good = self.last_good.map_or("none yet".to_string(), |s| format!("{} (step {s})", self.checkpoint.display()));
                 return Err(Error::Invalid(format!("{} became {v} at step {step}; last good checkpoint: {good}", self.names[i])));

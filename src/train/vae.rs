@@ -214,6 +214,9 @@ impl super::run::Trainer for VaeTrainer {
     fn logged(&self) -> Vec<(&'static str, Buffer)> {
         ["loss", "bce", "kl"].into_iter().zip(self.logged.iter().cloned()).collect()
     }
+    fn logged_scale(&self) -> f32 {
+        1.0 / self.config.batch as f32
+    }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
         vec![std::slice::from_ref(&self.gather), &self.step.dispatches, &self.opt.dispatches]
     }
