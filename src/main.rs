@@ -70,7 +70,7 @@ struct SampleArgs {
     out: PathBuf,
     /// VAE with a .png --out: the data whose test images are reconstructed and interpolated:
     /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
-    #[arg(long, default_value = "synthetic")]
+    #[arg(long, visible_alias = "dataset", default_value = "synthetic")]
     data: String,
     /// Draws z and the test images shown: the same seed gives the same files
     #[arg(long, default_value_t = 0)]
@@ -84,7 +84,7 @@ struct EvalArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
-    #[arg(long, default_value = "synthetic")]
+    #[arg(long, visible_alias = "dataset", default_value = "synthetic")]
     data: String,
     /// Seed of the VAE's eps and the GAN's z (default: the training run's, so `kiln eval`
     /// repeats the numbers training printed)
@@ -101,7 +101,8 @@ struct EncodeArgs {
     checkpoint: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
-    #[arg(long, default_value = "synthetic")]
+    /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
+    #[arg(long, visible_alias = "dataset", default_value = "synthetic")]
     data: String,
     #[arg(long, default_value = "latents.safetensors")]
     out: PathBuf,
@@ -150,7 +151,7 @@ struct TrainArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// synthetic (built in), mnist, fashion-mnist (downloaded), or a folder of IDX files or images
-    #[arg(long, default_value = "synthetic")]
+    #[arg(long, visible_alias = "dataset", default_value = "synthetic")]
     data: String,
     /// Epochs over the training set (default 1)
     #[arg(long, conflicts_with = "steps")]
