@@ -124,7 +124,7 @@ struct DecodeArgs {
 
 #[derive(Args)]
 struct ProfileArgs {
-    /// gan or vae
+    /// gan, vae (the default convolutional VAE) or vae-mlp
     model: String,
     #[command(flatten)]
     device: DeviceArgs,
@@ -176,8 +176,9 @@ struct TrainArgs {
     /// GAN: one-sided label smoothing, the discriminator's target for real images
     #[arg(long, default_value_t = 1.0)]
     real_label: f32,
-    /// VAE: mlp or conv
-    #[arg(long, default_value = "mlp")]
+    /// VAE: conv (two stride-2 convolutions each way; 99.1 nats on MNIST after 10 epochs in
+    /// PyTorch) or mlp (PyTorch's example, 784-400-20; 105.3 nats)
+    #[arg(long, default_value = "conv")]
     vae_model: String,
     /// VAE: latent dimensions
     #[arg(long, default_value_t = 20)]
@@ -341,7 +342,7 @@ fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
     let mut steps = Vec::new();
     if args.what == "steps" || args.what == "all" {
         let data = profile_data()?;
-        for (model, batch) in [("gan", args.gan_batch), ("vae", args.vae_batch)] {
+        for (model, batch) in [("gan", args.gan_batch), ("vae", args.vae_batch), ("vae-mlp", args.vae_batch)] {
             let trainer = build_trainer(&gpu, model, batch, &data)?;
             let dispatches: Vec<kiln::Dispatch> = trainer.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect();
             let seconds = kiln::bench::time_dispatches(&gpu, &dispatches, args.timed_steps)?;
@@ -388,12 +389,13 @@ fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::
             let config = GanConfig { image, batch, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
             Box::new(Gan::new(gpu, config, &train)?)
         }
-        "vae" => {
+        "vae" | "vae-conv" | "vae-mlp" => {
             let test = GpuData::upload(gpu, &data.test)?;
-            let config = VaeConfig { kind: kiln::models::vae::Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0 };
+            let kind = if model == "vae-mlp" { kiln::models::vae::Kind::Mlp } else { kiln::models::vae::Kind::Conv };
+            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0 };
             Box::new(VaeTrainer::new(gpu, config, &train, &test)?)
         }
-        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
+        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
     })
 }
 
@@ -461,7 +463,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             vae_test = Some(test);
             Box::new(vae)
         }
-        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan or vae"))),
+        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
     };
     println!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
     let summary = run::run(&gpu, trainer.as_ref(), &data, &opts)?;

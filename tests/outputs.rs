@@ -134,7 +134,7 @@ fn a_rising_series_is_drawn_higher_at_the_right_on_linear_and_log_axes() {
 fn kiln_train_prints_plain_progress_lines_when_stdout_is_not_a_terminal() {
     let out = out_dir("plain-lines");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "vae", "--batch-size", "32", "--steps", "4", "--log-every", "1", "--seed", "3", "--out", out.to_str().unwrap()])
+        .args(["train", "vae", "--vae-model", "mlp", "--batch-size", "32", "--steps", "4", "--log-every", "1", "--seed", "3", "--out", out.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

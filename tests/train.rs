@@ -150,7 +150,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     let args = |steps: u64| {
         let steps = steps.to_string();
         let out = out.to_str().unwrap().to_string();
-        ["train", "vae", "--batch-size", "32", "--checkpoint-every", "5", "--log-every", "1", "--seed", "3", "--out", &out, "--steps", &steps]
+        ["train", "vae", "--vae-model", "mlp", "--batch-size", "32", "--checkpoint-every", "5", "--log-every", "1", "--seed", "3", "--out", &out, "--steps", &steps]
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
