@@ -1,7 +1,7 @@
 // Conv2d forward and data gradient for CPU adapters (lavapipe), as implicit GEMMs whose
 // per-invocation operand comes from uniform buffers. Same semantics as conv.wgsl's `forward`
 // and `data_grad` (x [n, cin, h, w], w [cout, cin, kh, kw], y [n, cout, ho, wo]); the launcher,
-// src/kernels/conv_window.rs, picks these entries where they apply and conv.wgsl elsewhere.
+// src/kernels/conv/window.rs, picks these entries where they apply and conv.wgsl elsewhere.
 //
 // Why this shape (measured on lavapipe, Mesa 22.3, see docs/BENCHMARKS.md): llvmpipe compiles
 // every storage-buffer or workgroup-memory load into a loop over the SIMD lanes that costs
