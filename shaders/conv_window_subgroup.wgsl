@@ -187,9 +187,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         // Row and column are shifted by the padding so that they stay non-negative.
         let ihp = oh * p.sh + kh * p.dh;
         let row_in = ihp >= p.ph && ihp < p.h + p.ph;
+        // Taps over the padding for all 8 pixels are skipped (a third of them on 7x7 inputs).
+        if (!subgroupAny(row_in)) { continue; }
         for (var kw = 0u; kw < p.kw; kw++) {
             let iwp = ow * p.sw + kw * p.dw;
             let inside = row_in && iwp >= p.pw && iwp < p.w + p.pw;
+            if (!subgroupAny(inside)) { continue; }
             let base = select(0u, (ihp - p.ph) * p.w + iwp - p.pw, inside);
             let tap = kh * p.kw + kw;
             for (var ci0 = 0u; ci0 < p.cin; ci0 += SG) {
@@ -248,11 +251,13 @@ fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         // oh + qh, so oh >= 0 is ohq >= qh.
         let ohq = qa + nh / p.sh;
         let row_in = ohq >= qh && ohq < p.ho + qh;
+        if (!subgroupAny(row_in)) { continue; }
         for (var kw = 0u; kw < p.kw; kw++) {
             let nw = rw + p.pw + p.sw * qw - kw * p.dw;
             if (nw % p.sw != 0u) { continue; }
             let owq = qb + nw / p.sw;
             let inside = row_in && owq >= qw && owq < p.wo + qw;
+            if (!subgroupAny(inside)) { continue; }
             let base = select(0u, (ohq - qh) * p.wo + owq - qw, inside);
             let tap = kh * p.kw + kw;
             for (var co0 = 0u; co0 < p.cout; co0 += SG) {
