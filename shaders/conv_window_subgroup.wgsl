@@ -8,16 +8,17 @@
 // about 100 FMAs per lane, vec4 loads included, while a uniform-buffer load is an unrolled
 // gather costing about 4 FMAs, and a subgroup shuffle about 1. So:
 // - Each sample's input lives in a 64 KiB uniform-buffer window (conv_window.wgsl `pack`
-//   copies it there); a dispatch binds the windows of 12 samples, and every invocation
-//   computes its output pixel for all 12, which share one index computation.
+//   copies it there); a dispatch binds the windows of 8 samples, and every invocation
+//   computes its output pixel for all 8, which share one index computation.
 // - Weights are loaded from the storage buffer once per subgroup: lane l loads the weights of
 //   reduction step l of the next 8 for 16 output channels, and subgroupShuffle hands them to
 //   every lane. A workgroup is one subgroup of 8 (the launcher checks the adapter's size).
-// - 16 channels x 12 samples are accumulated in named struct variables: llvmpipe keeps those
+// - 16 channels x 8 samples are accumulated in named struct variables: llvmpipe keeps those
 //   in registers, while arrays indexed in loops go through memory (8x slower here).
-// One reduction step costs 12 window gathers, 16 shuffles and 192 FMAs; 2 storage loads per
-// step remain. Loops stay far below llvmpipe's 65,535 iterations per invocation (the launcher
-// checks).
+// One reduction step costs 8 window gathers, 16 shuffles and 128 FMAs; 2 storage loads per
+// step remain. 12 samples per dispatch (192 accumulators) saved weight loads but ran no faster
+// per sample at batch 64 and wasted a third of a dispatch at batch 16; 4 ran 1.4x slower.
+// Loops stay below llvmpipe's 65,535 iterations per invocation (the launcher checks).
 
 struct Params {
     cin: u32,
@@ -53,35 +54,29 @@ struct Params {
 @group(0) @binding(9) var<uniform> v5: array<vec4<f32>, 4096>;
 @group(0) @binding(10) var<uniform> v6: array<vec4<f32>, 4096>;
 @group(0) @binding(11) var<uniform> v7: array<vec4<f32>, 4096>;
-@group(0) @binding(12) var<uniform> v8: array<vec4<f32>, 4096>;
-@group(0) @binding(13) var<uniform> v9: array<vec4<f32>, 4096>;
-@group(0) @binding(14) var<uniform> v10: array<vec4<f32>, 4096>;
-@group(0) @binding(15) var<uniform> v11: array<vec4<f32>, 4096>;
 
 // Output channels per invocation (the 16 named accumulators below) and the subgroup size.
 const TM: u32 = 16u;
 const SG: u32 = 8u;
 
-// One value for each of the 12 samples of a dispatch.
-struct S12 {
+// One value for each of the 8 samples of a dispatch.
+struct S8 {
     a: vec4<f32>,
     b: vec4<f32>,
-    c: vec4<f32>,
 }
 
 // Element i of every sample's window (i < 16384: the launcher keeps samples within a window).
-fn gather(i: u32) -> S12 {
+fn gather(i: u32) -> S8 {
     let e = i >> 2u;
     let c = i & 3u;
-    return S12(
+    return S8(
         vec4<f32>(v0[e][c], v1[e][c], v2[e][c], v3[e][c]),
-        vec4<f32>(v4[e][c], v5[e][c], v6[e][c], v7[e][c]),
-        vec4<f32>(v8[e][c], v9[e][c], v10[e][c], v11[e][c]));
+        vec4<f32>(v4[e][c], v5[e][c], v6[e][c], v7[e][c]));
 }
 
-fn mac(acc: S12, w: f32, v: S12) -> S12 {
+fn mac(acc: S8, w: f32, v: S8) -> S8 {
     let w4 = vec4<f32>(w);
-    return S12(fma(w4, v.a, acc.a), fma(w4, v.b, acc.b), fma(w4, v.c, acc.c));
+    return S8(fma(w4, v.a, acc.a), fma(w4, v.b, acc.b));
 }
 
 // Offsets `row * stride` of rows first .. first + 15, clamped to the last row so that blocks
@@ -103,24 +98,24 @@ fn load16(o: array<vec4<u32>, 4>, k: u32) -> array<vec4<f32>, 4> {
 
 // dst[base + s * sample_stride] = acc[s] (+ bias[channel]) for the dispatch's samples, when
 // the channel exists.
-fn put(channel: u32, channels: u32, base: u32, sample_stride: u32, acc: S12) {
+fn put(channel: u32, channels: u32, base: u32, sample_stride: u32, acc: S8) {
     if (channel >= channels) { return; }
     var b = 0.0;
     if (p.flag == 1u) { b = bias[channel]; }
-    let v = array<vec4<f32>, 3>(acc.a, acc.b, acc.c);
+    let v = array<vec4<f32>, 2>(acc.a, acc.b);
     for (var s = 0u; s < p.count; s++) {
         dst[base + s * sample_stride] = v[s / 4u][s % 4u] + b;
     }
 }
 
 // The 16 channels' accumulators, updated for one reduction step with weights w (rows r of
-// the shuffled batch) and the 12 samples' inputs x.
+// the shuffled batch) and the 8 samples' inputs x.
 struct Acc {
-    c0: S12, c1: S12, c2: S12, c3: S12, c4: S12, c5: S12, c6: S12, c7: S12,
-    c8: S12, c9: S12, c10: S12, c11: S12, c12: S12, c13: S12, c14: S12, c15: S12,
+    c0: S8, c1: S8, c2: S8, c3: S8, c4: S8, c5: S8, c6: S8, c7: S8,
+    c8: S8, c9: S8, c10: S8, c11: S8, c12: S8, c13: S8, c14: S8, c15: S8,
 }
 
-fn step(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S12) {
+fn step(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8) {
     let w0 = subgroupShuffle(w[0], j);
     let w1 = subgroupShuffle(w[1], j);
     let w2 = subgroupShuffle(w[2], j);
@@ -164,7 +159,7 @@ fn put16(c0: u32, channels: u32, base: u32, channel_stride: u32, sample_stride: 
 
 // y[n, co, oh, ow] = bias[co] + sum over ci, kh, kw of x[n, ci, ih, iw] * w[co, ci, kh, kw],
 // ih = oh*sh - ph + kh*dh. Windows hold x[n]. One workgroup: 16 output channels x 8 output
-// pixels (one per lane) x 12 samples. Taps are the outer loops so that the padding test and
+// pixels (one per lane) x 8 samples. Taps are the outer loops so that the padding test and
 // the index are computed once per tap; input channels run in batches of 8, one per lane.
 @compute @workgroup_size(SG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -201,7 +196,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 var i = base + ci0 * plane;
                 for (var j = 0u; j < batch; j++) {
                     var x = gather(i);
-                    if (!inside) { x = S12(); }
+                    if (!inside) { x = S8(); }
                     step(&a, w, j, x);
                     i += plane;
                 }
@@ -216,7 +211,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // where ih = oh*sh - ph + kh*dh. Windows hold dy[n]. With stride s only taps with
 // (ih + ph - kh*dh) % s == 0 reach a pixel, so a workgroup takes 8 pixels of one residue class
 // (ih % sh, iw % sw): they share their taps, which the loops visit alone. One workgroup:
-// 16 input channels x 8 pixels x 12 samples; output channels run in batches of 8.
+// 16 input channels x 8 pixels x 8 samples; output channels run in batches of 8.
 // (ConvTranspose2d's forward, with its bias.)
 @compute @workgroup_size(SG)
 fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -266,7 +261,7 @@ fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 var i = base + co0 * plane;
                 for (var j = 0u; j < batch; j++) {
                     var x = gather(i);
-                    if (!inside) { x = S12(); }
+                    if (!inside) { x = S8(); }
                     step(&a, w, j, x);
                     i += plane;
                 }

@@ -559,7 +559,7 @@ fn reduce_bias_grad(gpu: &Gpu, [n, channels, spatial]: [usize; 3], dy: &Buffer, 
 
 /// Conv2d forward: y `[N, Cout, Ho, Wo]` = conv(x `[N, Cin, H, W]`, w `[Cout, Cin, kh, kw]`)
 /// (+ bias `[Cout]`, fused). One dispatch, or with windows (`ConvVariant::Windowed`) a copy of
-/// x into them and one dispatch per 12 samples; run them in order.
+/// x into them and one dispatch per 8 samples; run them in order.
 pub fn conv2d(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv2d";
     let g = s.geometry()?;

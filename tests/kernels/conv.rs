@@ -300,7 +300,7 @@ fn conv2d_sums_just_under_the_loop_limit_in_full() {
 
 #[test]
 fn windowed_convs_match_reference_across_dispatches() {
-    // 25 samples: forward and dx in dispatches of 12, 12 and 1, dw in passes of 7, 7, 7 and 4;
+    // 25 samples: forward and dx in dispatches of 8, 8, 8 and 1, dw in passes of 7, 7, 7 and 4;
     // 17 and 33 channels leave partial 16-channel blocks; stride 2 over odd sizes gives residue
     // classes of different sizes.
     let s = Conv2d { stride: [2, 2], padding: [1, 2], ..Conv2d::new(25, 17, 33, [9, 11], [3, 5]) };

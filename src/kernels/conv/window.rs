@@ -11,8 +11,8 @@ use crate::Result;
 
 /// f32s in a window: 64 KiB, the uniform-buffer binding size these kernels need.
 const WINDOW: usize = 16_384;
-/// Sample windows bound by one forward or data-gradient dispatch (`v0`..`v11`).
-const SAMPLES: usize = 12;
+/// Sample windows bound by one forward or data-gradient dispatch (`v0`..`v7`).
+const SAMPLES: usize = 8;
 /// Samples per weight-gradient dispatch: 7 x windows and 7 dy windows.
 const GRAD_SAMPLES: usize = 7;
 /// Channels (forward, data gradient) or weight rows and columns (weight gradient) per
@@ -154,7 +154,7 @@ fn subgroup_iterations(g: &Geometry, reduced: usize) -> usize {
     kh * (1 + kw * (1 + reduced.div_ceil(SG) * (SG + 1))) + TM * (SAMPLES + 1)
 }
 
-/// y = conv(x, w) (+ bias), 12 samples per dispatch.
+/// y = conv(x, w) (+ bias), 8 samples per dispatch.
 pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Option<Vec<Dispatch>>> {
     let len = g.cin * g.size[0] * g.size[1];
     let pixels = g.out[0] * g.out[1];
@@ -166,7 +166,7 @@ pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Opt
     subgroup_pass(gpu, g, "forward", [x, w, y], bias, op, len, g.cin, groups, cost)
 }
 
-/// dx = conv's data gradient of dy (+ bias, ConvTranspose2d's forward), 12 samples per dispatch.
+/// dx = conv's data gradient of dy (+ bias, ConvTranspose2d's forward), 8 samples per dispatch.
 pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Option<Vec<Dispatch>>> {
     let len = g.cout * g.out[0] * g.out[1];
     let [sh, sw] = g.stride;
@@ -181,7 +181,7 @@ pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: 
 }
 
 /// Packs `src` (samples of `len`) and runs `entry` over `groups` workgroups per dispatch of
-/// 12 samples, summing `reduced` channels; `cost` of a dispatch of `count` samples.
+/// 8 samples, summing `reduced` channels; `cost` of a dispatch of `count` samples.
 #[allow(clippy::too_many_arguments)]
 fn subgroup_pass(
     gpu: &Gpu,
