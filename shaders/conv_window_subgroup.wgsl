@@ -207,68 +207,171 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     put16(co0, p.cout, (p.n0 * p.cout + co0) * pixels + pix, pixels, p.cout * pixels, a);
 }
 
-// dx[n, ci, ih, iw] = bias[ci] + sum over co, kh, kw of dy[n, co, oh, ow] * w[co, ci, kh, kw]
-// where ih = oh*sh - ph + kh*dh. Windows hold dy[n]. With stride s only taps with
-// (ih + ph - kh*dh) % s == 0 reach a pixel, so a workgroup takes 8 pixels of one residue class
-// (ih % sh, iw % sw): they share their taps, which the loops visit alone. One workgroup:
-// 16 input channels x 8 pixels x 8 samples; output channels run in batches of 8.
-// (ConvTranspose2d's forward, with its bias.)
+// `forward` for inputs of 4 channels or fewer, whose batches of 8 channels would be mostly
+// empty (8x the weight loads per step for one channel): batches run over 8 consecutive steps
+// (ci, kh, kw) of the flattened reduction instead, testing the padding at every step.
 @compute @workgroup_size(SG)
-fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    var g = wid.y * nwg.x + wid.x;
-    // Pixels of class (rh, rw): ih = rh + sh*a, iw = rw + sw*b, a < ceil(h/sh), b < ceil(w/sw).
+fn forward_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let g = wid.y * nwg.x + wid.x;
+    let pixels = p.ho * p.wo;
+    let groups = (pixels + SG - 1u) / SG;
+    let co0 = (g / groups) * TM;
+    if (co0 >= p.cout) { return; }
+    let q = (g % groups) * SG + lane;
+    let pix = min(q, pixels - 1u);
+    let oh = pix / p.wo;
+    let ow = pix - oh * p.wo;
+    let steps = p.cin * p.kh * p.kw;
+    let plane = p.h * p.w;
+    let wrow = rows16(co0, p.cout - 1u, steps);
+    var a: Acc;
+    // (ci, kh, kw) of the current step, advanced by selects: no divisions or branches.
+    var ci = 0u;
+    var kh = 0u;
+    var kw = 0u;
+    for (var k0 = 0u; k0 < steps; k0 += SG) {
+        let w = load16(wrow, min(k0 + lane, steps - 1u));
+        let batch = min(SG, steps - k0);
+        for (var j = 0u; j < batch; j++) {
+            let ihp = oh * p.sh + kh * p.dh;
+            let iwp = ow * p.sw + kw * p.dw;
+            let inside = ihp >= p.ph && ihp < p.h + p.ph && iwp >= p.pw && iwp < p.w + p.pw;
+            var x = gather(select(0u, ci * plane + (ihp - p.ph) * p.w + iwp - p.pw, inside));
+            if (!inside) { x = S8(); }
+            step(&a, w, j, x);
+            let row_end = kw + 1u == p.kw;
+            let channel_end = row_end && kh + 1u == p.kh;
+            kw = select(kw + 1u, 0u, row_end);
+            kh = select(select(kh, kh + 1u, row_end), 0u, channel_end);
+            ci = select(ci, ci + 1u, channel_end);
+        }
+    }
+    if (q >= pixels) { return; }
+    put16(co0, p.cout, (p.n0 * p.cout + co0) * pixels + pix, pixels, p.cout * pixels, a);
+}
+
+// A pixel of a residue class (ih % sh, iw % sw) = (rh, rw): ih = rh + sh*qa, iw = rw + sw*qb
+// with qa < ceil(h/sh), qb < ceil(w/sw). Workgroup g takes 8 of them: workgroups run over the
+// groups of a class, then the classes, then blocks of channels. Lanes past the class compute
+// its last pixels and store nothing.
+struct ClassPixel {
+    block: u32,
+    rh: u32,
+    rw: u32,
+    qa: u32,
+    qb: u32,
+    ih: u32,
+    iw: u32,
+    stored: bool,
+}
+
+fn class_pixel(group: u32, lane: u32) -> ClassPixel {
     let ca = (p.h + p.sh - 1u) / p.sh;
     let cb = (p.w + p.sw - 1u) / p.sw;
     let groups = (ca * cb + SG - 1u) / SG;
-    let q = (g % groups) * SG + lane;
-    g /= groups;
+    let q = (group % groups) * SG + lane;
+    var g = group / groups;
     let rw = g % p.sw;
     g /= p.sw;
     let rh = g % p.sh;
-    let ci0 = (g / p.sh) * TM;
-    if (ci0 >= p.cin) { return; }
     let qa = min(q / cb, ca - 1u);
     let qb = q % cb;
     let ih = rh + p.sh * qa;
     let iw = rw + p.sw * qb;
-    let stored = q < ca * cb && ih < p.h && iw < p.w;
+    return ClassPixel(g / p.sh, rh, rw, qa, qb, ih, iw, q < ca * cb && ih < p.h && iw < p.w);
+}
+
+// Whether tap (kh, kw) reaches the class at all ((ih + ph - kh*dh) % sh == 0, the same for
+// the whole class, and likewise for columns), whether it lands inside dy for this pixel, and
+// the dy offset oh*wo + ow it reads there.
+struct Tap {
+    reaches: bool,
+    inside: bool,
+    base: u32,
+}
+
+fn class_tap(c: ClassPixel, kh: u32, kw: u32) -> Tap {
+    // oh = (ih + ph - kh*dh) / sh. Numerators are shifted by a multiple of the stride that
+    // keeps them non-negative (GLSL leaves % and / of negative integers undefined); ohq = oh +
+    // qh, so oh >= 0 is ohq >= qh.
+    let qh = ((p.kh - 1u) * p.dh) / p.sh + 1u;
+    let qw = ((p.kw - 1u) * p.dw) / p.sw + 1u;
+    let nh = c.rh + p.ph + p.sh * qh - kh * p.dh;
+    let nw = c.rw + p.pw + p.sw * qw - kw * p.dw;
+    let ohq = c.qa + nh / p.sh;
+    let owq = c.qb + nw / p.sw;
+    let inside = ohq >= qh && ohq < p.ho + qh && owq >= qw && owq < p.wo + qw;
+    return Tap(nh % p.sh == 0u && nw % p.sw == 0u, inside, select(0u, (ohq - qh) * p.wo + owq - qw, inside));
+}
+
+// dx[n, ci, ih, iw] = bias[ci] + sum over co, kh, kw of dy[n, co, oh, ow] * w[co, ci, kh, kw]
+// where ih = oh*sh - ph + kh*dh. Windows hold dy[n]. With stride s only taps with
+// (ih + ph - kh*dh) % s == 0 reach a pixel, so a workgroup takes 8 pixels of one residue class
+// (`class_pixel`): they share their taps, which the loops visit alone. One workgroup:
+// 16 input channels x 8 pixels x 8 samples; output channels run in batches of 8.
+// (ConvTranspose2d's forward, with its bias.)
+@compute @workgroup_size(SG)
+fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let c = class_pixel(wid.y * nwg.x + wid.x, lane);
+    let ci0 = c.block * TM;
+    if (ci0 >= p.cin) { return; }
     let taps = p.kh * p.kw;
     let plane = p.ho * p.wo;
     let wcol = rows16(ci0, p.cin - 1u, taps);
-    // oh = (ih + ph - kh*dh) / sh. Numerators are shifted by a multiple of the stride that
-    // keeps them non-negative (GLSL leaves % and / of negative integers undefined).
-    let qh = ((p.kh - 1u) * p.dh) / p.sh + 1u;
-    let qw = ((p.kw - 1u) * p.dw) / p.sw + 1u;
     var a: Acc;
     for (var kh = 0u; kh < p.kh; kh++) {
-        let nh = rh + p.ph + p.sh * qh - kh * p.dh;
-        if (nh % p.sh != 0u) { continue; }
-        // oh + qh, so oh >= 0 is ohq >= qh.
-        let ohq = qa + nh / p.sh;
-        let row_in = ohq >= qh && ohq < p.ho + qh;
-        if (!subgroupAny(row_in)) { continue; }
         for (var kw = 0u; kw < p.kw; kw++) {
-            let nw = rw + p.pw + p.sw * qw - kw * p.dw;
-            if (nw % p.sw != 0u) { continue; }
-            let owq = qb + nw / p.sw;
-            let inside = row_in && owq >= qw && owq < p.wo + qw;
-            if (!subgroupAny(inside)) { continue; }
-            let base = select(0u, (ohq - qh) * p.wo + owq - qw, inside);
+            let t = class_tap(c, kh, kw);
+            if (!t.reaches || !subgroupAny(t.inside)) { continue; }
             let tap = kh * p.kw + kw;
             for (var co0 = 0u; co0 < p.cout; co0 += SG) {
                 let w = load16(wcol, min(co0 + lane, p.cout - 1u) * p.cin * taps + tap);
                 let batch = min(SG, p.cout - co0);
-                var i = base + co0 * plane;
+                var i = t.base + co0 * plane;
                 for (var j = 0u; j < batch; j++) {
                     var x = gather(i);
-                    if (!inside) { x = S8(); }
+                    if (!t.inside) { x = S8(); }
                     step(&a, w, j, x);
                     i += plane;
                 }
             }
         }
     }
-    if (!stored) { return; }
+    if (!c.stored) { return; }
     let hw = p.h * p.w;
-    put16(ci0, p.cin, (p.n0 * p.cin + ci0) * hw + ih * p.w + iw, hw, p.cin * hw, a);
+    put16(ci0, p.cin, (p.n0 * p.cin + ci0) * hw + c.ih * p.w + c.iw, hw, p.cin * hw, a);
+}
+
+// `data_grad` for one or two input channels, whose blocks of 16 would be mostly empty: a
+// workgroup takes one channel. Each window gather then feeds one FMA per sample, so this is
+// bound by the gathers, but does not compute 15 channels that do not exist.
+@compute @workgroup_size(SG)
+fn data_grad_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let c = class_pixel(wid.y * nwg.x + wid.x, lane);
+    let ci = c.block;
+    if (ci >= p.cin) { return; }
+    let taps = p.kh * p.kw;
+    let plane = p.ho * p.wo;
+    var a: S8;
+    for (var kh = 0u; kh < p.kh; kh++) {
+        for (var kw = 0u; kw < p.kw; kw++) {
+            let t = class_tap(c, kh, kw);
+            if (!t.reaches || !subgroupAny(t.inside)) { continue; }
+            let tap = ci * taps + kh * p.kw + kw;
+            for (var co0 = 0u; co0 < p.cout; co0 += SG) {
+                let w = wt[min(co0 + lane, p.cout - 1u) * p.cin * taps + tap];
+                let batch = min(SG, p.cout - co0);
+                var i = t.base + co0 * plane;
+                for (var j = 0u; j < batch; j++) {
+                    var x = gather(i);
+                    if (!t.inside) { x = S8(); }
+                    a = mac(a, subgroupShuffle(w, j), x);
+                    i += plane;
+                }
+            }
+        }
+    }
+    if (!c.stored) { return; }
+    let hw = p.h * p.w;
+    put(ci, p.cin, (p.n0 * p.cin + ci) * hw + c.ih * p.w + c.iw, p.cin * hw, a);
 }

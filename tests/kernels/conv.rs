@@ -176,6 +176,25 @@ fn conv_transpose2d_matches_reference_for_dcgan_generator_layer() {
     check_conv_transpose2d("conv_transpose2d dcgan 128->64 7x7", s, true, 200, FITS);
 }
 
+#[test]
+fn convs_match_reference_for_one_or_few_channels() {
+    // Window kernels switch below 5 input channels (forward batches flattened taps) and below
+    // 3 (data gradient, i.e. ConvTranspose2d's forward, takes one channel per workgroup):
+    // the DCGAN's image-side layers, gen.3 (64 -> 1) and disc.1 (1 -> 64), at odd sizes.
+    check_conv_transpose2d("conv_transpose2d 6 -> 1 channel", transpose(9, 6, 1, [7, 6], 5, 2, 2, 1), true, 960, FITS);
+    check_conv_transpose2d("conv_transpose2d 19 -> 2 channels", transpose(3, 19, 2, [5, 5], 3, 1, 1, 0), false, 970, FITS);
+    check_conv2d("conv2d 1 -> 20 channels", Conv2d { stride: [2, 2], padding: [2, 1], ..Conv2d::new(10, 1, 20, [13, 12], [5, 4]) }, true, 980, FITS);
+    check_conv2d("conv2d 4 -> 3 channels", conv2d(2, 4, 3, [6, 7], 3, 1, 1), false, 990, FITS);
+    let gpu = gpu();
+    if gpu.info.device_type == wgpu::DeviceType::Cpu && gpu.has(wgpu::Features::SUBGROUP) {
+        let s = Conv2d { variant: ConvVariant::Windowed, ..Conv2d::new(2, 1, 3, [5, 5], [3, 3]) };
+        let (x, w, y) = (zeros("x", s.input_len()), zeros("w", s.weight_len()), zeros("y", s.output_len()));
+        let entries = |d: Vec<Dispatch>| d.iter().map(|d| d.kernel.entry).collect::<Vec<_>>();
+        assert!(entries(conv::conv2d(gpu, &s, &x, &w, None, &y).unwrap()).contains(&"forward_narrow"));
+        assert!(entries(conv::conv2d_data_grad(gpu, &s, &y, &w, &x).unwrap()).contains(&"data_grad_one"));
+    }
+}
+
 /// Runs dw and db of a layer with `accumulate` onto random prior values; returns the number of
 /// dispatches each took (2 when the sum was split into slices, as db's always is).
 fn check_accumulate(name: &str, seed: u64, lens: [usize; 4], grads: impl FnOnce(&Operands, &Buffer, &Buffer) -> [Vec<kiln::Dispatch>; 2], want: impl FnOnce(&Operands) -> [Vec<f64>; 2]) -> [usize; 2] {

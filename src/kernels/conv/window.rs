@@ -147,6 +147,11 @@ fn pack(gpu: &Gpu, op: &str, src: &Buffer, n: usize, len: usize, row: usize, pad
     Ok(Some((Packed { buffer, stride, n }, d)))
 }
 
+/// Input channels up to which `forward_narrow` batches flattened (ci, kh, kw) steps instead
+/// of channels, and up to which `data_grad_one` takes one channel per workgroup instead of 16.
+const NARROW: usize = 4;
+const ONE: usize = 2;
+
 /// Loop iterations of one subgroup-kernel invocation that sums `reduced` channels over every
 /// tap: the tap loops, 8-channel batches of 8 steps each, and the stores.
 fn subgroup_iterations(g: &Geometry, reduced: usize) -> usize {
@@ -159,11 +164,17 @@ pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Opt
     let len = g.cin * g.size[0] * g.size[1];
     let pixels = g.out[0] * g.out[1];
     let groups = g.cout.div_ceil(TM) * pixels.div_ceil(SG);
+    let steps = g.cin * g.kernel[0] * g.kernel[1];
     let cost = |count: usize| {
-        let flops = 2 * (count * g.cout * pixels * g.cin * g.kernel[0] * g.kernel[1]) as u64;
+        let flops = 2 * (count * g.cout * pixels * steps) as u64;
         Cost { flops, bytes: bytes(count * len + g.w_len() + count * g.cout * pixels) }
     };
-    subgroup_pass(gpu, g, "forward", [x, w, y], bias, op, len, g.cin, groups, cost)
+    let (entry, iterations) = if g.cin <= NARROW {
+        ("forward_narrow", steps.div_ceil(SG) * (SG + 1) + TM * (SAMPLES + 1))
+    } else {
+        ("forward", subgroup_iterations(g, g.cin))
+    };
+    subgroup_pass(gpu, g, entry, [x, w, y], bias, op, len, iterations, groups, cost)
 }
 
 /// dx = conv's data gradient of dy (+ bias, ConvTranspose2d's forward), 8 samples per dispatch.
@@ -171,17 +182,19 @@ pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: 
     let len = g.cout * g.out[0] * g.out[1];
     let [sh, sw] = g.stride;
     let class = g.size[0].div_ceil(sh) * g.size[1].div_ceil(sw);
-    let groups = g.cin.div_ceil(TM) * sh * sw * class.div_ceil(SG);
+    let (entry, blocks) = if g.cin <= ONE { ("data_grad_one", g.cin) } else { ("data_grad", g.cin.div_ceil(TM)) };
+    let groups = blocks * sh * sw * class.div_ceil(SG);
     let hw = g.size[0] * g.size[1];
     let cost = |count: usize| {
         let flops = 2 * (count * g.cin * hw * g.cout * g.kernel[0] * g.kernel[1]) as u64;
         Cost { flops, bytes: bytes(count * len + g.w_len() + count * g.cin * hw) }
     };
-    subgroup_pass(gpu, g, "data_grad", [dy, w, dx], bias, op, len, g.cout, groups, cost)
+    subgroup_pass(gpu, g, entry, [dy, w, dx], bias, op, len, subgroup_iterations(g, g.cout), groups, cost)
 }
 
 /// Packs `src` (samples of `len`) and runs `entry` over `groups` workgroups per dispatch of
-/// 8 samples, summing `reduced` channels; `cost` of a dispatch of `count` samples.
+/// 8 samples, unless an invocation's `iterations` come near llvmpipe's limit; `cost` of a
+/// dispatch of `count` samples.
 #[allow(clippy::too_many_arguments)]
 fn subgroup_pass(
     gpu: &Gpu,
@@ -191,11 +204,11 @@ fn subgroup_pass(
     bias: Option<&Buffer>,
     op: &str,
     len: usize,
-    reduced: usize,
+    iterations: usize,
     groups: usize,
     cost: impl Fn(usize) -> Cost,
 ) -> Result<Option<Vec<Dispatch>>> {
-    if !has_subgroups_of_8(gpu) || !has_windows(gpu, SAMPLES as u32 + 1) || subgroup_iterations(g, reduced) > LOOP_BUDGET {
+    if !has_subgroups_of_8(gpu) || !has_windows(gpu, SAMPLES as u32 + 1) || iterations > LOOP_BUDGET {
         return Ok(None);
     }
     let Some((packed, pack)) = pack(gpu, op, src, g.n, len, len, 0)? else { return Ok(None) };
