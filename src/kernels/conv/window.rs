@@ -133,7 +133,7 @@ fn padded_len(len: usize, row: usize, pad: usize) -> Option<usize> {
 }
 
 fn pack(gpu: &Gpu, op: &str, src: &Buffer, n: usize, len: usize, row: usize, pad: usize) -> Result<Option<(Packed, Dispatch)>> {
-    let Some(padded) = padded_len(len, row, pad) else { return Ok(None) };
+    let Some(padded) = padded_len(len, row, pad).filter(|_| n > 0 && len > 0) else { return Ok(None) };
     let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
     let stride = padded.next_multiple_of(align);
     let total = (n - 1) * stride + WINDOW;
