@@ -4,7 +4,7 @@
 
 use super::{time_dispatches, time_scaled, Peak};
 use crate::gpu::{Dispatch, Gpu};
-use crate::kernels::conv::{self, Conv2d, ConvTranspose2d};
+use crate::kernels::conv::{self, Conv2d, ConvTranspose2d, ConvVariant};
 use crate::kernels::matmul::{matmul, Matmul, MatmulVariant};
 use crate::Result;
 use std::time::Instant;
@@ -48,6 +48,8 @@ pub struct Suite {
     /// Square matmuls: (size, variant).
     pub matmuls: Vec<(usize, MatmulVariant)>,
     pub convs: Vec<ConvLayer>,
+    /// Kernel families each conv op is measured with, side by side.
+    pub conv_variants: Vec<ConvVariant>,
     /// Calls shorter than this are repeated within one submit until the submit is not, so
     /// that submit and wait overheads do not count.
     pub min_seconds: f64,
@@ -58,7 +60,8 @@ pub const MATMUL_SIZES: [usize; 4] = [256, 512, 1024, 2048];
 impl Suite {
     /// Matmuls at [`MATMUL_SIZES`] and the DCGAN layers at batch 64. The simple kernel stops at
     /// 512², and so does the tiled one on CPU adapters, which never pick it: on lavapipe
-    /// (2 busy cores) it runs at ~0.2 GFLOP/s, 12 s for one 1024² call.
+    /// (2 busy cores) it runs at ~0.2 GFLOP/s, 12 s for one 1024² call. Convs run in every
+    /// variant on CPU adapters (blocked and windowed), blocked elsewhere.
     pub fn training(gpu: &Gpu) -> Suite {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
         let mut matmuls = Vec::new();
@@ -70,7 +73,8 @@ impl Suite {
             };
             matmuls.extend(MATMUL_SIZES.iter().filter(|&&n| n <= largest).map(|&n| (n, variant)));
         }
-        Suite { matmuls, convs: dcgan_layers(64), min_seconds: 0.2 }
+        let conv_variants = if cpu { ConvVariant::ALL.to_vec() } else { vec![ConvVariant::Blocked] };
+        Suite { matmuls, convs: dcgan_layers(64), conv_variants, min_seconds: 0.2 }
     }
 }
 
@@ -124,30 +128,35 @@ pub fn bench_kernels(gpu: &Gpu, peak: &Peak, suite: &Suite, mut on_row: impl FnM
         }
     }
     for layer in &suite.convs {
-        match *layer {
-            ConvLayer::Conv(name, s) => {
-                let (x, w, y) = (gpu.zeros("bench.x", s.input_len())?, gpu.zeros("bench.w", s.weight_len())?, gpu.zeros("bench.y", s.output_len())?);
-                let [ho, wo] = s.out_size()?;
-                let shape = format!("{name} {}→{} k{} s{} p{}", nchw(s.batch, s.in_channels, s.size), nchw(s.batch, s.out_channels, [ho, wo]), s.kernel[0], s.stride[0], s.padding[0]);
-                push("conv2d", shape.clone(), "", measure(gpu, suite.min_seconds, || Ok(vec![conv::conv2d(gpu, &s, &x, &w, None, &y)?]))?);
-                push("conv2d.data_grad", shape.clone(), "", measure(gpu, suite.min_seconds, || Ok(vec![conv::conv2d_data_grad(gpu, &s, &y, &w, &x)?]))?);
-                push("conv2d.weight_grad", shape, "", measure(gpu, suite.min_seconds, || conv::conv2d_weight_grad(gpu, &s, &x, &y, &w, false))?);
-            }
-            ConvLayer::Transpose(name, s) => {
-                let (x, w, y) = (gpu.zeros("bench.x", s.input_len())?, gpu.zeros("bench.w", s.weight_len())?, gpu.zeros("bench.y", s.output_len())?);
-                let [ho, wo] = s.out_size()?;
-                let shape = format!(
-                    "{name} {}→{} k{} s{} p{} op{}",
-                    nchw(s.batch, s.in_channels, s.size),
-                    nchw(s.batch, s.out_channels, [ho, wo]),
-                    s.kernel[0],
-                    s.stride[0],
-                    s.padding[0],
-                    s.output_padding[0]
-                );
-                push("conv_transpose2d", shape.clone(), "", measure(gpu, suite.min_seconds, || Ok(vec![conv::conv_transpose2d(gpu, &s, &x, &w, None, &y)?]))?);
-                push("conv_transpose2d.data_grad", shape.clone(), "", measure(gpu, suite.min_seconds, || Ok(vec![conv::conv_transpose2d_data_grad(gpu, &s, &y, &w, &x)?]))?);
-                push("conv_transpose2d.weight_grad", shape, "", measure(gpu, suite.min_seconds, || conv::conv_transpose2d_weight_grad(gpu, &s, &x, &y, &w, false))?);
+        for &variant in &suite.conv_variants {
+            let name = format!("{variant:?}").to_lowercase();
+            match *layer {
+                ConvLayer::Conv(layer, s) => {
+                    let s = Conv2d { variant, ..s };
+                    let (x, w, y) = (gpu.zeros("bench.x", s.input_len())?, gpu.zeros("bench.w", s.weight_len())?, gpu.zeros("bench.y", s.output_len())?);
+                    let [ho, wo] = s.out_size()?;
+                    let shape = format!("{layer} {}→{} k{} s{} p{}", nchw(s.batch, s.in_channels, s.size), nchw(s.batch, s.out_channels, [ho, wo]), s.kernel[0], s.stride[0], s.padding[0]);
+                    push("conv2d", shape.clone(), &name, measure(gpu, suite.min_seconds, || conv::conv2d(gpu, &s, &x, &w, None, &y))?);
+                    push("conv2d.data_grad", shape.clone(), &name, measure(gpu, suite.min_seconds, || conv::conv2d_data_grad(gpu, &s, &y, &w, &x))?);
+                    push("conv2d.weight_grad", shape, &name, measure(gpu, suite.min_seconds, || conv::conv2d_weight_grad(gpu, &s, &x, &y, &w, false))?);
+                }
+                ConvLayer::Transpose(layer, s) => {
+                    let s = ConvTranspose2d { variant, ..s };
+                    let (x, w, y) = (gpu.zeros("bench.x", s.input_len())?, gpu.zeros("bench.w", s.weight_len())?, gpu.zeros("bench.y", s.output_len())?);
+                    let [ho, wo] = s.out_size()?;
+                    let shape = format!(
+                        "{layer} {}→{} k{} s{} p{} op{}",
+                        nchw(s.batch, s.in_channels, s.size),
+                        nchw(s.batch, s.out_channels, [ho, wo]),
+                        s.kernel[0],
+                        s.stride[0],
+                        s.padding[0],
+                        s.output_padding[0]
+                    );
+                    push("conv_transpose2d", shape.clone(), &name, measure(gpu, suite.min_seconds, || conv::conv_transpose2d(gpu, &s, &x, &w, None, &y))?);
+                    push("conv_transpose2d.data_grad", shape.clone(), &name, measure(gpu, suite.min_seconds, || conv::conv_transpose2d_data_grad(gpu, &s, &y, &w, &x))?);
+                    push("conv_transpose2d.weight_grad", shape, &name, measure(gpu, suite.min_seconds, || conv::conv_transpose2d_weight_grad(gpu, &s, &x, &y, &w, false))?);
+                }
             }
         }
     }

@@ -44,7 +44,10 @@ impl Buffer {
     }
 }
 
+// UNIFORM: kernels for CPU adapters bind 64 KiB windows of a buffer as uniform buffers, which
+// llvmpipe reads far faster than storage buffers (src/kernels/conv/window.rs).
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 

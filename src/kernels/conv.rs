@@ -6,9 +6,42 @@
 //! gradient, its data gradient is the conv's forward, and its weight `[Cin, Cout, kh, kw]` is
 //! the conv weight `[Cout, Cin, kh, kw]` of that swapped conv, stored identically.
 
+mod window;
+
 use super::check_len;
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{Error, Result};
+
+/// Which kernels compute a convolution. `Auto` picks per adapter; the others force one family
+/// (tests check both against the reference, `kiln bench` compares them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvVariant {
+    #[default]
+    Auto,
+    /// shaders/conv.wgsl: register-blocked implicit GEMMs over storage buffers, for every
+    /// adapter and shape; the oracle.
+    Blocked,
+    /// shaders/conv_window*.wgsl where they apply, conv.wgsl elsewhere: operands read from
+    /// uniform-buffer windows of one sample each (samples up to 16,384 elements), which
+    /// llvmpipe loads far faster than storage buffers. Forward and data gradient also need
+    /// subgroups of 8 (lavapipe has them, llvmpipe-GL not).
+    Windowed,
+}
+
+impl ConvVariant {
+    pub const ALL: [ConvVariant; 2] = [ConvVariant::Blocked, ConvVariant::Windowed];
+
+    /// The concrete variant for `gpu`: windows on CPU adapters (lavapipe, 2 busy cores, DCGAN
+    /// layers at batch 64: 5-10x the blocked kernels), blocked on GPUs, where uniform
+    /// buffers indexed per invocation serialize.
+    pub fn resolve(self, gpu: &Gpu) -> ConvVariant {
+        match self {
+            ConvVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => ConvVariant::Windowed,
+            ConvVariant::Auto => ConvVariant::Blocked,
+            v => v,
+        }
+    }
+}
 
 /// Conv2d: input `[batch, in_channels, size[0], size[1]]`, weight
 /// `[out_channels, in_channels, kernel[0], kernel[1]]`; pairs are (h, w) as in PyTorch.
@@ -25,6 +58,7 @@ pub struct Conv2d {
     /// Only 1 is supported; carried so that PyTorch's attributes can be passed through and
     /// anything else refused with an error.
     pub groups: usize,
+    pub variant: ConvVariant,
 }
 
 /// ConvTranspose2d: input `[batch, in_channels, size[0], size[1]]`, weight
@@ -41,12 +75,13 @@ pub struct ConvTranspose2d {
     pub output_padding: [usize; 2],
     pub dilation: [usize; 2],
     pub groups: usize,
+    pub variant: ConvVariant,
 }
 
 impl Conv2d {
     /// Stride 1, no padding, dilation 1, one group; set the other fields with struct update.
     pub fn new(batch: usize, in_channels: usize, out_channels: usize, size: [usize; 2], kernel: [usize; 2]) -> Conv2d {
-        Conv2d { batch, in_channels, out_channels, size, kernel, stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+        Conv2d { batch, in_channels, out_channels, size, kernel, stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, variant: ConvVariant::Auto }
     }
 
     /// `(H + 2p − d(k − 1) − 1) / s + 1` per axis, or an error naming the op and shape.
@@ -129,6 +164,7 @@ impl Conv2d {
             stride: self.stride,
             padding: self.padding,
             dilation: self.dilation,
+            variant: self.variant,
         })
     }
 }
@@ -147,6 +183,7 @@ impl ConvTranspose2d {
             output_padding: [0, 0],
             dilation: [1, 1],
             groups: 1,
+            variant: ConvVariant::Auto,
         }
     }
 
@@ -240,6 +277,7 @@ impl ConvTranspose2d {
             stride: self.stride,
             padding: self.padding,
             dilation: self.dilation,
+            variant: self.variant,
         })
     }
 }
@@ -280,6 +318,7 @@ struct Geometry {
     stride: [usize; 2],
     padding: [usize; 2],
     dilation: [usize; 2],
+    variant: ConvVariant,
 }
 
 /// Field order and types match `Params` in shaders/conv.wgsl.
@@ -406,19 +445,33 @@ fn check_loops(op: &str, g: &Geometry, reduced: usize, what: &str) -> Result<()>
     Ok(())
 }
 
-/// y = conv(x, w) (+ bias): one invocation per 8 output channels x 8 output columns.
-fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Dispatch> {
+/// y = conv(x, w) (+ bias): windows where they apply, else one invocation per 8 output
+/// channels x 8 output columns.
+fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Windowed {
+        g.params(false, 0, op)?;
+        if let Some(d) = window::forward(gpu, g, x, w, bias, y, op)? {
+            return Ok(d);
+        }
+    }
     check_loops(op, g, g.cin, "channels summed")?;
     let tasks = g.n * g.cout.div_ceil(BLOCK) * g.out[0] * g.out[1].div_ceil(BLOCK);
     let params = g.params(bias.is_some(), tasks, op)?;
     let b = bias.unwrap_or(&gpu.dummy);
     let extra = if bias.is_some() { g.y_len() + g.cout } else { 0 };
     let cost = Cost { flops: g.gemm_flops() + extra as u64, bytes: bytes(g.x_len() + g.w_len() + g.y_len() + extra) };
-    gpu.dispatch(kernel("forward"), "", &params, &[(1, x), (2, w), (3, b), (4, y)], workgroups_1d(tasks, WG), cost)
+    Ok(vec![gpu.dispatch(kernel("forward"), "", &params, &[(1, x), (2, w), (3, b), (4, y)], workgroups_1d(tasks, WG), cost)?])
 }
 
-/// dx = conv's data gradient of dy (+ bias): 8 input channels x 8 columns of one residue class.
-fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Dispatch> {
+/// dx = conv's data gradient of dy (+ bias): windows where they apply, else 8 input
+/// channels x 8 columns of one residue class per invocation.
+fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Windowed {
+        g.params(false, 0, op)?;
+        if let Some(d) = window::data_grad(gpu, g, dy, w, bias, dx, op)? {
+            return Ok(d);
+        }
+    }
     check_loops(op, g, g.cout, "channels summed")?;
     let [sh, sw] = g.stride;
     let tasks = g.n * g.cin.div_ceil(BLOCK) * sh * sw * g.size[0].div_ceil(sh) * g.size[1].div_ceil(sw).div_ceil(BLOCK);
@@ -426,7 +479,7 @@ fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option
     let b = bias.unwrap_or(&gpu.dummy);
     let extra = if bias.is_some() { g.x_len() + g.cin } else { 0 };
     let cost = Cost { flops: g.gemm_flops() + extra as u64, bytes: bytes(g.y_len() + g.w_len() + g.x_len() + extra) };
-    gpu.dispatch(kernel("data_grad"), "", &params, &[(1, dy), (2, w), (3, b), (4, dx)], workgroups_1d(tasks, WG), cost)
+    Ok(vec![gpu.dispatch(kernel("data_grad"), "", &params, &[(1, dy), (2, w), (3, b), (4, dx)], workgroups_1d(tasks, WG), cost)?])
 }
 
 /// Writes (or adds, with `accumulate`) a sum whose `chunks` partial sums of `len` elements a
@@ -440,27 +493,34 @@ fn split_sum(
     chunks: usize,
     out: &Buffer,
     accumulate: bool,
-    first: impl FnOnce(&Buffer, bool) -> Result<Dispatch>,
+    first: impl FnOnce(&Buffer, bool) -> Result<Vec<Dispatch>>,
 ) -> Result<Vec<Dispatch>> {
     if chunks == 1 {
-        return Ok(vec![first(out, accumulate)?]);
+        return first(out, accumulate);
     }
     if chunks + 2 > LOOP_BUDGET {
         return Err(Error::Limit(format!("{op}: a sum split into {chunks} slices, over the {LOOP_BUDGET} one pass can add")));
     }
     // The bind groups keep the scratch buffer alive as long as the dispatches.
     let scratch = gpu.zeros(&format!("{op} partial sums"), chunks * len)?;
-    let first = first(&scratch, false)?;
+    let mut passes = first(&scratch, false)?;
     let mut params = Geometry::default().params(accumulate, len, op)?;
     params.chunks = chunks as i32;
     let cost = Cost { flops: (chunks * len) as u64, bytes: bytes(chunks * len + len * if accumulate { 2 } else { 1 }) };
-    let second = gpu.dispatch(kernel("sum_partials"), "", &params, &[(1, &scratch), (4, out)], workgroups_1d(len, WG), cost)?;
-    Ok(vec![first, second])
+    passes.push(gpu.dispatch(kernel("sum_partials"), "", &params, &[(1, &scratch), (4, out)], workgroups_1d(len, WG), cost)?);
+    Ok(passes)
 }
 
-/// dw (+)= conv's weight gradient from x and dy: 8 output channels x 8 (ci, kh, kw) columns
-/// per invocation, the sum over n, oh, ow split into slices of rows and column segments.
+/// dw (+)= conv's weight gradient from x and dy: windows where they apply, else 8 output
+/// channels x 8 (ci, kh, kw) columns per invocation, the sum over n, oh, ow split into slices
+/// of rows and column segments.
 fn gemm_weight_grad(gpu: &Gpu, g: &Geometry, x: &Buffer, dy: &Buffer, dw: &Buffer, accumulate: bool, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Windowed {
+        g.params(false, 0, op)?;
+        if let Some(d) = window::weight_grad(gpu, g, x, dy, dw, accumulate, op)? {
+            return Ok(d);
+        }
+    }
     let tasks = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(BLOCK) * g.cout.div_ceil(BLOCK);
     let seg = g.out[1].clamp(1, 4096);
     let nseg = g.out[1].div_ceil(seg).max(1);
@@ -475,7 +535,7 @@ fn gemm_weight_grad(gpu: &Gpu, g: &Geometry, x: &Buffer, dy: &Buffer, dw: &Buffe
     split_sum(gpu, op, g.w_len(), chunks, dw, accumulate, |out, accumulate| {
         let params = Params { flag: i32::from(accumulate), ..params };
         let cost = Cost { bytes: cost.bytes + if accumulate { bytes(g.w_len()) } else { 0 }, ..cost };
-        gpu.dispatch(kernel("weight_grad"), "", &params, &[(1, x), (2, dy), (4, out)], workgroups_1d(tasks * chunks, WG), cost)
+        Ok(vec![gpu.dispatch(kernel("weight_grad"), "", &params, &[(1, x), (2, dy), (4, out)], workgroups_1d(tasks * chunks, WG), cost)?])
     })
 }
 
@@ -494,12 +554,13 @@ fn reduce_bias_grad(gpu: &Gpu, [n, channels, spatial]: [usize; 3], dy: &Buffer, 
     (params.rows, params.chunks) = (rows as i32, chunks as i32);
     let cost = Cost { flops: g.y_len() as u64, bytes: bytes(g.y_len() + channels * chunks) };
     let groups = workgroups_1d(channels * chunks, WG);
-    split_sum(gpu, op, channels, chunks, db, accumulate, |out, _| gpu.dispatch(kernel("bias_grad"), "", &params, &[(1, dy), (4, out)], groups, cost))
+    split_sum(gpu, op, channels, chunks, db, accumulate, |out, _| Ok(vec![gpu.dispatch(kernel("bias_grad"), "", &params, &[(1, dy), (4, out)], groups, cost)?]))
 }
 
 /// Conv2d forward: y `[N, Cout, Ho, Wo]` = conv(x `[N, Cin, H, W]`, w `[Cout, Cin, kh, kw]`)
-/// (+ bias `[Cout]`, fused).
-pub fn conv2d(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Dispatch> {
+/// (+ bias `[Cout]`, fused). One dispatch, or with windows (`ConvVariant::Windowed`) a copy of
+/// x into them and one dispatch per 8 samples; run them in order.
+pub fn conv2d(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv2d";
     let g = s.geometry()?;
     check_len(op, &format!("input x {}", s.x_dims()), x, g.x_len())?;
@@ -509,8 +570,9 @@ pub fn conv2d(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffe
     gemm_forward(gpu, &g, x, w, bias, y, op)
 }
 
-/// Conv2d data gradient: dx `[N, Cin, H, W]` from dy `[N, Cout, Ho, Wo]` and w.
-pub fn conv2d_data_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Dispatch> {
+/// Conv2d data gradient: dx `[N, Cin, H, W]` from dy `[N, Cout, Ho, Wo]` and w. Dispatches
+/// as for [`conv2d`].
+pub fn conv2d_data_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv2d.data_grad";
     let g = s.geometry()?;
     check_len(op, &format!("output gradient dy {}", s.y_dims(g.out)), dy, g.y_len())?;
@@ -520,8 +582,9 @@ pub fn conv2d_data_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, w: &Buffer, dx: &Buf
 }
 
 /// Conv2d weight gradient: dw `[Cout, Cin, kh, kw]` from x and dy; `accumulate` adds to dw.
-/// One dispatch, or two when the sum over N, Ho, Wo is split into slices (long sums, or few
-/// weights): partial sums into a scratch buffer the dispatches own, then their total.
+/// One dispatch, or more when the sum over N, Ho, Wo is split into slices (long sums, few
+/// weights, or windows of 7 samples each): partial sums into a scratch buffer the dispatches
+/// own, then their total. With windows, copies of x and dy into them come first.
 pub fn conv2d_weight_grad(gpu: &Gpu, s: &Conv2d, x: &Buffer, dy: &Buffer, dw: &Buffer, accumulate: bool) -> Result<Vec<Dispatch>> {
     let op = "conv2d.weight_grad";
     let g = s.geometry()?;
@@ -542,8 +605,9 @@ pub fn conv2d_bias_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, db: &Buffer, accumul
 }
 
 /// ConvTranspose2d forward: y `[N, Cout, Ho, Wo]` from x `[N, Cin, H, W]` and
-/// w `[Cin, Cout, kh, kw]` (+ bias `[Cout]`, fused). Runs the conv data-gradient entry.
-pub fn conv_transpose2d(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Dispatch> {
+/// w `[Cin, Cout, kh, kw]` (+ bias `[Cout]`, fused). Runs the conv data-gradient kernels;
+/// dispatches as for [`conv2d`].
+pub fn conv_transpose2d(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv_transpose2d";
     let g = s.geometry()?;
     check_len(op, &format!("input x {}", s.x_dims()), x, g.y_len())?;
@@ -554,8 +618,8 @@ pub fn conv_transpose2d(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, w: &Buffer, 
 }
 
 /// ConvTranspose2d data gradient: dx `[N, Cin, H, W]` from dy `[N, Cout, Ho, Wo]` and w.
-/// Runs the conv forward entry.
-pub fn conv_transpose2d_data_grad(gpu: &Gpu, s: &ConvTranspose2d, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Dispatch> {
+/// Runs the conv forward kernels; dispatches as for [`conv2d`].
+pub fn conv_transpose2d_data_grad(gpu: &Gpu, s: &ConvTranspose2d, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv_transpose2d.data_grad";
     let g = s.geometry()?;
     check_len(op, &format!("output gradient dy {}", s.y_dims(g.size)), dy, g.x_len())?;
@@ -565,7 +629,8 @@ pub fn conv_transpose2d_data_grad(gpu: &Gpu, s: &ConvTranspose2d, dy: &Buffer, w
 }
 
 /// ConvTranspose2d weight gradient: dw `[Cin, Cout, kh, kw]` from x and dy; `accumulate` adds
-/// to dw. The conv weight gradient with x and dy exchanged; one or two dispatches.
+/// to dw. The conv weight gradient with x and dy exchanged; dispatches as for
+/// [`conv2d_weight_grad`].
 pub fn conv_transpose2d_weight_grad(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, dy: &Buffer, dw: &Buffer, accumulate: bool) -> Result<Vec<Dispatch>> {
     let op = "conv_transpose2d.weight_grad";
     let g = s.geometry()?;

@@ -1,6 +1,6 @@
 use crate::support::*;
 use kiln::bench::{bench_kernels, measure_peak, ConvLayer, Suite};
-use kiln::kernels::conv::{Conv2d, ConvTranspose2d};
+use kiln::kernels::conv::{Conv2d, ConvTranspose2d, ConvVariant};
 use kiln::kernels::matmul::MatmulVariant;
 
 /// The benchmark machinery end to end on tiny shapes: every requested kernel gives a row with
@@ -16,6 +16,7 @@ fn kernel_benchmark_gives_a_finite_row_per_kernel() {
     let suite = Suite {
         matmuls: vec![(33, MatmulVariant::Simple), (17, MatmulVariant::Blocked), (33, MatmulVariant::Blocked), (33, MatmulVariant::Tiled)],
         convs: vec![ConvLayer::Conv("tiny", conv), ConvLayer::Transpose("tiny", transpose)],
+        conv_variants: vec![ConvVariant::Auto],
         min_seconds: 0.002,
     };
     let mut streamed = 0;

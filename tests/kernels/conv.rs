@@ -1,7 +1,8 @@
 use crate::support::*;
 use kiln::gpu::Buffer;
-use kiln::kernels::conv::{self, Conv2d, ConvTranspose2d};
+use kiln::kernels::conv::{self, Conv2d, ConvTranspose2d, ConvVariant};
 use kiln::reference::conv as reference;
+use kiln::Dispatch;
 
 fn conv2d(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize) -> Conv2d {
     Conv2d { stride: [stride; 2], padding: [padding; 2], ..Conv2d::new(batch, cin, cout, size, [k, k]) }
@@ -27,7 +28,7 @@ struct Operands {
 }
 
 /// Runs single dispatches and multi-pass ops together, in order, in one submission.
-fn run(dispatches: Vec<Vec<kiln::Dispatch>>) {
+fn run(dispatches: Vec<Vec<Dispatch>>) {
     gpu().run(&dispatches.into_iter().flatten().collect::<Vec<_>>()).unwrap();
 }
 
@@ -40,43 +41,76 @@ fn operands(seed: u64, x_len: usize, w_len: usize, channels: usize, y_len: usize
     Operands { x, w, b, dy, gpu }
 }
 
-/// Forward (with bias when `bias`), dX, dW and db of a Conv2d against the reference.
-fn check_conv2d(name: &str, s: Conv2d, bias: bool, seed: u64) {
-    let gpu = gpu();
-    let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
-    let [xb, wb, bb, dyb] = &o.gpu;
-    let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
-    run(vec![
-        vec![conv::conv2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap()],
-        vec![conv::conv2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap()],
-        conv::conv2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap(),
-        conv::conv2d_bias_grad(gpu, &s, dyb, &db, false).unwrap(),
-    ]);
-    let want = reference::conv2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
-    assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
-    assert_close(&format!("{name} dx"), &read(&dx), &reference::conv2d_data_grad(&s, &o.dy, &o.w), 1e-4);
-    assert_close(&format!("{name} dw"), &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
-    assert_close(&format!("{name} db"), &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+/// Whether dispatches ran the window kernels (shaders/conv_window*.wgsl).
+fn windowed(dispatches: &[Dispatch]) -> bool {
+    dispatches.iter().any(|d| d.kernel.shader.starts_with("conv_window"))
 }
 
-fn check_conv_transpose2d(name: &str, s: ConvTranspose2d, bias: bool, seed: u64) {
+/// Operands fit the windows of the conv's forward, data-gradient and weight-gradient kernels.
+const FITS: [bool; 3] = [true; 3];
+
+/// With `ConvVariant::Windowed`, asserts that the conv kernels (forward, data gradient, weight
+/// gradient) whose operands `fit` ran in windows where the adapter has them: every CPU
+/// adapter for the weight gradient, those with subgroups (lavapipe, not llvmpipe-GL) for the
+/// others. Blocked never does.
+fn check_kernels(name: &str, variant: ConvVariant, fits: [bool; 3], [forward, data, weight]: [&[Dispatch]; 3]) {
+    let gpu = gpu();
+    let ran = [windowed(forward), windowed(data), windowed(weight)];
+    if variant == ConvVariant::Blocked {
+        assert_eq!(ran, [false; 3], "{name}: blocked ran window kernels");
+    } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        let subgroups = gpu.has(wgpu::Features::SUBGROUP);
+        assert_eq!(ran, [fits[0] && subgroups, fits[1] && subgroups, fits[2]], "{name}: window kernels of forward, dx, dw");
+    }
+}
+
+/// Forward (with bias when `bias`), dX, dW and db of a Conv2d against the reference, in every
+/// variant; `fits` as for `check_kernels`.
+fn check_conv2d(name: &str, s: Conv2d, bias: bool, seed: u64, fits: [bool; 3]) {
     let gpu = gpu();
     let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
     let [xb, wb, bb, dyb] = &o.gpu;
-    let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
-    run(vec![
-        vec![conv::conv_transpose2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap()],
-        vec![conv::conv_transpose2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap()],
-        conv::conv_transpose2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap(),
-        conv::conv_transpose2d_bias_grad(gpu, &s, dyb, &db, false).unwrap(),
-    ]);
-    let want = reference::conv_transpose2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
-    assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
-    let dx_want = reference::conv_transpose2d_data_grad(&s, &o.dy, &o.w);
-    assert_close(&format!("{name} dx"), &read(&dx), &dx_want, 1e-4);
-    let dw_want = reference::conv_transpose2d_weight_grad(&s, &o.x, &o.dy);
-    assert_close(&format!("{name} dw"), &read(&dw), &dw_want, 1e-4);
-    assert_close(&format!("{name} db"), &read(&db), &reference::conv_transpose2d_bias_grad(&s, &o.dy), 1e-4);
+    for variant in ConvVariant::ALL {
+        let s = Conv2d { variant, ..s };
+        let name = format!("{name} {variant:?}");
+        let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
+        let forward = conv::conv2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap();
+        let data = conv::conv2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap();
+        let weight = conv::conv2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap();
+        check_kernels(&name, variant, fits, [&forward, &data, &weight]);
+        run(vec![forward, data, weight, conv::conv2d_bias_grad(gpu, &s, dyb, &db, false).unwrap()]);
+        let want = reference::conv2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
+        assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
+        assert_close(&format!("{name} dx"), &read(&dx), &reference::conv2d_data_grad(&s, &o.dy, &o.w), 1e-4);
+        assert_close(&format!("{name} dw"), &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
+        assert_close(&format!("{name} db"), &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+    }
+}
+
+/// As `check_conv2d`; `fits` in the terms of the conv it transposes (its forward is that
+/// conv's data gradient).
+fn check_conv_transpose2d(name: &str, s: ConvTranspose2d, bias: bool, seed: u64, fits: [bool; 3]) {
+    let gpu = gpu();
+    let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+    let [xb, wb, bb, dyb] = &o.gpu;
+    for variant in ConvVariant::ALL {
+        let s = ConvTranspose2d { variant, ..s };
+        let name = format!("{name} {variant:?}");
+        let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
+        let forward = conv::conv_transpose2d(gpu, &s, xb, wb, bias.then_some(bb), &y).unwrap();
+        let data = conv::conv_transpose2d_data_grad(gpu, &s, dyb, wb, &dx).unwrap();
+        let weight = conv::conv_transpose2d_weight_grad(gpu, &s, xb, dyb, &dw, false).unwrap();
+        // ConvTranspose2d's forward runs conv's data gradient and vice versa.
+        check_kernels(&name, variant, fits, [&data, &forward, &weight]);
+        run(vec![forward, data, weight, conv::conv_transpose2d_bias_grad(gpu, &s, dyb, &db, false).unwrap()]);
+        let want = reference::conv_transpose2d(&s, &o.x, &o.w, bias.then_some(&o.b[..]));
+        assert_close(&format!("{name} forward"), &read(&y), &want, 1e-4);
+        let dx_want = reference::conv_transpose2d_data_grad(&s, &o.dy, &o.w);
+        assert_close(&format!("{name} dx"), &read(&dx), &dx_want, 1e-4);
+        let dw_want = reference::conv_transpose2d_weight_grad(&s, &o.x, &o.dy);
+        assert_close(&format!("{name} dw"), &read(&dw), &dw_want, 1e-4);
+        assert_close(&format!("{name} db"), &read(&db), &reference::conv_transpose2d_bias_grad(&s, &o.dy), 1e-4);
+    }
 }
 
 #[test]
@@ -92,22 +126,22 @@ fn conv2d_matches_reference_for_odd_sizes() {
         Conv2d { stride: [2, 1], padding: [0, 2], ..Conv2d::new(2, 4, 6, [9, 7], [3, 5]) },
     ];
     for (i, s) in shapes.into_iter().enumerate() {
-        check_conv2d(&format!("conv2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64);
+        check_conv2d(&format!("conv2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64, FITS);
     }
 }
 
 #[test]
 fn conv2d_supports_dilation() {
     let s = Conv2d { padding: [2, 1], dilation: [2, 3], ..Conv2d::new(2, 3, 5, [11, 10], [3, 3]) };
-    check_conv2d(&format!("conv2d {}", s.describe()), s, true, 7);
+    check_conv2d(&format!("conv2d {}", s.describe()), s, true, 7, FITS);
     let s = Conv2d { stride: [2, 2], dilation: [2, 2], ..Conv2d::new(1, 2, 3, [9, 9], [2, 2]) };
-    check_conv2d(&format!("conv2d {}", s.describe()), s, false, 8);
+    check_conv2d(&format!("conv2d {}", s.describe()), s, false, 8, FITS);
 }
 
 #[test]
 fn conv2d_matches_reference_for_dcgan_discriminator_layer() {
     // 5x5, stride 2, padding 2, 1 -> 64 channels, 28x28 -> 14x14.
-    check_conv2d("conv2d dcgan 1->64 28x28", conv2d(2, 1, 64, [28, 28], 5, 2, 2), true, 100);
+    check_conv2d("conv2d dcgan 1->64 28x28", conv2d(2, 1, 64, [28, 28], 5, 2, 2), true, 100, FITS);
 }
 
 #[test]
@@ -121,7 +155,7 @@ fn conv_transpose2d_matches_reference_for_odd_sizes() {
         ConvTranspose2d { stride: [2, 3], padding: [1, 0], output_padding: [1, 2], ..ConvTranspose2d::new(2, 4, 6, [5, 4], [3, 4]) },
     ];
     for (i, s) in shapes.into_iter().enumerate() {
-        check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64);
+        check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, i % 2 == 0, 10 * i as u64, FITS);
     }
 }
 
@@ -129,9 +163,9 @@ fn conv_transpose2d_matches_reference_for_odd_sizes() {
 fn conv_transpose2d_supports_dilation() {
     // PyTorch allows output_padding up to max(stride, dilation) - 1: here 1 with stride 1.
     let s = ConvTranspose2d { padding: [1, 1], output_padding: [1, 0], dilation: [2, 2], ..ConvTranspose2d::new(2, 3, 5, [6, 7], [3, 3]) };
-    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, true, 3);
+    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, true, 3, FITS);
     let s = ConvTranspose2d { stride: [2, 2], dilation: [3, 2], output_padding: [2, 1], ..ConvTranspose2d::new(1, 2, 3, [5, 4], [2, 3]) };
-    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, false, 4);
+    check_conv_transpose2d(&format!("conv_transpose2d {}", s.describe()), s, false, 4, FITS);
 }
 
 #[test]
@@ -139,7 +173,26 @@ fn conv_transpose2d_matches_reference_for_dcgan_generator_layer() {
     // 5x5, stride 2, padding 2, output_padding 1, 128 -> 64 channels, 7x7 -> 14x14.
     let s = transpose(2, 128, 64, [7, 7], 5, 2, 2, 1);
     assert_eq!(s.out_size().unwrap(), [14, 14]);
-    check_conv_transpose2d("conv_transpose2d dcgan 128->64 7x7", s, true, 200);
+    check_conv_transpose2d("conv_transpose2d dcgan 128->64 7x7", s, true, 200, FITS);
+}
+
+#[test]
+fn convs_match_reference_for_one_or_few_channels() {
+    // Window kernels switch below 5 input channels (forward batches flattened taps) and below
+    // 3 (data gradient, i.e. ConvTranspose2d's forward, takes one channel per workgroup):
+    // the DCGAN's image-side layers, gen.3 (64 -> 1) and disc.1 (1 -> 64), at odd sizes.
+    check_conv_transpose2d("conv_transpose2d 6 -> 1 channel", transpose(9, 6, 1, [7, 6], 5, 2, 2, 1), true, 960, FITS);
+    check_conv_transpose2d("conv_transpose2d 19 -> 2 channels", transpose(3, 19, 2, [5, 5], 3, 1, 1, 0), false, 970, FITS);
+    check_conv2d("conv2d 1 -> 20 channels", Conv2d { stride: [2, 2], padding: [2, 1], ..Conv2d::new(10, 1, 20, [13, 12], [5, 4]) }, true, 980, FITS);
+    check_conv2d("conv2d 4 -> 3 channels", conv2d(2, 4, 3, [6, 7], 3, 1, 1), false, 990, FITS);
+    let gpu = gpu();
+    if gpu.info.device_type == wgpu::DeviceType::Cpu && gpu.has(wgpu::Features::SUBGROUP) {
+        let s = Conv2d { variant: ConvVariant::Windowed, ..Conv2d::new(2, 1, 3, [5, 5], [3, 3]) };
+        let (x, w, y) = (zeros("x", s.input_len()), zeros("w", s.weight_len()), zeros("y", s.output_len()));
+        let entries = |d: Vec<Dispatch>| d.iter().map(|d| d.kernel.entry).collect::<Vec<_>>();
+        assert!(entries(conv::conv2d(gpu, &s, &x, &w, None, &y).unwrap()).contains(&"forward_narrow"));
+        assert!(entries(conv::conv2d_data_grad(gpu, &s, &y, &w, &x).unwrap()).contains(&"data_grad_one"));
+    }
 }
 
 /// Runs dw and db of a layer with `accumulate` onto random prior values; returns the number of
@@ -162,35 +215,45 @@ fn check_accumulate(name: &str, seed: u64, lens: [usize; 4], grads: impl FnOnce(
 #[test]
 fn conv_weight_and_bias_grads_accumulate() {
     let gpu = gpu();
-    // Small layers sum dw in one pass; larger ones split the sum, and the second pass accumulates.
-    for (s, passes) in [(conv2d(2, 3, 5, [7, 9], 3, 2, 1), [1, 2]), (conv2d(8, 3, 5, [28, 28], 3, 1, 1), [2, 2])] {
-        let lens = [s.input_len(), s.weight_len(), s.out_channels, s.output_len()];
-        let got = check_accumulate(
-            &format!("conv2d {}", s.describe()),
-            50,
-            lens,
-            |o, dw, db| {
-                [conv::conv2d_weight_grad(gpu, &s, &o.gpu[0], &o.gpu[3], dw, true).unwrap(), conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], db, true).unwrap()]
-            },
-            |o| [reference::conv2d_weight_grad(&s, &o.x, &o.dy), reference::conv2d_bias_grad(&s, &o.dy)],
-        );
-        assert_eq!(got, passes, "dispatches of dw and db");
-    }
-    for (t, passes) in [(transpose(2, 3, 5, [4, 5], 3, 2, 1, 1), [1, 2]), (transpose(8, 3, 5, [14, 14], 3, 2, 1, 1), [2, 2])] {
-        let lens = [t.input_len(), t.weight_len(), t.out_channels, t.output_len()];
-        let got = check_accumulate(
-            &format!("conv_transpose2d {}", t.describe()),
-            70,
-            lens,
-            |o, dw, db| {
-                [
-                    conv::conv_transpose2d_weight_grad(gpu, &t, &o.gpu[0], &o.gpu[3], dw, true).unwrap(),
-                    conv::conv_transpose2d_bias_grad(gpu, &t, &o.gpu[3], db, true).unwrap(),
-                ]
-            },
-            |o| [reference::conv_transpose2d_weight_grad(&t, &o.x, &o.dy), reference::conv_transpose2d_bias_grad(&t, &o.dy)],
-        );
-        assert_eq!(got, passes, "dispatches of dw and db");
+    // Blocked: small layers sum dw in one pass; larger ones split the sum, and the second pass
+    // accumulates. Windowed: copies into windows, then one pass per 7 samples.
+    for variant in ConvVariant::ALL {
+        let blocked = variant == ConvVariant::Blocked;
+        for (s, passes) in [(conv2d(2, 3, 5, [7, 9], 3, 2, 1), [1, 2]), (conv2d(8, 3, 5, [28, 28], 3, 1, 1), [2, 2])] {
+            let s = Conv2d { variant, ..s };
+            let lens = [s.input_len(), s.weight_len(), s.out_channels, s.output_len()];
+            let got = check_accumulate(
+                &format!("conv2d {} {variant:?}", s.describe()),
+                50,
+                lens,
+                |o, dw, db| {
+                    [conv::conv2d_weight_grad(gpu, &s, &o.gpu[0], &o.gpu[3], dw, true).unwrap(), conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], db, true).unwrap()]
+                },
+                |o| [reference::conv2d_weight_grad(&s, &o.x, &o.dy), reference::conv2d_bias_grad(&s, &o.dy)],
+            );
+            if blocked {
+                assert_eq!(got, passes, "dispatches of dw and db");
+            }
+        }
+        for (t, passes) in [(transpose(2, 3, 5, [4, 5], 3, 2, 1, 1), [1, 2]), (transpose(8, 3, 5, [14, 14], 3, 2, 1, 1), [2, 2])] {
+            let t = ConvTranspose2d { variant, ..t };
+            let lens = [t.input_len(), t.weight_len(), t.out_channels, t.output_len()];
+            let got = check_accumulate(
+                &format!("conv_transpose2d {} {variant:?}", t.describe()),
+                70,
+                lens,
+                |o, dw, db| {
+                    [
+                        conv::conv_transpose2d_weight_grad(gpu, &t, &o.gpu[0], &o.gpu[3], dw, true).unwrap(),
+                        conv::conv_transpose2d_bias_grad(gpu, &t, &o.gpu[3], db, true).unwrap(),
+                    ]
+                },
+                |o| [reference::conv_transpose2d_weight_grad(&t, &o.x, &o.dy), reference::conv_transpose2d_bias_grad(&t, &o.dy)],
+            );
+            if blocked {
+                assert_eq!(got, passes, "dispatches of dw and db");
+            }
+        }
     }
 }
 
@@ -205,7 +268,7 @@ fn conv2d_forward_folds_grids_over_65535_workgroups() {
     // 4.2M blocks: more than 65,535 workgroups of 64 (ConvTranspose2d's data gradient too).
     let (s, o) = tall();
     let y = zeros("y", s.output_len());
-    run(vec![vec![conv::conv2d(gpu(), &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap()]]);
+    run(vec![conv::conv2d(gpu(), &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap()]);
     assert_close("conv2d tall forward", &read(&y), &reference::conv2d(&s, &o.x, &o.w, Some(&o.b)), 1e-4);
 }
 
@@ -214,7 +277,7 @@ fn conv2d_data_grad_folds_grids_over_65535_workgroups() {
     // 4.2M blocks (ConvTranspose2d's forward too).
     let (s, o) = tall();
     let dx = zeros("dx", s.input_len());
-    run(vec![vec![conv::conv2d_data_grad(gpu(), &s, &o.gpu[3], &o.gpu[1], &dx).unwrap()]]);
+    run(vec![conv::conv2d_data_grad(gpu(), &s, &o.gpu[3], &o.gpu[1], &dx).unwrap()]);
     assert_close("conv2d tall dx", &read(&dx), &reference::conv2d_data_grad(&s, &o.dy, &o.w), 1e-4);
 }
 
@@ -239,7 +302,7 @@ fn conv2d_bias_grad_folds_grids_over_65535_workgroups() {
     let o = operands(330, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
     let (y, db) = (zeros("y", s.output_len()), zeros("db", s.out_channels));
     let forward = conv::conv2d(gpu, &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap();
-    run(vec![vec![forward], conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], &db, false).unwrap()]);
+    run(vec![forward, conv::conv2d_bias_grad(gpu, &s, &o.gpu[3], &db, false).unwrap()]);
     assert_close("conv2d 70000 channels forward", &read(&y), &reference::conv2d(&s, &o.x, &o.w, Some(&o.b)), 1e-4);
     assert_close("conv2d 70000 channels db", &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
 }
@@ -248,8 +311,49 @@ fn conv2d_bias_grad_folds_grids_over_65535_workgroups() {
 fn conv2d_sums_just_under_the_loop_limit_in_full() {
     // 2000 channels x 5x5 taps = 50,000 terms per output, the most the launcher allows near
     // llvmpipe's 65,535 loop iterations per invocation: every term must arrive.
-    check_conv2d("conv2d 2000 -> 9 channels", conv2d(1, 2000, 9, [5, 5], 5, 1, 2), false, 700);
-    check_conv2d("conv2d 9 -> 2000 channels", conv2d(1, 9, 2000, [5, 5], 5, 1, 2), false, 710);
+    // (The 2000-channel sides are over a window, so the blocked kernels run; the 9-channel
+    // sides fit.)
+    check_conv2d("conv2d 2000 -> 9 channels", conv2d(1, 2000, 9, [5, 5], 5, 1, 2), false, 700, [false, true, false]);
+    check_conv2d("conv2d 9 -> 2000 channels", conv2d(1, 9, 2000, [5, 5], 5, 1, 2), false, 710, [true, false, false]);
+}
+
+#[test]
+fn windowed_convs_match_reference_across_dispatches() {
+    // 25 samples: forward and dx in dispatches of 8, 8, 8 and 1, dw in passes of 7, 7, 7 and 4;
+    // 17 and 33 channels leave partial 16-channel blocks; stride 2 over odd sizes gives residue
+    // classes of different sizes.
+    let s = Conv2d { stride: [2, 2], padding: [1, 2], ..Conv2d::new(25, 17, 33, [9, 11], [3, 5]) };
+    check_conv2d(&format!("conv2d {}", s.describe()), s, true, 900, FITS);
+    let t = transpose(13, 33, 17, [5, 6], 5, 2, 2, 1);
+    check_conv_transpose2d(&format!("conv_transpose2d {}", t.describe()), t, true, 910, FITS);
+}
+
+#[test]
+fn windowed_convs_sum_just_under_the_loop_limit_in_full() {
+    // 1800 channels x 5x5 taps, in windows of 1800 x 3x3 = 16,200 elements: ~51,000 of
+    // llvmpipe's 65,535 loop iterations per invocation, summed by the forward kernel in the
+    // first case, by the data-gradient kernel in the second (x with padding is too big for
+    // the weight-gradient window in the first).
+    check_conv2d("conv2d 1800 -> 5 channels", conv2d(1, 1800, 5, [3, 3], 5, 1, 2), false, 920, [true, true, false]);
+    check_conv2d("conv2d 5 -> 1800 channels", conv2d(1, 5, 1800, [3, 3], 5, 1, 2), false, 930, FITS);
+}
+
+#[test]
+fn windowed_conv_grids_fold_over_65535_workgroups() {
+    // 600 channels x 128x128 pixels: 38 blocks of 16 channels x 2048 groups of 8 pixels.
+    let gpu = gpu();
+    let s = Conv2d { variant: ConvVariant::Windowed, ..Conv2d::new(1, 1, 600, [128, 128], [1, 1]) };
+    let o = operands(940, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
+    let y = zeros("y", s.output_len());
+    let forward = conv::conv2d(gpu, &s, &o.gpu[0], &o.gpu[1], Some(&o.gpu[2]), &y).unwrap();
+    let t = Conv2d { variant: ConvVariant::Windowed, ..Conv2d::new(1, 600, 1, [128, 128], [1, 1]) };
+    let p = operands(950, t.input_len(), t.weight_len(), t.out_channels, t.output_len());
+    let dx = zeros("dx", t.input_len());
+    let data = conv::conv2d_data_grad(gpu, &t, &p.gpu[3], &p.gpu[1], &dx).unwrap();
+    check_kernels("conv2d 600 channels 128x128", ConvVariant::Windowed, [true, true, false], [&forward, &data, &[]]);
+    run(vec![forward, data]);
+    assert_close("conv2d 600 channels forward", &read(&y), &reference::conv2d(&s, &o.x, &o.w, Some(&o.b)), 1e-4);
+    assert_close("conv2d 600 channels dx", &read(&dx), &reference::conv2d_data_grad(&t, &p.dy, &p.w), 1e-4);
 }
 
 #[test]

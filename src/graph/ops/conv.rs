@@ -80,10 +80,10 @@ fn infer(geometry: crate::Result<Geometry>, x: &[&[usize]]) -> std::result::Resu
 
 fn lower(geometry: Geometry, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
     let (x, w, b, y) = (io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0]);
-    Ok(vec![match geometry {
-        Geometry::Conv(s) => k::conv2d(gpu, &s, x, w, b, y)?,
-        Geometry::Transpose(s) => k::conv_transpose2d(gpu, &s, x, w, b, y)?,
-    }])
+    match geometry {
+        Geometry::Conv(s) => k::conv2d(gpu, &s, x, w, b, y),
+        Geometry::Transpose(s) => k::conv_transpose2d(gpu, &s, x, w, b, y),
+    }
 }
 
 fn reference(geometry: Geometry, x: &[HostValue]) -> Vec<HostValue> {
@@ -192,10 +192,10 @@ impl Op for ConvGrad {
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let (i, out) = (&io.inputs, io.outputs[0]);
         match (self.geometry, self.of) {
-            (Geometry::Conv(s), Of::Input) => Ok(vec![k::conv2d_data_grad(gpu, &s, i[0], i[1], out)?]),
+            (Geometry::Conv(s), Of::Input) => k::conv2d_data_grad(gpu, &s, i[0], i[1], out),
             (Geometry::Conv(s), Of::Weight) => k::conv2d_weight_grad(gpu, &s, i[0], i[1], out, false),
             (Geometry::Conv(s), Of::Bias) => k::conv2d_bias_grad(gpu, &s, i[0], out, false),
-            (Geometry::Transpose(s), Of::Input) => Ok(vec![k::conv_transpose2d_data_grad(gpu, &s, i[0], i[1], out)?]),
+            (Geometry::Transpose(s), Of::Input) => k::conv_transpose2d_data_grad(gpu, &s, i[0], i[1], out),
             (Geometry::Transpose(s), Of::Weight) => k::conv_transpose2d_weight_grad(gpu, &s, i[0], i[1], out, false),
             (Geometry::Transpose(s), Of::Bias) => k::conv_transpose2d_bias_grad(gpu, &s, i[0], out, false),
         }
