@@ -157,35 +157,47 @@ fn put16(c0: u32, channels: u32, base: u32, channel_stride: u32, sample_stride: 
     put(c0 + 15u, channels, base + 15u * channel_stride, sample_stride, a.c15);
 }
 
+// The output pixel of a forward lane: workgroup g covers TM output channels from co0 and SG
+// pixels. Lanes past the last pixel compute pixel `pixels - 1` and store nothing; they must
+// stay for the shuffles.
+struct OutPixel {
+    pixels: u32,
+    co0: u32,
+    q: u32,
+    pix: u32,
+    oh: u32,
+    ow: u32,
+}
+
+fn out_pixel(g: u32, lane: u32) -> OutPixel {
+    let pixels = p.ho * p.wo;
+    let groups = (pixels + SG - 1u) / SG;
+    let q = (g % groups) * SG + lane;
+    let pix = min(q, pixels - 1u);
+    let oh = pix / p.wo;
+    return OutPixel(pixels, (g / groups) * TM, q, pix, oh, pix - oh * p.wo);
+}
+
 // y[n, co, oh, ow] = bias[co] + sum over ci, kh, kw of x[n, ci, ih, iw] * w[co, ci, kh, kw],
 // ih = oh*sh - ph + kh*dh. Windows hold x[n]. One workgroup: 16 output channels x 8 output
 // pixels (one per lane) x 8 samples. Taps are the outer loops so that the padding test and
 // the index are computed once per tap; input channels run in batches of 8, one per lane.
 @compute @workgroup_size(SG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let g = wid.y * nwg.x + wid.x;
-    let pixels = p.ho * p.wo;
-    let groups = (pixels + SG - 1u) / SG;
-    let co0 = (g / groups) * TM;
-    if (co0 >= p.cout) { return; }
-    let q = (g % groups) * SG + lane;
-    // Lanes past the last pixel compute pixel `pixels - 1` and store nothing; they must stay
-    // for the shuffles.
-    let pix = min(q, pixels - 1u);
-    let oh = pix / p.wo;
-    let ow = pix - oh * p.wo;
+    let o = out_pixel(wid.y * nwg.x + wid.x, lane);
+    if (o.co0 >= p.cout) { return; }
     let taps = p.kh * p.kw;
     let plane = p.h * p.w;
-    let wrow = rows16(co0, p.cout - 1u, p.cin * taps);
+    let wrow = rows16(o.co0, p.cout - 1u, p.cin * taps);
     var a: Acc;
     for (var kh = 0u; kh < p.kh; kh++) {
         // Row and column are shifted by the padding so that they stay non-negative.
-        let ihp = oh * p.sh + kh * p.dh;
+        let ihp = o.oh * p.sh + kh * p.dh;
         let row_in = ihp >= p.ph && ihp < p.h + p.ph;
         // Taps over the padding for all 8 pixels are skipped (a third of them on 7x7 inputs).
         if (!subgroupAny(row_in)) { continue; }
         for (var kw = 0u; kw < p.kw; kw++) {
-            let iwp = ow * p.sw + kw * p.dw;
+            let iwp = o.ow * p.sw + kw * p.dw;
             let inside = row_in && iwp >= p.pw && iwp < p.w + p.pw;
             if (!subgroupAny(inside)) { continue; }
             let base = select(0u, (ihp - p.ph) * p.w + iwp - p.pw, inside);
@@ -203,8 +215,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             }
         }
     }
-    if (q >= pixels) { return; }
-    put16(co0, p.cout, (p.n0 * p.cout + co0) * pixels + pix, pixels, p.cout * pixels, a);
+    if (o.q >= o.pixels) { return; }
+    put16(o.co0, p.cout, (p.n0 * p.cout + o.co0) * o.pixels + o.pix, o.pixels, p.cout * o.pixels, a);
 }
 
 // `forward` for inputs of 4 channels or fewer, whose batches of 8 channels would be mostly
@@ -212,18 +224,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // (ci, kh, kw) of the flattened reduction instead, testing the padding at every step.
 @compute @workgroup_size(SG)
 fn forward_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let g = wid.y * nwg.x + wid.x;
-    let pixels = p.ho * p.wo;
-    let groups = (pixels + SG - 1u) / SG;
-    let co0 = (g / groups) * TM;
-    if (co0 >= p.cout) { return; }
-    let q = (g % groups) * SG + lane;
-    let pix = min(q, pixels - 1u);
-    let oh = pix / p.wo;
-    let ow = pix - oh * p.wo;
+    let o = out_pixel(wid.y * nwg.x + wid.x, lane);
+    if (o.co0 >= p.cout) { return; }
     let steps = p.cin * p.kh * p.kw;
     let plane = p.h * p.w;
-    let wrow = rows16(co0, p.cout - 1u, steps);
+    let wrow = rows16(o.co0, p.cout - 1u, steps);
     var a: Acc;
     // (ci, kh, kw) of the current step, advanced by selects: no divisions or branches.
     var ci = 0u;
@@ -233,8 +238,8 @@ fn forward_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let w = load16(wrow, min(k0 + lane, steps - 1u));
         let batch = min(SG, steps - k0);
         for (var j = 0u; j < batch; j++) {
-            let ihp = oh * p.sh + kh * p.dh;
-            let iwp = ow * p.sw + kw * p.dw;
+            let ihp = o.oh * p.sh + kh * p.dh;
+            let iwp = o.ow * p.sw + kw * p.dw;
             let inside = ihp >= p.ph && ihp < p.h + p.ph && iwp >= p.pw && iwp < p.w + p.pw;
             var x = gather(select(0u, ci * plane + (ihp - p.ph) * p.w + iwp - p.pw, inside));
             if (!inside) { x = S8(); }
@@ -246,8 +251,8 @@ fn forward_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             ci = select(ci, ci + 1u, channel_end);
         }
     }
-    if (q >= pixels) { return; }
-    put16(co0, p.cout, (p.n0 * p.cout + co0) * pixels + pix, pixels, p.cout * pixels, a);
+    if (o.q >= o.pixels) { return; }
+    put16(o.co0, p.cout, (p.n0 * p.cout + o.co0) * o.pixels + o.pix, o.pixels, p.cout * o.pixels, a);
 }
 
 // A pixel of a residue class (ih % sh, iw % sw) = (rh, rw): ih = rh + sh*qa, iw = rw + sw*qb
