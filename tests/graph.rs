@@ -4,6 +4,8 @@ use kiln::graph::{Graph, Program, Store};
 use kiln::gpu::{Gpu, GpuOptions};
 use std::sync::OnceLock;
 
+mod common;
+
 fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
@@ -113,6 +115,27 @@ fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
     }
     let tags: Vec<u64> = seen.iter().map(|(t, _)| *t).collect();
     assert!(tags.windows(2).all(|w| w[0] < w[1]), "{tags:?}");
+}
+
+#[test]
+fn a_waited_collect_returns_every_request_while_another_thread_polls_the_device() {
+    let gpu = gpu();
+    let mut g = Graph::new();
+    let x = g.input("x", &[3]);
+    let y = g.apply1(kiln::graph::ops::Scale { alpha: 2.0 }, &[x], "double").unwrap();
+    let mut store = Store::new();
+    let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
+    let mut ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).clone()], 4).unwrap();
+    common::with_another_thread_polling(gpu, || {
+        for round in 0..500u64 {
+            // Never more requests than slots, so none is skipped and all four must come back.
+            for step in 0..4 {
+                program.submit(gpu, Some((&mut ring, 4 * round + step))).unwrap();
+            }
+            let tags: Vec<u64> = ring.collect(gpu, true).unwrap().into_iter().map(|(t, _)| t).collect();
+            assert_eq!(tags, (4 * round..4 * round + 4).collect::<Vec<_>>(), "round {round}");
+        }
+    });
 }
 
 mod composed {

@@ -11,6 +11,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
+mod common;
+use common::with_another_thread_polling;
+
 fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
@@ -159,6 +162,22 @@ fn many_profiled_steps_in_a_row_interleave_with_training_steps() {
     }
     // Profiled steps compute what unprofiled ones do: three layers of h*0.5 + 0.25, then *0.5.
     assert_eq!(gpu.read(program.buffer(y)).unwrap(), vec![0.28125f32; 1 << 10]);
+}
+
+#[test]
+fn every_step_keeps_its_timestamps_while_another_thread_polls_the_device() {
+    let gpu = gpu();
+    let program = program(gpu, 256);
+    with_another_thread_polling(gpu, || {
+        for round in 0..400 {
+            let mut profiler = Profiler::new(gpu, Timing::best(gpu), &program.dispatches).unwrap();
+            for _ in 0..4 {
+                profiler.step(gpu, &program.dispatches).unwrap();
+            }
+            let profile = profiler.finish(gpu, None).unwrap();
+            assert_eq!(profile.events.len(), 4 * program.dispatches.len(), "round {round}");
+        }
+    });
 }
 
 #[test]

@@ -140,9 +140,7 @@ impl Gpu {
             let _ = tx.send(r);
         });
         self.wait(None, &what)?;
-        rx.recv()
-            .map_err(|_| Error::Device { kernel: what.clone(), message: "map callback never ran".into() })?
-            .map_err(|e| Error::Device { kernel: what.clone(), message: e.to_string() })?;
+        self.wait_for_map(&rx, &what)?.map_err(|e| Error::Device { kernel: what.clone(), message: e.to_string() })?;
         let data = {
             let view = staging
                 .get_mapped_range(..)

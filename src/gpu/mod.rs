@@ -223,4 +223,20 @@ impl Gpu {
             .map_err(|e| Error::Device { kernel: what.to_string(), message: e.to_string() })?;
         self.check_lost(what)
     }
+
+    /// Blocks until a `map_async` callback has delivered its result to `rx`; call it after
+    /// waiting for the work the map follows. That wait alone is not enough: when another thread
+    /// polls the same device, its poll may have taken the callback and not run it yet.
+    pub fn wait_for_map<T>(&self, rx: &std::sync::mpsc::Receiver<T>, what: &str) -> Result<T> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let lost = |message: &str| Error::Device { kernel: what.to_string(), message: message.into() };
+        for _ in 0..600 {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(result) => return Ok(result),
+                Err(RecvTimeoutError::Disconnected) => return Err(lost("the map callback was dropped")),
+                Err(RecvTimeoutError::Timeout) => self.wait(None, what)?,
+            }
+        }
+        Err(lost("a buffer map did not complete within 60 s of its work finishing"))
+    }
 }

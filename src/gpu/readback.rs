@@ -82,8 +82,10 @@ impl Readback {
         while let Some(&i) = self.in_flight.front() {
             let slot = &mut self.slots[i];
             let (tag, rx) = slot.pending.as_ref().expect("in flight");
-            match rx.try_recv() {
-                Ok(result) => {
+            // Waiting, every request must come back: none may be dropped from the log.
+            let received = if wait { Some(gpu.wait_for_map(rx, "readback")?) } else { rx.try_recv().ok() };
+            match received {
+                Some(result) => {
                     result.map_err(|e| Error::Device { kernel: "readback".into(), message: e.to_string() })?;
                     let tag = *tag;
                     let values = {
@@ -107,7 +109,7 @@ impl Readback {
                     self.in_flight.pop_front();
                     done.push((tag, values));
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         Ok(done)

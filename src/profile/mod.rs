@@ -148,7 +148,13 @@ impl Profiler {
     /// Waits for the steps in flight and builds the report.
     pub fn finish(mut self, gpu: &Gpu, peak: Option<Peak>) -> Result<Profile> {
         if let Some(ring) = self.ring.as_mut() {
-            ring.collect(gpu, true, &mut self.ticks)?;
+            ring.collect(gpu, usize::MAX, &mut self.ticks)?;
+            if self.ticks.len() != self.steps {
+                return Err(Error::Device {
+                    kernel: "profiler timestamps".into(),
+                    message: format!("timestamps came back for {} of {} steps", self.ticks.len(), self.steps),
+                });
+            }
         }
         let Some(started) = self.started else {
             return Err(Error::Invalid("profiler: no step was profiled".into()));

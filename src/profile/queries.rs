@@ -75,11 +75,9 @@ impl QueryRing {
                 .poll(wgpu::PollType::Wait { submission_index: Some(index.clone()), timeout: None })
                 .map_err(device_error)?;
         }
-        self.collect(gpu, false, done)?;
-        if self.slots[self.next].pending.is_some() {
-            return Err(device_error("a finished step's timestamps were never mapped"));
-        }
-        Ok(())
+        // When the reserved slot is in flight it is the oldest, so collecting one waits for it.
+        let wait_for = usize::from(self.slots[self.next].pending.is_some());
+        self.collect(gpu, wait_for, done)
     }
 
     /// The query set and index inside it of query `q` of the reserved slot.
@@ -111,15 +109,22 @@ impl QueryRing {
         self.next = (self.next + 1) % self.slots.len();
     }
 
-    /// Appends every finished step, oldest first, as (step, raw ticks) to `done`; with `wait`,
-    /// waits for all steps in flight.
-    pub fn collect(&mut self, gpu: &Gpu, wait: bool, done: &mut Vec<(usize, Vec<u64>)>) -> Result<()> {
-        let poll = if wait { wgpu::PollType::wait_indefinitely() } else { wgpu::PollType::Poll };
+    /// Appends every finished step, oldest first, as (step, raw ticks) to `done`, waiting for
+    /// the oldest `wait_for` steps in flight (all of them with `usize::MAX`).
+    pub fn collect(&mut self, gpu: &Gpu, wait_for: usize, done: &mut Vec<(usize, Vec<u64>)>) -> Result<()> {
+        let poll = if wait_for == usize::MAX { wgpu::PollType::wait_indefinitely() } else { wgpu::PollType::Poll };
         gpu.device.poll(poll).map_err(device_error)?;
+        let mut collected = 0;
         while let Some(&i) = self.in_flight.front() {
             let slot = &mut self.slots[i];
             let (step, _, rx) = slot.pending.as_ref().expect("in flight");
-            let Ok(mapped) = rx.try_recv() else { break };
+            let mapped = if collected < wait_for {
+                gpu.wait_for_map(rx, "profiler timestamps")?
+            } else {
+                let Ok(mapped) = rx.try_recv() else { break };
+                mapped
+            };
+            collected += 1;
             mapped.map_err(device_error)?;
             let step = *step;
             let ticks = {
