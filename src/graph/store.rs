@@ -52,6 +52,8 @@ impl Store {
             layout.push((name.clone(), total, n));
             total += n.next_multiple_of(align);
         }
+        // A multiple of 4, so that the optimizers update the arena with vec4 loads.
+        let total = total.next_multiple_of(4);
         let mut host = vec![0f32; total];
         for ((_, start, n), (_, _, data)) in layout.iter().zip(&params) {
             host[*start..start + n].copy_from_slice(data);

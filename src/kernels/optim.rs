@@ -99,8 +99,10 @@ pub fn adam(gpu: &Gpu, cfg: &Adam, param: &Buffer, grad: &Buffer, m: &Buffer, v:
     let n = check_arena(&name, param, &[("gradient", grad), ("exp_avg m", m), ("exp_avg_sq v", v)], step)?;
     let p = Params { lr, beta1, beta2, eps, weight_decay, n: n as u32, ..Default::default() };
     let bindings = [(1, param), (2, grad), (3, m), (4, v), (5, step)];
+    let vec4 = n % 4 == 0 && bindings[..4].iter().all(|(_, b)| b.offset % 16 == 0);
+    let (k, invocations) = if vec4 { (kernel("adam4"), n / 4) } else { (k, n) };
     // Reads p, g, m, v; writes p, m, v. About 16 flops with the sqrt and two divisions.
-    let update = gpu.dispatch(k, "", &p, &bindings, workgroups_1d(n, WG), Cost::elementwise(n, 16, 4, 3))?;
+    let update = gpu.dispatch(k, "", &p, &bindings, workgroups_1d(invocations, WG), Cost::elementwise(n, 16, 4, 3))?;
     Ok(vec![advance(gpu, "adam", beta1, beta2, step)?, update])
 }
 
@@ -138,7 +140,7 @@ pub fn sgd(gpu: &Gpu, cfg: &Sgd, param: &Buffer, grad: &Buffer, momentum_buffer:
 /// Rewrites the learning rate of a recorded `adam` or `sgd` update; takes effect at the next
 /// submit.
 pub fn set_lr(gpu: &Gpu, update: &Dispatch, lr: f32) -> Result<()> {
-    if update.kernel != kernel("adam") && update.kernel != kernel("sgd") {
+    if ![kernel("adam"), kernel("adam4"), kernel("sgd")].contains(&update.kernel) {
         bail!(Invalid, "set_lr: {} is not an optimizer update", update.name());
     }
     if !non_negative(lr) {

@@ -3,7 +3,8 @@ use kiln::gpu::Buffer;
 use kiln::kernels::optim::{self, Adam, Sgd};
 use kiln::reference::optim as reference;
 
-// 1, a non-multiple of the 256 workgroup, and more than 65,535 workgroups.
+// 1, a non-multiple of the 256 workgroup, and more than 65,535 workgroups; Adam runs its
+// vec4 kernel on 1000 and the scalar one on the others.
 const SIZES: [usize; 3] = [1, 1000, 65_535 * 256 + 5];
 
 /// Five steps with a fresh gradient each; two at the huge size, which is there for the
@@ -37,6 +38,7 @@ fn check_adam(h: Adam, n: usize, seed: u64) {
     let p0 = rand(seed, n);
     let (p, g, m, v, step) = (upload("p", &p0), zeros("g", n), zeros("m", n), zeros("v", n), step_buffer());
     let program = optim::adam(gpu, &h, &p, &g, &m, &v, &step).unwrap();
+    assert_eq!(program[1].kernel.entry, if n % 4 == 0 { "adam4" } else { "adam" }, "n={n}");
     let mut cpu_h = reference_adam(&h);
     let (mut want, mut state) = (f64s(&p0), reference::AdamState::new(n));
     for s in 0..steps(n) {
@@ -86,6 +88,10 @@ fn adam_matches_reference_over_several_steps() {
             check_adam(decayed, n, s as u64 + 10);
         }
     }
+    // vec4 over several workgroups and a partial one, and over fewer vec4s than one
+    // workgroup. (Its grid cannot pass 65,535 workgroups within a 128 MiB binding.)
+    check_adam(Adam { lr: 0.01, ..Adam::default() }, 4 * (256 * 3 + 5), 7);
+    check_adam(Adam { lr: 0.01, weight_decay: 0.1, ..Adam::default() }, 12, 8);
 }
 
 #[test]
