@@ -15,7 +15,8 @@ pub enum MatmulVariant {
     Auto,
     /// One output per invocation: the readable oracle.
     Simple,
-    /// 16×16 outputs per invocation from registers, no workgroup memory: best on CPU adapters.
+    /// 16×16 outputs per invocation from registers, no workgroup memory: best on CPU adapters
+    /// without subgroups of 8 (llvmpipe-GL).
     Blocked,
     /// 64×64 tiles through workgroup memory (8 KiB, 256 invocations: within every adapter's
     /// limits): best on real GPUs.
@@ -177,7 +178,6 @@ fn windows_apply(gpu: &Gpu) -> bool {
 /// `kc` steps), then one `product` dispatch per block and chunk; chunks after the first add
 /// to C. `None` where the kernel does not apply (no subgroups of 8 or windows, an empty
 /// product, windows over the binding limit), for the caller to fall back on.
-#[allow(clippy::too_many_arguments)]
 fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Option<Vec<Dispatch>>> {
     let (m, n, k) = (shape.m, shape.n, shape.k);
     if !windows_apply(gpu) || m == 0 || n == 0 || k == 0 {
