@@ -183,8 +183,10 @@ fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bia
     if !windows_apply(gpu) || m == 0 || n == 0 || k == 0 {
         return Ok(None);
     }
-    let kc = k.next_multiple_of(SG).min(MAX_CHUNK);
-    let (blocks, chunks) = (m.div_ceil(WINDOW_ROWS), k.div_ceil(kc));
+    // Chunks of equal length (a multiple of 8, at most MAX_CHUNK), so that k just past a
+    // chunk does not leave a nearly empty last one with windows as large as the others.
+    let (blocks, chunks) = (m.div_ceil(WINDOW_ROWS), k.div_ceil(MAX_CHUNK));
+    let kc = k.div_ceil(chunks).next_multiple_of(SG);
     // Per product invocation: batches of 8 steps and their inner loops, and the stores.
     if kc / SG * (SG + 1) + WINDOW_COLS * (SG + 1) > LOOP_BUDGET {
         return Ok(None);

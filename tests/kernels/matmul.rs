@@ -106,7 +106,7 @@ fn windowed_matmul_runs_the_window_kernels_where_auto_picks_them() {
 fn windowed_matmul_sums_chunks_of_long_k_with_bias_and_accumulation() {
     let _turn = one_at_a_time();
     let gpu = gpu();
-    // Three chunks of k (2048, 2048, 37), two row blocks (64 + 6), three column groups (16,
+    // Three chunks of k (1384, 1384, 1365), two row blocks (64 + 6), three column groups (16,
     // 16, 5).
     let (m, n, k) = (70, 37, 2 * 2048 + 37);
     let (a, b, bias, c0) = (rand(31, m * k), rand(32, k * n), rand(33, n), rand(34, m * n));
