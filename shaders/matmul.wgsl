@@ -3,13 +3,15 @@
 // op(B)[k,j] = b[k*sb_k + j*sb_j], so one kernel covers Linear forward (x·Wᵀ), dX = dY·W and
 // dW = dYᵀ·X without copies.
 //
-// Three variants of the same product, picked per adapter by the launcher:
+// Three variants of the same product here, picked per adapter by the launcher:
 //   simple  — one output per invocation: the readable oracle.
 //   blocked — 16×16 outputs per invocation from registers, no workgroup memory: fastest on
 //             CPU adapters (lavapipe, llvmpipe), where barriers and shared memory cost more
 //             than they save.
 //   tiled   — 64×64 tiles staged through workgroup memory, 4×4 outputs per invocation: the
 //             GPU kernel.
+// A fourth, `windowed`, lives in matmul_window.wgsl: op(A) in uniform-buffer windows and op(B)
+// shuffled round a subgroup of 8, for CPU adapters with subgroups (lavapipe), 2-3× blocked.
 // Every grid is a flat list of output tiles folded into y past 65,535 workgroups.
 //
 // column_sum is the bias gradient of Linear: db[j] (+)= Σ_i dy[i, j].

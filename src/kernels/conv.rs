@@ -8,6 +8,8 @@
 
 mod window;
 
+pub(crate) use window::{has_subgroups_of_8, has_windows, WINDOW};
+
 use super::check_len;
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{Error, Result};
@@ -356,7 +358,7 @@ const BLOCK: usize = 8;
 /// llvmpipe (lavapipe, and GL on Mesa) stops an invocation's loops after 65,535 iterations
 /// counted over all of them, without an error. No invocation here may come near that:
 /// forward and data-gradient shapes beyond it are refused, long sums are split into slices.
-const LOOP_BUDGET: usize = 60_000;
+pub(crate) const LOOP_BUDGET: usize = 60_000;
 /// Most iterations of one slice of a split sum, with room for the loops around it.
 const SLICE_ITERATIONS: usize = 48_000;
 /// Invocations worth having in flight: weight-gradient sums are split further (down to

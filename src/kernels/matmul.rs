@@ -1,7 +1,9 @@
-//! shaders/matmul.wgsl: GEMM with transpose flags, fused bias and accumulation, in three
-//! variants chosen per adapter; and the Linear layer's forward and backward built on it.
+//! shaders/matmul.wgsl and matmul_window.wgsl: GEMM with transpose flags, fused bias and
+//! accumulation, in four variants chosen per adapter; and the Linear layer's forward and
+//! backward built on it.
 
 use super::check_len;
+use super::conv::{has_subgroups_of_8, has_windows, LOOP_BUDGET, WINDOW};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::Result;
 
@@ -13,21 +15,30 @@ pub enum MatmulVariant {
     Auto,
     /// One output per invocation: the readable oracle.
     Simple,
-    /// 16×16 outputs per invocation from registers, no workgroup memory: best on CPU adapters.
+    /// 16×16 outputs per invocation from registers, no workgroup memory: best on CPU adapters
+    /// without subgroups of 8 (llvmpipe-GL).
     Blocked,
     /// 64×64 tiles through workgroup memory (8 KiB, 256 invocations: within every adapter's
     /// limits): best on real GPUs.
     Tiled,
+    /// shaders/matmul_window.wgsl: op(A) copied into 64 KiB uniform-buffer windows, op(B)
+    /// handed round a subgroup of 8 by shuffles; a copy and one dispatch per 64 rows and
+    /// 2048 steps of k. Best on CPU adapters with subgroups of 8 (lavapipe); where those or the
+    /// windows are missing it runs as `Blocked`.
+    Windowed,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Tiled];
+    pub const ALL: [MatmulVariant; 4] = [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Tiled, MatmulVariant::Windowed];
 
     /// The concrete variant for `gpu`: on CPU adapters workgroup memory and barriers cost more
     /// than they save (lavapipe on 2 busy cores, 1024²: 1.5 GFLOP/s blocked, 0.22 tiled, 0.07
-    /// simple), on GPUs the opposite.
+    /// simple), on GPUs the opposite; where subgroups of 8 and uniform windows exist, storage
+    /// loads are what a CPU adapter spends its time on, and the windowed kernel avoids most
+    /// (docs/BENCHMARKS.md).
     pub fn resolve(self, gpu: &Gpu) -> MatmulVariant {
         match self {
+            MatmulVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu && windows_apply(gpu) => MatmulVariant::Windowed,
             MatmulVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => MatmulVariant::Blocked,
             MatmulVariant::Auto => MatmulVariant::Tiled,
             v => v,
@@ -63,6 +74,21 @@ struct Params {
     accumulate: u32,
 }
 
+/// Field order and types match `Params` in shaders/matmul_window.wgsl: matmul.wgsl's, then
+/// one product dispatch's row block and chunk, then the windows' layout for `pack`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct WindowParams {
+    base: Params,
+    row0: u32,
+    k0: u32,
+    steps: u32,
+    kc: u32,
+    stride: u32,
+    chunks: u32,
+    tasks: u32,
+}
+
 // Grid geometry, as in the shader: invocations per workgroup and the square of C each
 // invocation (BLOCK) or workgroup (TILE, COLUMN_SUM_COLS columns) computes.
 const SIMPLE_WG: u32 = 64;
@@ -70,6 +96,12 @@ const BLOCKED_WG: u32 = 8;
 const BLOCK: usize = 16;
 const TILE: usize = 64;
 const COLUMN_SUM_COLS: u32 = 16;
+// Windowed: rows per product dispatch (8 windows, 8 rows per lane), columns per workgroup,
+// lanes per workgroup, and the most steps of k one chunk of windows holds.
+const WINDOW_ROWS: usize = 64;
+const WINDOW_COLS: usize = 16;
+const SG: usize = 8;
+const MAX_CHUNK: usize = WINDOW / SG;
 
 impl Matmul {
     fn describe(&self) -> String {
@@ -95,8 +127,9 @@ fn u32_dim(what: &str, name: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| crate::Error::Shape(format!("{what}: {name}={v} is over 2³²")))
 }
 
-/// C = op(A)·op(B) (+ bias[n] on every row) (+ C when `shape.accumulate`).
-pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Dispatch> {
+/// C = op(A)·op(B) (+ bias[n] on every row) (+ C when `shape.accumulate`). One dispatch, or
+/// with `MatmulVariant::Windowed` a copy of op(A) into windows and one per row block and chunk.
+pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Vec<Dispatch>> {
     let what = shape.describe();
     let (sa, sb) = shape.shapes();
     let (m, n, k) = (u32_dim(&what, "m", shape.m)?, u32_dim(&what, "n", shape.n)?, u32_dim(&what, "k", shape.k)?);
@@ -119,14 +152,87 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
         has_bias: u32::from(bias.is_some()),
         accumulate: u32::from(shape.accumulate),
     };
-    let (entry, grid) = match shape.variant.resolve(gpu) {
+    let variant = shape.variant.resolve(gpu);
+    if variant == MatmulVariant::Windowed {
+        if let Some(d) = windowed(gpu, shape, params, a, b, bias, c)? {
+            return Ok(d);
+        }
+    }
+    let (entry, grid) = match variant {
         MatmulVariant::Simple => ("simple", workgroups_1d(shape.m * shape.n, SIMPLE_WG)),
-        MatmulVariant::Blocked => ("blocked", workgroups_1d(shape.m.div_ceil(BLOCK) * shape.n.div_ceil(BLOCK), BLOCKED_WG)),
+        MatmulVariant::Blocked | MatmulVariant::Windowed => ("blocked", workgroups_1d(shape.m.div_ceil(BLOCK) * shape.n.div_ceil(BLOCK), BLOCKED_WG)),
         MatmulVariant::Tiled | MatmulVariant::Auto => ("tiled", workgroups_1d(shape.m.div_ceil(TILE) * shape.n.div_ceil(TILE), 1)),
     };
     let kernel = KernelId { shader: "matmul", entry };
     let bindings = [(1, a), (2, b), (3, bias.unwrap_or(&gpu.dummy)), (4, c)];
-    gpu.dispatch(kernel, "", &params, &bindings, grid, shape.cost(bias.is_some()))
+    Ok(vec![gpu.dispatch(kernel, "", &params, &bindings, grid, shape.cost(bias.is_some()))?])
+}
+
+/// Whether `gpu` can run matmul_window.wgsl at all: subgroups of exactly 8, and the 8 windows
+/// plus params as uniform bindings.
+fn windows_apply(gpu: &Gpu) -> bool {
+    has_subgroups_of_8(gpu) && has_windows(gpu, SG as u32 + 1)
+}
+
+/// The windowed product: `pack` copies op(A) into 8 windows per (block of 64 rows, chunk of
+/// `kc` steps), then one `product` dispatch per block and chunk; chunks after the first add
+/// to C. `None` where the kernel does not apply (no subgroups of 8 or windows, an empty
+/// product, windows over the binding limit), for the caller to fall back on.
+fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Option<Vec<Dispatch>>> {
+    let (m, n, k) = (shape.m, shape.n, shape.k);
+    if !windows_apply(gpu) || m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    // Chunks of equal length (a multiple of 8, at most MAX_CHUNK), so that k just past a
+    // chunk does not leave a nearly empty last one with windows as large as the others.
+    let (blocks, chunks) = (m.div_ceil(WINDOW_ROWS), k.div_ceil(MAX_CHUNK));
+    let kc = k.div_ceil(chunks).next_multiple_of(SG);
+    // Per product invocation: batches of 8 steps and their inner loops, and the stores.
+    if kc / SG * (SG + 1) + WINDOW_COLS * (SG + 1) > LOOP_BUDGET {
+        return Ok(None);
+    }
+    let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
+    let stride = (kc * SG).next_multiple_of(align);
+    let windows = blocks * chunks * SG;
+    let total = (windows - 1) * stride + WINDOW;
+    let tasks = windows * kc * SG;
+    if total as u64 * 4 > gpu.max_binding_bytes() || tasks > u32::MAX as usize {
+        return Ok(None);
+    }
+    let u = |v: usize| v as u32;
+    let params = |row0: usize, k0: usize, steps: usize, first: bool| WindowParams {
+        base: Params { has_bias: base.has_bias * u32::from(first), accumulate: if first { base.accumulate } else { 1 }, ..base },
+        row0: u(row0),
+        k0: u(k0),
+        steps: u(steps),
+        kc: u(kc),
+        stride: u(stride),
+        chunks: u(chunks),
+        tasks: u(tasks),
+    };
+    let kernel = |entry| KernelId { shader: "matmul_window", entry };
+    let buffer = gpu.zeros("matmul windows", total)?;
+    let pack_cost = Cost { flops: 0, bytes: 4 * (m * k + tasks) as u64 };
+    let mut dispatches = vec![gpu.dispatch(kernel("pack"), "", &params(0, 0, 0, true), &[(1, a), (3, &buffer)], workgroups_1d(tasks, 64), pack_cost)?];
+    let bias = bias.unwrap_or(&gpu.dummy);
+    for block in 0..blocks {
+        let rows = (m - block * WINDOW_ROWS).min(WINDOW_ROWS);
+        for chunk in 0..chunks {
+            let steps = (k - chunk * kc).min(kc);
+            let first = (block * chunks + chunk) * SG;
+            let views: Vec<Buffer> = (0..SG).map(|s| buffer.view("matmul window", (first + s) * stride, WINDOW)).collect::<Result<_>>()?;
+            let mut bindings = vec![(1, b), (2, bias), (3, c)];
+            bindings.extend(views.iter().enumerate().map(|(s, v)| (4 + s as u32, v)));
+            let p = params(block * WINDOW_ROWS, chunk * kc, steps, chunk == 0);
+            let extra = u64::from(p.base.has_bias) + u64::from(p.base.accumulate);
+            let cost = Cost {
+                flops: (2 * rows * n * steps) as u64 + extra * (rows * n) as u64,
+                bytes: 4 * (rows * steps + steps * n + rows * n * (1 + p.base.accumulate as usize)) as u64,
+            };
+            dispatches.push(gpu.dispatch(kernel("product"), "", &p, &bindings, workgroups_1d(n.div_ceil(WINDOW_COLS), 1), cost)?);
+        }
+    }
+    Ok(Some(dispatches))
 }
 
 /// A Linear layer over `rows` inputs: x [rows, in_features], weight [out_features, in_features]
@@ -158,7 +264,7 @@ impl Linear {
 }
 
 /// y = x·Wᵀ + b
-pub fn linear_forward(gpu: &Gpu, shape: &Linear, x: &Buffer, w: &Buffer, b: Option<&Buffer>, y: &Buffer) -> Result<Dispatch> {
+pub fn linear_forward(gpu: &Gpu, shape: &Linear, x: &Buffer, w: &Buffer, b: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
     let (r, i, o) = (shape.rows, shape.in_features, shape.out_features);
     shape.check("forward", &[("x", x, &[r, i]), ("weight", w, &[o, i]), ("y", y, &[r, o])])?;
     if let Some(b) = b {
@@ -168,14 +274,14 @@ pub fn linear_forward(gpu: &Gpu, shape: &Linear, x: &Buffer, w: &Buffer, b: Opti
 }
 
 /// dX = dY·W
-pub fn linear_backward_input(gpu: &Gpu, shape: &Linear, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Dispatch> {
+pub fn linear_backward_input(gpu: &Gpu, shape: &Linear, dy: &Buffer, w: &Buffer, dx: &Buffer) -> Result<Vec<Dispatch>> {
     let (r, i, o) = (shape.rows, shape.in_features, shape.out_features);
     shape.check("backward_input", &[("dy", dy, &[r, o]), ("weight", w, &[o, i]), ("dx", dx, &[r, i])])?;
     matmul(gpu, &shape.product(r, i, o), dy, w, None, dx)
 }
 
 /// dW (+)= dYᵀ·X
-pub fn linear_backward_weight(gpu: &Gpu, shape: &Linear, dy: &Buffer, x: &Buffer, dw: &Buffer, accumulate: bool) -> Result<Dispatch> {
+pub fn linear_backward_weight(gpu: &Gpu, shape: &Linear, dy: &Buffer, x: &Buffer, dw: &Buffer, accumulate: bool) -> Result<Vec<Dispatch>> {
     let (r, i, o) = (shape.rows, shape.in_features, shape.out_features);
     shape.check("backward_weight", &[("dy", dy, &[r, o]), ("x", x, &[r, i]), ("dweight", dw, &[o, i])])?;
     matmul(gpu, &Matmul { trans_a: true, accumulate, ..shape.product(o, i, r) }, dy, x, None, dw)

@@ -25,7 +25,7 @@ fn gpu_matmul(shape: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c0: Op
         Some(c0) => upload("c", c0),
         None => zeros("c", shape.m * shape.n),
     };
-    gpu.run(&[matmul::matmul(gpu, shape, &ab, &bb, biasb.as_ref(), &cb).unwrap()]).unwrap();
+    gpu.run(&matmul::matmul(gpu, shape, &ab, &bb, biasb.as_ref(), &cb).unwrap()).unwrap();
     read(&cb)
 }
 
@@ -67,6 +67,66 @@ fn tiled_matmul_matches_reference_for_all_transposes_and_odd_shapes() {
 }
 
 #[test]
+fn windowed_matmul_matches_reference_for_all_transposes_and_odd_shapes() {
+    matches_reference(MatmulVariant::Windowed);
+}
+
+/// Whether this adapter runs matmul_window.wgsl: CPU adapters with subgroups of exactly 8
+/// (lavapipe); elsewhere `Windowed` runs as `Blocked`.
+fn runs_windows() -> bool {
+    let gpu = gpu();
+    gpu.info.device_type == wgpu::DeviceType::Cpu
+        && gpu.has(wgpu::Features::SUBGROUP)
+        && gpu.info.subgroup_min_size == 8
+        && gpu.info.subgroup_max_size == 8
+}
+
+#[test]
+fn windowed_matmul_runs_the_window_kernels_where_auto_picks_them() {
+    let gpu = gpu();
+    let (m, n, k) = (70, 37, 19);
+    let (a, b, c) = (zeros("a", m * k), zeros("b", k * n), zeros("c", m * n));
+    let kernels = |variant| -> Vec<String> {
+        let shape = Matmul { m, n, k, variant, ..Default::default() };
+        matmul::matmul(gpu, &shape, &a, &b, None, &c).unwrap().iter().map(|d| d.kernel.to_string()).collect()
+    };
+    let want: Vec<String> = if runs_windows() {
+        // Two row blocks of one chunk each.
+        ["matmul_window.pack", "matmul_window.product", "matmul_window.product"].map(String::from).to_vec()
+    } else {
+        vec!["matmul.blocked".to_string()]
+    };
+    assert_eq!(kernels(MatmulVariant::Windowed), want);
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        assert_eq!(kernels(MatmulVariant::Auto), want, "Auto on a CPU adapter");
+    }
+}
+
+#[test]
+fn windowed_matmul_sums_chunks_of_long_k_with_bias_and_accumulation() {
+    let _turn = one_at_a_time();
+    let gpu = gpu();
+    // Three chunks of k (1384, 1384, 1365), two row blocks (64 + 6), three column groups (16,
+    // 16, 5).
+    let (m, n, k) = (70, 37, 2 * 2048 + 37);
+    let (a, b, bias, c0) = (rand(31, m * k), rand(32, k * n), rand(33, n), rand(34, m * n));
+    for (trans_a, trans_b) in [(false, true), (true, false)] {
+        for accumulate in [false, true] {
+            let shape = Matmul { m, n, k, trans_a, trans_b, accumulate, variant: MatmulVariant::Windowed };
+            let (ab, bb, biasb, cb) = (upload("a", &a), upload("b", &b), upload("bias", &bias), upload("c", &c0));
+            let dispatches = matmul::matmul(gpu, &shape, &ab, &bb, Some(&biasb), &cb).unwrap();
+            if runs_windows() {
+                assert_eq!(dispatches.len(), 1 + 2 * 3, "pack + 2 row blocks x 3 chunks");
+            }
+            gpu.run(&dispatches).unwrap();
+            let product = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, trans_a, trans_b);
+            let want: Vec<f64> = product.iter().zip(&c0).map(|(p, &c)| if accumulate { p + c as f64 } else { *p }).collect();
+            assert_close(&format!("{} accumulate={accumulate}", label(&shape, true)), &read(&cb), &want, 1e-4);
+        }
+    }
+}
+
+#[test]
 fn matmul_accumulates_into_existing_output() {
     let _turn = one_at_a_time();
     let (m, n, k) = (33, 65, 17);
@@ -87,23 +147,29 @@ fn matmul_grids_fold_past_65535_workgroups() {
     let _turn = one_at_a_time();
     let gpu = gpu();
     // One column, so each variant needs just past 65,535 workgroups' worth of rows: 64 per
-    // simple workgroup, 8 blocks of 16 per blocked workgroup, 64 per tile.
-    let mut cases = vec![(MatmulVariant::Simple, 4_200_000), (MatmulVariant::Blocked, 8_400_000)];
+    // simple workgroup, 8 blocks of 16 per blocked workgroup, 64 per tile. The windowed
+    // product's grid runs over columns, 16 per workgroup: one row; its `pack` (the first
+    // dispatch) writes 64 window elements per workgroup: 64 row blocks x 1032 steps x 64.
+    let mut cases = vec![(MatmulVariant::Simple, 4_200_000, 1, 1), (MatmulVariant::Blocked, 8_400_000, 1, 1)];
     // On a CPU adapter the tiled case runs 16.8M mostly idle invocations (~13 s on lavapipe);
     // its fold is the same `flat_group` line as the other two.
     if gpu.info.device_type != wgpu::DeviceType::Cpu {
-        cases.push((MatmulVariant::Tiled, 4_200_000));
+        cases.push((MatmulVariant::Tiled, 4_200_000, 1, 1));
     }
-    for (variant, m) in cases {
-        let (n, k) = (1, 1);
-        let (a, b, bias) = (rand(5, m), vec![-1.5f32], vec![0.25f32]);
+    if runs_windows() {
+        cases.push((MatmulVariant::Windowed, 1, 1_050_000, 1));
+        cases.push((MatmulVariant::Windowed, 4096, 1, 1032));
+    }
+    for (variant, m, n, k) in cases {
+        let (a, b, bias) = (rand(5, m * k), rand(6, k * n), rand(7, n));
         let shape = Matmul { m, n, k, variant, ..Default::default() };
-        let (ab, bb, biasb, cb) = (upload("a", &a), upload("b", &b), upload("bias", &bias), zeros("c", m));
+        let (ab, bb, biasb, cb) = (upload("a", &a), upload("b", &b), upload("bias", &bias), zeros("c", m * n));
         let d = matmul::matmul(gpu, &shape, &ab, &bb, Some(&biasb), &cb).unwrap();
-        assert!(d.workgroups[1] > 1, "{variant:?} m={m}: grid {:?} is not folded", d.workgroups);
-        gpu.run(&[d]).unwrap();
+        let folded = if n == 1 && variant == MatmulVariant::Windowed { &d[0] } else { d.last().expect("a dispatch") };
+        assert!(folded.workgroups[1] > 1, "{variant:?} m={m} n={n} k={k}: grid {:?} of {} is not folded", folded.workgroups, folded.kernel);
+        gpu.run(&d).unwrap();
         let want = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, false, false);
-        assert_close(&label(&shape, true), &read(&cb), &want, 1e-6);
+        assert_close(&label(&shape, true), &read(&cb), &want, if k == 1 { 1e-6 } else { 1e-5 });
     }
 }
 
@@ -158,13 +224,11 @@ fn linear_forward_and_backward_match_reference() {
         let (x, w, b, dy) = (upload("x", &case.x), upload("w", &case.w), upload("b", &case.b), upload("dy", &case.dy));
         let (y, dx, dw, db) = (zeros("y", rows * o), zeros("dx", rows * i), zeros("dw", o * i), zeros("db", o));
         let s = &case.shape;
-        gpu.run(&[
-            matmul::linear_forward(gpu, s, &x, &w, Some(&b), &y).unwrap(),
-            matmul::linear_backward_input(gpu, s, &dy, &w, &dx).unwrap(),
-            matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, false).unwrap(),
-            matmul::linear_backward_bias(gpu, s, &dy, &db, false).unwrap(),
-        ])
-        .unwrap();
+        let mut dispatches = matmul::linear_forward(gpu, s, &x, &w, Some(&b), &y).unwrap();
+        dispatches.extend(matmul::linear_backward_input(gpu, s, &dy, &w, &dx).unwrap());
+        dispatches.extend(matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, false).unwrap());
+        dispatches.push(matmul::linear_backward_bias(gpu, s, &dy, &db, false).unwrap());
+        gpu.run(&dispatches).unwrap();
         let (x64, w64, b64, dy64) = (f64s(&case.x), f64s(&case.w), f64s(&case.b), f64s(&case.dy));
         let want_y = reference::linear_forward(&x64, &w64, Some(&b64), rows, i, o);
         let (want_dx, want_dw, want_db) = reference::linear_backward(&x64, &w64, &dy64, rows, i, o);
@@ -174,11 +238,9 @@ fn linear_forward_and_backward_match_reference() {
         assert_close(&format!("{variant:?} linear db"), &read(&db), &want_db, 1e-4);
 
         // A second backward with accumulation doubles the parameter gradients.
-        gpu.run(&[
-            matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, true).unwrap(),
-            matmul::linear_backward_bias(gpu, s, &dy, &db, true).unwrap(),
-        ])
-        .unwrap();
+        let mut dispatches = matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, true).unwrap();
+        dispatches.push(matmul::linear_backward_bias(gpu, s, &dy, &db, true).unwrap());
+        gpu.run(&dispatches).unwrap();
         let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
         assert_close(&format!("{variant:?} linear dw accumulated"), &read(&dw), &twice(&want_dw), 1e-4);
         assert_close(&format!("{variant:?} linear db accumulated"), &read(&db), &twice(&want_db), 1e-4);

@@ -39,7 +39,7 @@ impl Op for Matmul {
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let (m, n, kk) = self.dims(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
         let shape = k::Matmul { m, n, k: kk, trans_a: self.trans_a, trans_b: self.trans_b, ..Default::default() };
-        Ok(vec![k::matmul(gpu, &shape, io.inputs[0], io.inputs[1], None, io.outputs[0])?])
+        k::matmul(gpu, &shape, io.inputs[0], io.inputs[1], None, io.outputs[0])
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let (m, n, kk) = self.dims(&x[0].0, &x[1].0).expect("checked at build");
@@ -94,7 +94,7 @@ impl Op for Linear {
     }
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let s = linear_shape(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
-        Ok(vec![k::linear_forward(gpu, &s, io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0])?])
+        k::linear_forward(gpu, &s, io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0])
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let s = linear_shape(&x[0].0, &x[1].0).expect("checked at build");
@@ -161,11 +161,11 @@ impl Op for LinearGrad {
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let s = self.shape(io.input_shapes[0], io.input_shapes.get(1).copied());
         let (i, y) = (&io.inputs, io.outputs[0]);
-        Ok(vec![match self {
-            LinearGrad::Input { .. } => k::linear_backward_input(gpu, &s, i[0], i[1], y)?,
-            LinearGrad::Weight => k::linear_backward_weight(gpu, &s, i[0], i[1], y, false)?,
-            LinearGrad::Bias => k::linear_backward_bias(gpu, &s, i[0], y, false)?,
-        }])
+        match self {
+            LinearGrad::Input { .. } => k::linear_backward_input(gpu, &s, i[0], i[1], y),
+            LinearGrad::Weight => k::linear_backward_weight(gpu, &s, i[0], i[1], y, false),
+            LinearGrad::Bias => Ok(vec![k::linear_backward_bias(gpu, &s, i[0], y, false)?]),
+        }
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let s = self.shape(&x[0].0, x.get(1).map(|v| v.0.as_slice()));

@@ -10,7 +10,7 @@ use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::Result;
 
 /// f32s in a window: 64 KiB, the uniform-buffer binding size these kernels need.
-const WINDOW: usize = 16_384;
+pub(crate) const WINDOW: usize = 16_384;
 /// Sample windows bound by one forward or data-gradient dispatch (`v0`..`v7`).
 const SAMPLES: usize = 8;
 /// Samples per weight-gradient dispatch: 7 x windows and 7 dy windows.
@@ -101,12 +101,12 @@ fn subgroup_kernel(entry: &'static str) -> KernelId {
 }
 
 /// Whether a dispatch may bind `count` 64 KiB uniform buffers (params included).
-fn has_windows(gpu: &Gpu, count: u32) -> bool {
+pub(crate) fn has_windows(gpu: &Gpu, count: u32) -> bool {
     gpu.limits.max_uniform_buffers_per_shader_stage >= count && gpu.limits.max_uniform_buffer_binding_size as usize >= WINDOW * 4
 }
 
 /// The subgroup kernels hand weights between the 8 lanes of a workgroup.
-fn has_subgroups_of_8(gpu: &Gpu) -> bool {
+pub(crate) fn has_subgroups_of_8(gpu: &Gpu) -> bool {
     gpu.has(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == SG as u32 && gpu.info.subgroup_max_size == SG as u32
 }
 
