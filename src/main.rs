@@ -170,7 +170,7 @@ struct TrainArgs {
     /// GAN: the discriminator's learning rate
     #[arg(long)]
     lr_d: Option<f32>,
-    /// GAN: paper (N(0,0.02) init, Adam 2e-4 beta1 0.5) or seed (the TensorFlow tutorial exactly)
+    /// GAN: paper (N(0,0.02) init, Adam 2e-4 beta1 0.5, D then G updated, as PyTorch's DCGAN) or seed (the TensorFlow tutorial exactly: default init, Adam 1e-4, both updated from one forward pass)
     #[arg(long, default_value = "paper")]
     recipe: String,
     /// GAN: one-sided label smoothing, the discriminator's target for real images

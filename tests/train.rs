@@ -178,6 +178,82 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `--recipe seed` is the TensorFlow tutorial's `train_step`: both networks' gradients from
+/// one forward pass, D's before its update reaching G. Checked against that step written out
+/// as two programs over one store (D's gradients; then G's through the same, not yet updated,
+/// D with the same dropout masks), then both Adams, for three steps.
+#[test]
+fn the_seed_recipe_updates_both_networks_from_one_forward_pass() {
+    use kiln::graph::ops::{Add, Fill, Loss, LossKind, RandomFill};
+    use kiln::graph::{Graph, Program, Store, Tensor};
+    use kiln::kernels::loss::Reduction;
+    use kiln::models::dcgan::{self, LATENT};
+    use kiln::nn::{self, InitRng, Mode};
+    use kiln::optim::{Adam, Config, Optimizer};
+    use kiln::train::gan::{DROPOUT_FAKE, DROPOUT_REAL, NOISE};
+    let gpu = gpu();
+    let (b, seed, image) = (4, 2, ImageShape { channels: 1, size: 28 });
+    let data = GpuData::upload(gpu, &small_digits().train).unwrap();
+    let config = GanConfig { image, batch: b, recipe: Recipe::Seed, lr_g: None, lr_d: None, real_label: 1.0, seed };
+    let gan = Gan::new(gpu, config, &data).unwrap();
+
+    let (generator, discriminator) = (dcgan::generator(image).unwrap(), dcgan::discriminator(image).unwrap());
+    let mut store = Store::new();
+    let mut rng = InitRng::new(seed);
+    for (model, group) in [(&generator, "generator"), (&discriminator, "discriminator")] {
+        let (params, states) = model.init(&mut rng);
+        nn::register(gpu, &mut store, group, params, states).unwrap();
+    }
+    let noise = RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ NOISE, shape: vec![b, LATENT] };
+    let bce = |g: &mut Graph, logits: Tensor, label: f32| {
+        let target = g.apply1(Fill { value: label, shape: vec![b, 1] }, &[], "label").unwrap();
+        g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, target], "bce").unwrap()
+    };
+    let mut g = Graph::new();
+    let real = g.input("real", &[b, 1, 28, 28]);
+    let z = g.apply1(noise.clone(), &[], "z").unwrap();
+    let fake = generator.forward(&mut g, z, Mode::train(0)).unwrap();
+    let on_real = discriminator.forward(&mut g, real, Mode::train(seed ^ DROPOUT_REAL)).unwrap();
+    let on_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE)).unwrap();
+    let (l_real, l_fake) = (bce(&mut g, on_real, 1.0), bce(&mut g, on_fake, 0.0));
+    let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss").unwrap();
+    let grads = g.gradients(d_loss, &discriminator.params(&g)).unwrap();
+    let d_program = Program::compile(gpu, &g, &mut store, &[d_loss], &grads).unwrap();
+    let mut g = Graph::new();
+    let z = g.apply1(noise, &[], "z").unwrap();
+    let fake = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) }).unwrap();
+    let on_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE)).unwrap();
+    let g_loss = bce(&mut g, on_fake, 1.0);
+    let grads = g.gradients(g_loss, &generator.params(&g)).unwrap();
+    let g_program = Program::compile(gpu, &g, &mut store, &[g_loss], &grads).unwrap();
+    let gather = [data.gather(gpu, b, 2.0 / 255.0, -1.0, d_program.buffer(real)).unwrap()];
+    let adam = Config::Adam(Adam { lr: 1e-4, eps: 1e-7, ..Adam::default() });
+    let opt_d = Optimizer::new(gpu, &store, "discriminator", adam).unwrap();
+    let opt_g = Optimizer::new(gpu, &store, "generator", adam).unwrap();
+
+    assert_eq!(gan.step_dispatches().len(), 4, "gather, one program, two optimizers");
+    data.shuffle(gpu, seed, 0).unwrap();
+    for step in 0..3u64 {
+        gan.prepare(gpu, &data, step, step as usize).unwrap();
+        gpu.submit("seed recipe", &gan.step_dispatches(), None).unwrap();
+        data.select(gpu, &gather[0], b, step as usize);
+        d_program.set_step(gpu, step).unwrap();
+        g_program.set_step(gpu, step).unwrap();
+        gpu.submit("by hand", &[&gather, &d_program.dispatches, &g_program.dispatches, &opt_d.dispatches, &opt_g.dispatches], None).unwrap();
+        let losses = [gpu.read(&gan.logged[0]).unwrap()[0], gpu.read(&gan.logged[1]).unwrap()[0]];
+        let want = [gpu.read(d_program.buffer(d_loss)).unwrap()[0], gpu.read(g_program.buffer(g_loss)).unwrap()[0]];
+        eprintln!("step {step}: d_loss, g_loss {losses:?}, by hand {want:?}");
+        for (got, want) in losses.iter().zip(want) {
+            assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "step {step}: {losses:?} vs {want}");
+        }
+    }
+    for name in gan.store.param_names() {
+        let (got, want) = (gpu.read(&gan.store.param(name).unwrap().buffer).unwrap(), gpu.read(&store.param(name).unwrap().buffer).unwrap());
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{name} differs by {worst} after 3 steps");
+    }
+}
+
 // ---- Using checkpoints: kiln sample, eval, encode, decode (issue 4) ----
 
 /// Runs the kiln binary; returns (success, stdout, stderr).

@@ -1,5 +1,7 @@
-//! The GAN training step: a discriminator update and a generator update, recorded once and
-//! submitted together each step (gather, D program, D's Adam, G program, G's Adam).
+//! The GAN training step, recorded once and submitted whole each step. The paper recipe
+//! alternates as PyTorch's DCGAN does (gather, D program, D's Adam, G program through the
+//! updated D, G's Adam); the seed recipe updates both from one forward pass, as the TensorFlow
+//! tutorial's `train_step` does (gather, one program, D's Adam, G's Adam).
 
 use super::data::GpuData;
 use crate::gpu::{Dispatch, Gpu};
@@ -13,7 +15,8 @@ use crate::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recipe {
-    /// The TensorFlow tutorial exactly: framework-default init, Adam(1e-4) for both.
+    /// The TensorFlow tutorial exactly: framework-default init, Adam(1e-4) for both, and both
+    /// networks' gradients from one forward pass, applied together.
     Seed,
     /// The DCGAN paper: N(0, 0.02) weights, BN γ N(1, 0.02), Adam(2e-4, β1 = 0.5).
     Paper,
@@ -47,8 +50,8 @@ pub struct Gan {
     pub generator: Sequential,
     pub discriminator: Sequential,
     gather: Dispatch,
-    d_step: Program,
-    g_step: Program,
+    /// The paper recipe's D step and G step; the seed recipe's one program.
+    programs: Vec<Program>,
     pub opt_d: Optimizer,
     pub opt_g: Optimizer,
     /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit.
@@ -58,10 +61,11 @@ pub struct Gan {
 }
 
 /// Streams of the step's random numbers: noise, and the dropout of each discriminator pass.
-const NOISE: u64 = 1;
-const DROPOUT_REAL: u64 = 2;
-const DROPOUT_FAKE: u64 = 3;
-const DROPOUT_G_STEP: u64 = 4;
+/// XORed into the run's seed.
+pub const NOISE: u64 = 1;
+pub const DROPOUT_REAL: u64 = 2;
+pub const DROPOUT_FAKE: u64 = 3;
+pub const DROPOUT_G_STEP: u64 = 4;
 
 pub const SAMPLES: usize = 64;
 
@@ -102,21 +106,37 @@ impl Gan {
         let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss")?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
-        let d_grads = g.gradients(d_loss, &d_params)?;
-        let d_step = Program::compile(gpu, &g, &mut store, &[d_loss, m_real, m_fake], &d_grads)?;
-        let logged_d = [d_step.buffer(d_loss).clone(), d_step.buffer(m_real).clone(), d_step.buffer(m_fake).clone()];
-
-        // Generator step: the same z (same stream and step), through the updated D, → 1. The
-        // generator's batch statistics were counted in the D step, so not again here.
-        let mut g = Graph::new();
-        let z = g.apply1(noise.clone(), &[], "noise")?;
-        let fake = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) })?;
-        let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
-        let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
-        let g_loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")?;
-        let g_params = generator.params(&g);
-        let g_grads = g.gradients(g_loss, &g_params)?;
-        let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
+        let mut grads = g.gradients(d_loss, &d_params)?;
+        let generator_loss = |g: &mut Graph, d_fake| -> Result<Tensor> {
+            let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
+            g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")
+        };
+        let (programs, g_loss) = match config.recipe {
+            Recipe::Seed => {
+                // The tutorial's step: G's loss from the same D(G(z)), before either update.
+                let g_loss = generator_loss(&mut g, d_fake)?;
+                let g_params = generator.params(&g);
+                grads.extend(g.gradients(g_loss, &g_params)?);
+                let step = Program::compile(gpu, &g, &mut store, &[d_loss, g_loss, m_real, m_fake], &grads)?;
+                (vec![step], g_loss)
+            }
+            Recipe::Paper => {
+                let d_step = Program::compile(gpu, &g, &mut store, &[d_loss, m_real, m_fake], &grads)?;
+                // Generator step: the same z (same stream and step), through the updated D,
+                // → 1. The generator's batch statistics were counted in the D step, not again.
+                let mut g = Graph::new();
+                let z = g.apply1(noise.clone(), &[], "noise")?;
+                let fake = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) })?;
+                let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
+                let g_loss = generator_loss(&mut g, d_fake)?;
+                let g_params = generator.params(&g);
+                let g_grads = g.gradients(g_loss, &g_params)?;
+                let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
+                (vec![d_step, g_step], g_loss)
+            }
+        };
+        let (first, last) = (&programs[0], programs.last().expect("one program or two"));
+        let logged = vec![first.buffer(d_loss).clone(), last.buffer(g_loss).clone(), first.buffer(m_real).clone(), first.buffer(m_fake).clone()];
 
         // Samples from fixed noise. Batch norm normalises by the 64 samples' own statistics,
         // as PyTorch's DCGAN tutorial samples: the running averages (Keras' momentum 0.01) need
@@ -130,26 +150,29 @@ impl Gan {
         let gather = data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?;
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
-        let logged = vec![logged_d[0].clone(), g_step.buffer(g_loss).clone(), logged_d[1].clone(), logged_d[2].clone()];
-        Ok(Gan { config, store, generator, discriminator, gather, d_step, g_step, opt_d, opt_g, logged, sampler, sample_images })
+        Ok(Gan { config, store, generator, discriminator, gather, programs, opt_d, opt_g, logged, sampler, sample_images })
     }
 
-    /// Bytes of pooled intermediates, planned and naive, over both programs.
+    /// Bytes of pooled intermediates, planned and naive, over the step's programs.
     pub fn memory(&self) -> (u64, u64) {
-        (self.d_step.memory.planned + self.g_step.memory.planned, self.d_step.memory.naive + self.g_step.memory.naive)
+        self.programs.iter().fold((0, 0), |(planned, naive), p| (planned + p.memory.planned, naive + p.memory.naive))
     }
 
     /// Everything one training step submits, in order.
-    pub fn step_dispatches(&self) -> [&[Dispatch]; 5] {
-        [std::slice::from_ref(&self.gather), &self.d_step.dispatches, &self.opt_d.dispatches, &self.g_step.dispatches, &self.opt_g.dispatches]
+    pub fn step_dispatches(&self) -> Vec<&[Dispatch]> {
+        let gather = std::slice::from_ref(&self.gather);
+        match &self.programs[..] {
+            [d_step, g_step] => vec![gather, &d_step.dispatches, &self.opt_d.dispatches, &g_step.dispatches, &self.opt_g.dispatches],
+            [step] => vec![gather, &step.dispatches, &self.opt_d.dispatches, &self.opt_g.dispatches],
+            _ => unreachable!("a GAN step is one program or two"),
+        }
     }
 
     /// Points the recorded step at training step `step` (noise and dropout streams) and batch
     /// `batch_index` of the epoch's order.
     pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         data.select(gpu, &self.gather, self.config.batch, batch_index);
-        self.d_step.set_step(gpu, step)?;
-        self.g_step.set_step(gpu, step)
+        self.programs.iter().try_for_each(|p| p.set_step(gpu, step))
     }
 
     /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]).
@@ -177,7 +200,7 @@ impl super::run::Trainer for Gan {
         ["d_loss", "g_loss", "d_real", "d_fake"].into_iter().zip(self.logged.iter().cloned()).collect()
     }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
-        Gan::step_dispatches(self).to_vec()
+        Gan::step_dispatches(self)
     }
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         Gan::prepare(self, gpu, data, step, batch_index)
