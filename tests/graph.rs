@@ -91,16 +91,22 @@ fn steps_after_the_first_create_no_buffers_or_bind_groups() {
     assert_eq!(gpu.read(program.buffer(h)).unwrap(), vec![1.0; 1000]);
 }
 
-#[test]
-fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
-    let gpu = gpu();
+/// y = 2x over 3 elements, and a readback ring of `slots` for y. Returns x's buffer too.
+fn doubling_with_readback(gpu: &Gpu, slots: usize) -> (Program, kiln::gpu::Readback, kiln::gpu::Buffer) {
     let mut g = Graph::new();
     let x = g.input("x", &[3]);
     let y = g.apply1(kiln::graph::ops::Scale { alpha: 2.0 }, &[x], "double").unwrap();
     let mut store = Store::new();
     let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
-    let mut ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).clone()], 2).unwrap();
+    let ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).clone()], slots).unwrap();
     let x_buf = store.input_buffer("x").unwrap().buffer.clone();
+    (program, ring, x_buf)
+}
+
+#[test]
+fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
+    let gpu = gpu();
+    let (program, mut ring, x_buf) = doubling_with_readback(gpu, 2);
     let mut seen = Vec::new();
     for step in 0..6u64 {
         gpu.write(&x_buf, &[step as f32, 1.0, -1.0]).unwrap();
@@ -120,12 +126,7 @@ fn losses_come_back_through_the_readback_ring_without_waiting_each_step() {
 #[test]
 fn a_waited_collect_returns_every_request_while_another_thread_polls_the_device() {
     let gpu = gpu();
-    let mut g = Graph::new();
-    let x = g.input("x", &[3]);
-    let y = g.apply1(kiln::graph::ops::Scale { alpha: 2.0 }, &[x], "double").unwrap();
-    let mut store = Store::new();
-    let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
-    let mut ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).clone()], 4).unwrap();
+    let (program, mut ring, _) = doubling_with_readback(gpu, 4);
     common::with_another_thread_polling(gpu, || {
         for round in 0..500u64 {
             // Never more requests than slots, so none is skipped and all four must come back.
