@@ -136,19 +136,30 @@ fn load16(o: array<vec4<u32>, 4>, k: u32) -> array<vec4<f32>, 4> {
         vec4<f32>(src[o[3].x + k], src[o[3].y + k], src[o[3].z + k], src[o[3].w + k]));
 }
 
+// C[o] (+)= x where `ok`.
+fn put1(o: u32, ok: bool, x: f32) {
+    if (ok) {
+        var y = x;
+        if (p.accumulate != 0u) { y += dst[o]; }
+        dst[o] = y;
+    }
+}
+
 // C[row + s, j] (+)= acc[s] (+ bias[j]) for the lane's rows that exist, when column j does.
+// Unrolled: a loop would index the values through memory.
 fn put(j: u32, row: u32, acc: S8) {
     if (j >= p.n) { return; }
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[j]; }
-    let v = array<vec4<f32>, 2>(acc.a, acc.b);
-    let count = min(SG, p.m - min(row, p.m));
-    for (var s = 0u; s < count; s++) {
-        let o = (row + s) * p.n + j;
-        var x = v[s / 4u][s % 4u] + b;
-        if (p.accumulate != 0u) { x += dst[o]; }
-        dst[o] = x;
-    }
+    let o = row * p.n + j;
+    put1(o, row < p.m, acc.a.x + b);
+    put1(o + p.n, row + 1u < p.m, acc.a.y + b);
+    put1(o + 2u * p.n, row + 2u < p.m, acc.a.z + b);
+    put1(o + 3u * p.n, row + 3u < p.m, acc.a.w + b);
+    put1(o + 4u * p.n, row + 4u < p.m, acc.b.x + b);
+    put1(o + 5u * p.n, row + 5u < p.m, acc.b.y + b);
+    put1(o + 6u * p.n, row + 6u < p.m, acc.b.z + b);
+    put1(o + 7u * p.n, row + 7u < p.m, acc.b.w + b);
 }
 
 // The 16 columns' accumulators, updated for one step with op(B) values w (shuffled from
