@@ -23,8 +23,9 @@ pub enum MatmulVariant {
     Tiled,
     /// shaders/matmul_window.wgsl: op(A) copied into 64 KiB uniform-buffer windows, op(B)
     /// handed round a subgroup of 8 by shuffles; a copy and one dispatch per 128 rows and
-    /// 1024 steps of k (64 rows and 2048 steps where M pads less so). Best on CPU adapters with subgroups of 8 (lavapipe); where those or the
-    /// windows are missing it runs as `Blocked`.
+    /// 1024 steps of k (64 rows and 2048 steps where M pads less so). Best on CPU adapters
+    /// with subgroups of 8 (lavapipe); where those or the windows are missing it runs as
+    /// `Blocked`.
     Windowed,
 }
 
@@ -177,8 +178,9 @@ fn windows_apply(gpu: &Gpu) -> bool {
 /// Blocks of 128 rows (`pack16`/`product16`, 16 rows per lane: each op(B) value loaded from
 /// storage feeds twice the FMAs, 10-15% faster) unless they would pad M more than blocks of
 /// 64 do (`pack`/`product`): padded rows cost as much as real ones (M = 400: 512 rows
-/// against 448, and the 16-row kernel was no faster; docs/BENCHMARKS.md). `None` where the kernel does not apply (no subgroups of 8 or windows, an empty
-/// product, windows over the binding limit), for the caller to fall back on.
+/// against 448, and the 16-row kernel was no faster; docs/BENCHMARKS.md). `None` where the
+/// kernel does not apply (no subgroups of 8 or windows, an empty product, windows over the
+/// binding limit), for the caller to fall back on.
 fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Option<Vec<Dispatch>>> {
     let (m, n, k) = (shape.m, shape.n, shape.k);
     if !windows_apply(gpu) || m == 0 || n == 0 || k == 0 {
