@@ -10,11 +10,14 @@
 // - `pack` copies op(A) into 64 KiB uniform-buffer windows, 8 per (block of 64 rows, chunk of
 //   up to 2048 steps of k): window s holds op(A)[row0 + 8l + s, k0 + kk] at index kk*8 + l, so
 //   one load from each window gives lane l its 8 rows 8l..8l+7 at step kk (`gather`).
+//   `pack16`/`product16` do the same with 16 rows per lane (blocks of 128 rows, chunks of up
+//   to 1024 steps, two gathers per step), so each op(B) value loaded feeds twice the FMAs.
 // - op(B) is loaded from storage once per subgroup of 8: lane l loads step l of the next 8
 //   for 16 columns, and subgroupShuffle hands the values to every lane.
 // - 16 columns x 8 rows per lane accumulate in named struct fields (llvmpipe keeps those in
 //   registers; arrays indexed in loops go through memory).
-// One step costs 8 gathers, 16 shuffles, 2 storage loads and 128 FMAs per lane. A product
+// One step costs 8 gathers, 16 shuffles, 2 storage loads and 128 FMAs per lane (16 gathers
+// and 256 FMAs with 16 rows). A product
 // dispatch covers one row block and one k-chunk (about 2,300 loop iterations per invocation,
 // far below llvmpipe's 65,535); chunks after the first add to C.
 
@@ -62,25 +65,37 @@ const SG: u32 = 8u;
 const ROWS: u32 = 64u;
 const PACK_WG: u32 = 64u;
 
-// Element t of the windows, in window order (row block, chunk, s), each window kc*8 long and
-// `stride` apart; the padding between windows stays zero from allocation.
-@compute @workgroup_size(PACK_WG)
-fn pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = (wid.y * nwg.x + wid.x) * PACK_WG + lid.x;
+// Element t of the windows for r rows per lane (8 or 16), in window order (row block,
+// chunk, s), each window kc*r long and `stride` apart: window s holds row 8r*block + r*l +
+// 8h + s at index kk*r + (r/8)*l + h, h < r/8, so lane l's gathers at one step are adjacent.
+// The padding between windows stays zero from allocation.
+fn pack_rows(t: u32, r: u32) {
     if (t >= p.tasks) { return; }
-    let len = p.kc * SG;
+    let len = p.kc * r;
     let win = t / len;
     let e = t - win * len;
-    let kk = e / SG;
-    let l = e % SG;
+    let kk = e / r;
+    let q = e % r;
+    let l = q / (r / SG);
+    let h = q % (r / SG);
     let s = win % SG;
     let block = win / SG;
     let chunk = block % p.chunks;
-    let row = (block / p.chunks) * ROWS + l * SG + s;
+    let row = (block / p.chunks) * (SG * r) + l * r + h * SG + s;
     let k = chunk * p.kc + kk;
     var v = 0.0;
     if (row < p.m && k < p.k) { v = src[row * p.sa_i + k * p.sa_k]; }
     dst[win * p.stride + e] = v;
+}
+
+@compute @workgroup_size(PACK_WG)
+fn pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    pack_rows((wid.y * nwg.x + wid.x) * PACK_WG + lid.x, SG);
+}
+
+@compute @workgroup_size(PACK_WG)
+fn pack16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    pack_rows((wid.y * nwg.x + wid.x) * PACK_WG + lid.x, 2u * SG);
 }
 
 // One value for each of a lane's 8 rows.
@@ -89,7 +104,8 @@ struct S8 {
     b: vec4<f32>,
 }
 
-// Element i of every window (i < 16384: chunks are at most 2048 steps).
+// Element i of every window (i < 16384: a chunk is at most 2048 steps of 8 rows per lane or
+// 1024 of 16).
 fn gather(i: u32) -> S8 {
     let e = i >> 2u;
     let c = i & 3u;
@@ -120,19 +136,30 @@ fn load16(o: array<vec4<u32>, 4>, k: u32) -> array<vec4<f32>, 4> {
         vec4<f32>(src[o[3].x + k], src[o[3].y + k], src[o[3].z + k], src[o[3].w + k]));
 }
 
+// C[o] (+)= x where `ok`.
+fn put1(o: u32, ok: bool, x: f32) {
+    if (ok) {
+        var y = x;
+        if (p.accumulate != 0u) { y += dst[o]; }
+        dst[o] = y;
+    }
+}
+
 // C[row + s, j] (+)= acc[s] (+ bias[j]) for the lane's rows that exist, when column j does.
+// Unrolled: a loop would index the values through memory.
 fn put(j: u32, row: u32, acc: S8) {
     if (j >= p.n) { return; }
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[j]; }
-    let v = array<vec4<f32>, 2>(acc.a, acc.b);
-    let count = min(SG, p.m - min(row, p.m));
-    for (var s = 0u; s < count; s++) {
-        let o = (row + s) * p.n + j;
-        var x = v[s / 4u][s % 4u] + b;
-        if (p.accumulate != 0u) { x += dst[o]; }
-        dst[o] = x;
-    }
+    let o = row * p.n + j;
+    put1(o, row < p.m, acc.a.x + b);
+    put1(o + p.n, row + 1u < p.m, acc.a.y + b);
+    put1(o + 2u * p.n, row + 2u < p.m, acc.a.z + b);
+    put1(o + 3u * p.n, row + 3u < p.m, acc.a.w + b);
+    put1(o + 4u * p.n, row + 4u < p.m, acc.b.x + b);
+    put1(o + 5u * p.n, row + 5u < p.m, acc.b.y + b);
+    put1(o + 6u * p.n, row + 6u < p.m, acc.b.z + b);
+    put1(o + 7u * p.n, row + 7u < p.m, acc.b.w + b);
 }
 
 // The 16 columns' accumulators, updated for one step with op(B) values w (shuffled from
@@ -201,4 +228,86 @@ fn product(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     put(j0 + 13u, row, a.c13);
     put(j0 + 14u, row, a.c14);
     put(j0 + 15u, row, a.c15);
+}
+
+fn step2(a: ptr<function, Acc>, b: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8, y: S8) {
+    let w0 = subgroupShuffle(w[0], j);
+    let w1 = subgroupShuffle(w[1], j);
+    let w2 = subgroupShuffle(w[2], j);
+    let w3 = subgroupShuffle(w[3], j);
+    (*a).c0 = mac((*a).c0, w0.x, x);
+    (*a).c1 = mac((*a).c1, w0.y, x);
+    (*a).c2 = mac((*a).c2, w0.z, x);
+    (*a).c3 = mac((*a).c3, w0.w, x);
+    (*a).c4 = mac((*a).c4, w1.x, x);
+    (*a).c5 = mac((*a).c5, w1.y, x);
+    (*a).c6 = mac((*a).c6, w1.z, x);
+    (*a).c7 = mac((*a).c7, w1.w, x);
+    (*a).c8 = mac((*a).c8, w2.x, x);
+    (*a).c9 = mac((*a).c9, w2.y, x);
+    (*a).c10 = mac((*a).c10, w2.z, x);
+    (*a).c11 = mac((*a).c11, w2.w, x);
+    (*a).c12 = mac((*a).c12, w3.x, x);
+    (*a).c13 = mac((*a).c13, w3.y, x);
+    (*a).c14 = mac((*a).c14, w3.z, x);
+    (*a).c15 = mac((*a).c15, w3.w, x);
+    (*b).c0 = mac((*b).c0, w0.x, y);
+    (*b).c1 = mac((*b).c1, w0.y, y);
+    (*b).c2 = mac((*b).c2, w0.z, y);
+    (*b).c3 = mac((*b).c3, w0.w, y);
+    (*b).c4 = mac((*b).c4, w1.x, y);
+    (*b).c5 = mac((*b).c5, w1.y, y);
+    (*b).c6 = mac((*b).c6, w1.z, y);
+    (*b).c7 = mac((*b).c7, w1.w, y);
+    (*b).c8 = mac((*b).c8, w2.x, y);
+    (*b).c9 = mac((*b).c9, w2.y, y);
+    (*b).c10 = mac((*b).c10, w2.z, y);
+    (*b).c11 = mac((*b).c11, w2.w, y);
+    (*b).c12 = mac((*b).c12, w3.x, y);
+    (*b).c13 = mac((*b).c13, w3.y, y);
+    (*b).c14 = mac((*b).c14, w3.z, y);
+    (*b).c15 = mac((*b).c15, w3.w, y);
+}
+
+fn put16(j: u32, row: u32, a: Acc) {
+    put(j, row, a.c0);
+    put(j + 1u, row, a.c1);
+    put(j + 2u, row, a.c2);
+    put(j + 3u, row, a.c3);
+    put(j + 4u, row, a.c4);
+    put(j + 5u, row, a.c5);
+    put(j + 6u, row, a.c6);
+    put(j + 7u, row, a.c7);
+    put(j + 8u, row, a.c8);
+    put(j + 9u, row, a.c9);
+    put(j + 10u, row, a.c10);
+    put(j + 11u, row, a.c11);
+    put(j + 12u, row, a.c12);
+    put(j + 13u, row, a.c13);
+    put(j + 14u, row, a.c14);
+    put(j + 15u, row, a.c15);
+}
+
+// `product` with 16 rows per lane (a row block of 128): lane l's rows 16l .. 16l + 7 sit at
+// index kk*16 + 2l of the windows, rows 16l + 8 .. 16l + 15 at the next index, so each op(B)
+// value loaded from storage feeds 256 FMAs per subgroup step instead of 128.
+@compute @workgroup_size(SG)
+fn product16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let j0 = (wid.y * nwg.x + wid.x) * TN;
+    if (j0 >= p.n) { return; }
+    let cols = cols16(j0, p.n - 1u, p.sb_j);
+    var a: Acc;
+    var b: Acc;
+    for (var kb = 0u; kb < p.steps; kb += SG) {
+        let w = load16(cols, min(p.k0 + kb + lane, p.k - 1u) * p.sb_k);
+        let batch = min(SG, p.steps - kb);
+        var i = kb * 2u * SG + 2u * lane;
+        for (var j = 0u; j < batch; j++) {
+            step2(&a, &b, w, j, gather(i), gather(i + 1u));
+            i += 2u * SG;
+        }
+    }
+    let row = p.row0 + lane * 2u * SG;
+    put16(j0, row, a);
+    put16(j0, row + SG, b);
 }

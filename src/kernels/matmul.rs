@@ -22,9 +22,10 @@ pub enum MatmulVariant {
     /// limits): best on real GPUs.
     Tiled,
     /// shaders/matmul_window.wgsl: op(A) copied into 64 KiB uniform-buffer windows, op(B)
-    /// handed round a subgroup of 8 by shuffles; a copy and one dispatch per 64 rows and
-    /// 2048 steps of k. Best on CPU adapters with subgroups of 8 (lavapipe); where those or the
-    /// windows are missing it runs as `Blocked`.
+    /// handed round a subgroup of 8 by shuffles; a copy and one dispatch per 128 rows and
+    /// 1024 steps of k (64 rows and 2048 steps where M pads less so). Best on CPU adapters
+    /// with subgroups of 8 (lavapipe); where those or the windows are missing it runs as
+    /// `Blocked`.
     Windowed,
 }
 
@@ -96,12 +97,10 @@ const BLOCKED_WG: u32 = 8;
 const BLOCK: usize = 16;
 const TILE: usize = 64;
 const COLUMN_SUM_COLS: u32 = 16;
-// Windowed: rows per product dispatch (8 windows, 8 rows per lane), columns per workgroup,
-// lanes per workgroup, and the most steps of k one chunk of windows holds.
-const WINDOW_ROWS: usize = 64;
+// Windowed: columns per workgroup and lanes per workgroup (a row block is SG lanes x 8 or 16
+// rows per lane; one chunk of windows holds WINDOW / rows per lane steps of k).
 const WINDOW_COLS: usize = 16;
 const SG: usize = 8;
-const MAX_CHUNK: usize = WINDOW / SG;
 
 impl Matmul {
     fn describe(&self) -> String {
@@ -174,28 +173,35 @@ fn windows_apply(gpu: &Gpu) -> bool {
     has_subgroups_of_8(gpu) && has_windows(gpu, SG as u32 + 1)
 }
 
-/// The windowed product: `pack` copies op(A) into 8 windows per (block of 64 rows, chunk of
-/// `kc` steps), then one `product` dispatch per block and chunk; chunks after the first add
-/// to C. `None` where the kernel does not apply (no subgroups of 8 or windows, an empty
-/// product, windows over the binding limit), for the caller to fall back on.
+/// The windowed product: `pack` copies op(A) into 8 windows per (row block, chunk of `kc`
+/// steps), then one `product` dispatch per block and chunk; chunks after the first add to C.
+/// Blocks of 128 rows (`pack16`/`product16`, 16 rows per lane: each op(B) value loaded from
+/// storage feeds twice the FMAs, 10-15% faster) unless they would pad M more than blocks of
+/// 64 do (`pack`/`product`): padded rows cost as much as real ones (M = 400: 512 rows
+/// against 448, and the 16-row kernel was no faster; docs/BENCHMARKS.md). `None` where the
+/// kernel does not apply (no subgroups of 8 or windows, an empty product, windows over the
+/// binding limit), for the caller to fall back on.
 fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Option<Vec<Dispatch>>> {
     let (m, n, k) = (shape.m, shape.n, shape.k);
     if !windows_apply(gpu) || m == 0 || n == 0 || k == 0 {
         return Ok(None);
     }
-    // Chunks of equal length (a multiple of 8, at most MAX_CHUNK), so that k just past a
+    // Rows per lane.
+    let r = if m.div_ceil(16 * SG) * 2 == m.div_ceil(8 * SG) { 2 * SG } else { SG };
+    let (entries, rows_per_block) = (if r == SG { ("pack", "product") } else { ("pack16", "product16") }, SG * r);
+    // Chunks of equal length (a multiple of 8, at most WINDOW / r), so that k just past a
     // chunk does not leave a nearly empty last one with windows as large as the others.
-    let (blocks, chunks) = (m.div_ceil(WINDOW_ROWS), k.div_ceil(MAX_CHUNK));
+    let (blocks, chunks) = (m.div_ceil(rows_per_block), k.div_ceil(WINDOW / r));
     let kc = k.div_ceil(chunks).next_multiple_of(SG);
     // Per product invocation: batches of 8 steps and their inner loops, and the stores.
-    if kc / SG * (SG + 1) + WINDOW_COLS * (SG + 1) > LOOP_BUDGET {
+    if kc / SG * (SG + 1) + WINDOW_COLS * (r + r / SG) > LOOP_BUDGET {
         return Ok(None);
     }
     let align = (gpu.limits.min_uniform_buffer_offset_alignment as usize / 4).max(1);
-    let stride = (kc * SG).next_multiple_of(align);
+    let stride = (kc * r).next_multiple_of(align);
     let windows = blocks * chunks * SG;
     let total = (windows - 1) * stride + WINDOW;
-    let tasks = windows * kc * SG;
+    let tasks = windows * kc * r;
     if total as u64 * 4 > gpu.max_binding_bytes() || tasks > u32::MAX as usize {
         return Ok(None);
     }
@@ -213,23 +219,23 @@ fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bia
     let kernel = |entry| KernelId { shader: "matmul_window", entry };
     let buffer = gpu.zeros("matmul windows", total)?;
     let pack_cost = Cost { flops: 0, bytes: 4 * (m * k + tasks) as u64 };
-    let mut dispatches = vec![gpu.dispatch(kernel("pack"), "", &params(0, 0, 0, true), &[(1, a), (3, &buffer)], workgroups_1d(tasks, 64), pack_cost)?];
+    let mut dispatches = vec![gpu.dispatch(kernel(entries.0), "", &params(0, 0, 0, true), &[(1, a), (3, &buffer)], workgroups_1d(tasks, 64), pack_cost)?];
     let bias = bias.unwrap_or(&gpu.dummy);
     for block in 0..blocks {
-        let rows = (m - block * WINDOW_ROWS).min(WINDOW_ROWS);
+        let rows = (m - block * rows_per_block).min(rows_per_block);
         for chunk in 0..chunks {
             let steps = (k - chunk * kc).min(kc);
             let first = (block * chunks + chunk) * SG;
             let views: Vec<Buffer> = (0..SG).map(|s| buffer.view("matmul window", (first + s) * stride, WINDOW)).collect::<Result<_>>()?;
             let mut bindings = vec![(1, b), (2, bias), (3, c)];
             bindings.extend(views.iter().enumerate().map(|(s, v)| (4 + s as u32, v)));
-            let p = params(block * WINDOW_ROWS, chunk * kc, steps, chunk == 0);
+            let p = params(block * rows_per_block, chunk * kc, steps, chunk == 0);
             let extra = u64::from(p.base.has_bias) + u64::from(p.base.accumulate);
             let cost = Cost {
                 flops: (2 * rows * n * steps) as u64 + extra * (rows * n) as u64,
                 bytes: 4 * (rows * steps + steps * n + rows * n * (1 + p.base.accumulate as usize)) as u64,
             };
-            dispatches.push(gpu.dispatch(kernel("product"), "", &p, &bindings, workgroups_1d(n.div_ceil(WINDOW_COLS), 1), cost)?);
+            dispatches.push(gpu.dispatch(kernel(entries.1), "", &p, &bindings, workgroups_1d(n.div_ceil(WINDOW_COLS), 1), cost)?);
         }
     }
     Ok(Some(dispatches))

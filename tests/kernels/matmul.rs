@@ -12,8 +12,9 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 // A scalar, a single row, sizes that are no multiple of any block or tile (16, 64) nor of the
-// workgroups, an exact fit, and one spanning several tiles in every direction.
-const SHAPES: [(usize, usize, usize); 5] = [(1, 1, 1), (1, 7, 33), (33, 65, 17), (64, 64, 64), (100, 129, 257)];
+// workgroups, an exact fit, and one spanning several tiles in every direction; 77 rows end
+// inside the second 8 of a windowed lane's 16.
+const SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (1, 7, 33), (33, 65, 17), (64, 64, 64), (77, 18, 40), (100, 129, 257)];
 const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
 
 /// Runs C = op(A)·op(B) (+ bias) (+ c0 when given, accumulating) on the GPU.
@@ -84,21 +85,29 @@ fn runs_windows() -> bool {
 #[test]
 fn windowed_matmul_runs_the_window_kernels_where_auto_picks_them() {
     let gpu = gpu();
-    let (m, n, k) = (70, 37, 19);
-    let (a, b, c) = (zeros("a", m * k), zeros("b", k * n), zeros("c", m * n));
-    let kernels = |variant| -> Vec<String> {
-        let shape = Matmul { m, n, k, variant, ..Default::default() };
-        matmul::matmul(gpu, &shape, &a, &b, None, &c).unwrap().iter().map(|d| d.kernel.to_string()).collect()
-    };
-    let want: Vec<String> = if runs_windows() {
-        // Two row blocks of one chunk each.
-        ["matmul_window.pack", "matmul_window.product", "matmul_window.product"].map(String::from).to_vec()
-    } else {
-        vec!["matmul.blocked".to_string()]
-    };
-    assert_eq!(kernels(MatmulVariant::Windowed), want);
-    if gpu.info.device_type == wgpu::DeviceType::Cpu {
-        assert_eq!(kernels(MatmulVariant::Auto), want, "Auto on a CPU adapter");
+    let (n, k) = (37, 19);
+    // 70 rows: one block of 128 (16 rows per lane); 200: two blocks of 128, as few rows as
+    // blocks of 64 pad to; 150: three blocks of 64, which pad less than two of 128.
+    let cases: [(usize, &[&str]); 3] = [
+        (70, &["pack16", "product16"]),
+        (200, &["pack16", "product16", "product16"]),
+        (150, &["pack", "product", "product", "product"]),
+    ];
+    for (m, entries) in cases {
+        let (a, b, c) = (zeros("a", m * k), zeros("b", k * n), zeros("c", m * n));
+        let kernels = |variant| -> Vec<String> {
+            let shape = Matmul { m, n, k, variant, ..Default::default() };
+            matmul::matmul(gpu, &shape, &a, &b, None, &c).unwrap().iter().map(|d| d.kernel.to_string()).collect()
+        };
+        let want: Vec<String> = if runs_windows() {
+            entries.iter().map(|e| format!("matmul_window.{e}")).collect()
+        } else {
+            vec!["matmul.blocked".to_string()]
+        };
+        assert_eq!(kernels(MatmulVariant::Windowed), want, "m={m}");
+        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+            assert_eq!(kernels(MatmulVariant::Auto), want, "Auto on a CPU adapter, m={m}");
+        }
     }
 }
 
@@ -106,22 +115,25 @@ fn windowed_matmul_runs_the_window_kernels_where_auto_picks_them() {
 fn windowed_matmul_sums_chunks_of_long_k_with_bias_and_accumulation() {
     let _turn = one_at_a_time();
     let gpu = gpu();
-    // Three chunks of k (1384, 1384, 1365), two row blocks (64 + 6), three column groups (16,
-    // 16, 5).
-    let (m, n, k) = (70, 37, 2 * 2048 + 37);
-    let (a, b, bias, c0) = (rand(31, m * k), rand(32, k * n), rand(33, n), rand(34, m * n));
-    for (trans_a, trans_b) in [(false, true), (true, false)] {
-        for accumulate in [false, true] {
-            let shape = Matmul { m, n, k, trans_a, trans_b, accumulate, variant: MatmulVariant::Windowed };
-            let (ab, bb, biasb, cb) = (upload("a", &a), upload("b", &b), upload("bias", &bias), upload("c", &c0));
-            let dispatches = matmul::matmul(gpu, &shape, &ab, &bb, Some(&biasb), &cb).unwrap();
-            if runs_windows() {
-                assert_eq!(dispatches.len(), 1 + 2 * 3, "pack + 2 row blocks x 3 chunks");
+    // Three column groups (16, 16, 5), and k = 4133 in chunks: 70 rows, one block of 128
+    // and five chunks of at most 1024 steps (832 x 4 + 805); 150 rows, three blocks of 64
+    // (64, 64, 22) and three chunks of at most 2048 (1384 x 2 + 1365).
+    let (n, k) = (37, 2 * 2048 + 37);
+    for (m, blocks, chunks) in [(70, 1, 5), (150, 3, 3)] {
+        let (a, b, bias, c0) = (rand(31, m * k), rand(32, k * n), rand(33, n), rand(34, m * n));
+        for (trans_a, trans_b) in [(false, true), (true, false)] {
+            for accumulate in [false, true] {
+                let shape = Matmul { m, n, k, trans_a, trans_b, accumulate, variant: MatmulVariant::Windowed };
+                let (ab, bb, biasb, cb) = (upload("a", &a), upload("b", &b), upload("bias", &bias), upload("c", &c0));
+                let dispatches = matmul::matmul(gpu, &shape, &ab, &bb, Some(&biasb), &cb).unwrap();
+                if runs_windows() {
+                    assert_eq!(dispatches.len(), 1 + blocks * chunks, "m={m}: pack + {blocks} row blocks x {chunks} chunks");
+                }
+                gpu.run(&dispatches).unwrap();
+                let product = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, trans_a, trans_b);
+                let want: Vec<f64> = product.iter().zip(&c0).map(|(p, &c)| if accumulate { p + c as f64 } else { *p }).collect();
+                assert_close(&format!("{} accumulate={accumulate}", label(&shape, true)), &read(&cb), &want, 1e-4);
             }
-            gpu.run(&dispatches).unwrap();
-            let product = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, trans_a, trans_b);
-            let want: Vec<f64> = product.iter().zip(&c0).map(|(p, &c)| if accumulate { p + c as f64 } else { *p }).collect();
-            assert_close(&format!("{} accumulate={accumulate}", label(&shape, true)), &read(&cb), &want, 1e-4);
         }
     }
 }
@@ -149,7 +161,8 @@ fn matmul_grids_fold_past_65535_workgroups() {
     // One column, so each variant needs just past 65,535 workgroups' worth of rows: 64 per
     // simple workgroup, 8 blocks of 16 per blocked workgroup, 64 per tile. The windowed
     // product's grid runs over columns, 16 per workgroup: one row; its `pack` (the first
-    // dispatch) writes 64 window elements per workgroup: 64 row blocks x 1032 steps x 64.
+    // dispatch) writes 64 window elements per workgroup: 32 row blocks of 128 x 2 chunks of
+    // 520 steps x 128.
     let mut cases = vec![(MatmulVariant::Simple, 4_200_000, 1, 1), (MatmulVariant::Blocked, 8_400_000, 1, 1)];
     // On a CPU adapter the tiled case runs 16.8M mostly idle invocations (~13 s on lavapipe);
     // its fold is the same `flat_group` line as the other two.
