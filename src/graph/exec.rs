@@ -44,6 +44,8 @@ fn bytes(b: u64) -> String {
 /// A compiled step: every buffer, pipeline and bind group exists; `run` only records and submits.
 pub struct Program {
     pub dispatches: Vec<Dispatch>,
+    /// Index in `dispatches` of each node's first dispatch.
+    node_starts: Vec<usize>,
     buffers: Vec<Option<Buffer>>,
     pub memory: MemoryReport,
 }
@@ -120,7 +122,9 @@ impl Program {
         }
 
         let mut dispatches = Vec::new();
+        let mut node_starts = Vec::with_capacity(graph.nodes.len());
         for (n, node) in graph.nodes.iter().enumerate() {
+            node_starts.push(dispatches.len());
             let get = |t: &Tensor| buffers[t.0].as_ref().expect("every tensor has a buffer after planning");
             let io = OpIo {
                 label: &node.layer,
@@ -136,7 +140,14 @@ impl Program {
             }
         }
         let memory = MemoryReport { planned: memory_plan.planned_bytes(), naive: naive_bytes(&lifetimes), kept: kept_bytes };
-        Ok(Program { dispatches, buffers, memory })
+        Ok(Program { dispatches, node_starts, buffers, memory })
+    }
+
+    /// The dispatches of the nodes before node `n` and of those from it on, so that a step can
+    /// run something in between: the GAN updates D after its half of the graph, and the other
+    /// half then reads the updated parameters while reusing the first half's activations.
+    pub fn split_at_node(&self, n: usize) -> (&[Dispatch], &[Dispatch]) {
+        self.dispatches.split_at(self.node_starts.get(n).copied().unwrap_or(self.dispatches.len()))
     }
 
     /// The buffer holding `t` (views share their base's).

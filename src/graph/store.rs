@@ -1,7 +1,7 @@
 //! Persistent tensors by name: parameters (in per-group arenas, with a gradient arena of the
 //! same layout, so one optimizer dispatch updates a whole group), running statistics and
-//! inputs. Programs that share a store share these buffers: a GAN's discriminator and
-//! generator steps are two programs over one store.
+//! inputs. Programs that share a store share these buffers: a GAN's training step and its
+//! sampler are two programs over one store.
 
 use crate::gpu::{Buffer, Gpu};
 use crate::{Error, Result};

@@ -1,7 +1,8 @@
-//! The GAN training step, recorded once and submitted whole each step. The paper recipe
-//! alternates as PyTorch's DCGAN does (gather, D program, D's Adam, G program through the
-//! updated D, G's Adam); the seed recipe updates both from one forward pass, as the TensorFlow
-//! tutorial's `train_step` does (gather, one program, D's Adam, G's Adam).
+//! The GAN training step: one program, recorded once and submitted whole each step. The paper
+//! recipe alternates as PyTorch's DCGAN does: D's half of the program, D's Adam, then G's half,
+//! which runs G(z) through the updated D while reusing the first half's G(z) and its
+//! activations, then G's Adam. The seed recipe updates both from one forward pass, as the
+//! TensorFlow tutorial's `train_step` does: the whole program, then both Adams.
 
 use super::data::GpuData;
 use crate::gpu::{Dispatch, Gpu};
@@ -50,8 +51,9 @@ pub struct Gan {
     pub generator: Sequential,
     pub discriminator: Sequential,
     gather: Dispatch,
-    /// The paper recipe's D step and G step; the seed recipe's one program.
-    programs: Vec<Program>,
+    program: Program,
+    /// The paper recipe's first node of G's half, where D's update runs.
+    d_update_before: Option<usize>,
     pub opt_d: Optimizer,
     pub opt_g: Optimizer,
     /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit.
@@ -111,32 +113,20 @@ impl Gan {
             let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
             g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")
         };
-        let (programs, g_loss) = match config.recipe {
-            Recipe::Seed => {
-                // The tutorial's step: G's loss from the same D(G(z)), before either update.
-                let g_loss = generator_loss(&mut g, d_fake)?;
-                let g_params = generator.params(&g);
-                grads.extend(g.gradients(g_loss, &g_params)?);
-                let step = Program::compile(gpu, &g, &mut store, &[d_loss, g_loss, m_real, m_fake], &grads)?;
-                (vec![step], g_loss)
-            }
+        let (g_loss, d_update_before) = match config.recipe {
+            // The tutorial's step: G's loss from the same D(G(z)), before either update.
+            Recipe::Seed => (generator_loss(&mut g, d_fake)?, None),
+            // G's half: the same G(z) through D once D's update has run, → 1.
             Recipe::Paper => {
-                let d_step = Program::compile(gpu, &g, &mut store, &[d_loss, m_real, m_fake], &grads)?;
-                // Generator step: the same z (same stream and step), through the updated D,
-                // → 1. The generator's batch statistics were counted in the D step, not again.
-                let mut g = Graph::new();
-                let z = g.apply1(noise.clone(), &[], "noise")?;
-                let fake = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) })?;
+                let split = g.nodes.len();
                 let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
-                let g_loss = generator_loss(&mut g, d_fake)?;
-                let g_params = generator.params(&g);
-                let g_grads = g.gradients(g_loss, &g_params)?;
-                let g_step = Program::compile(gpu, &g, &mut store, &[g_loss], &g_grads)?;
-                (vec![d_step, g_step], g_loss)
+                (generator_loss(&mut g, d_fake)?, Some(split))
             }
         };
-        let (first, last) = (&programs[0], programs.last().expect("one program or two"));
-        let logged = vec![first.buffer(d_loss).clone(), last.buffer(g_loss).clone(), first.buffer(m_real).clone(), first.buffer(m_fake).clone()];
+        let g_params = generator.params(&g);
+        grads.extend(g.gradients(g_loss, &g_params)?);
+        let program = Program::compile(gpu, &g, &mut store, &[d_loss, g_loss, m_real, m_fake], &grads)?;
+        let logged = [d_loss, g_loss, m_real, m_fake].iter().map(|&t| program.buffer(t).clone()).collect();
 
         // Samples from fixed noise. Batch norm normalises by the 64 samples' own statistics,
         // as PyTorch's DCGAN tutorial samples: the running averages (Keras' momentum 0.01) need
@@ -150,21 +140,23 @@ impl Gan {
         let gather = data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?;
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
-        Ok(Gan { config, store, generator, discriminator, gather, programs, opt_d, opt_g, logged, sampler, sample_images })
+        Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, logged, sampler, sample_images })
     }
 
-    /// Bytes of pooled intermediates, planned and naive, over the step's programs.
+    /// Bytes of the step's pooled intermediates, planned and naive.
     pub fn memory(&self) -> (u64, u64) {
-        self.programs.iter().fold((0, 0), |(planned, naive), p| (planned + p.memory.planned, naive + p.memory.naive))
+        (self.program.memory.planned, self.program.memory.naive)
     }
 
     /// Everything one training step submits, in order.
     pub fn step_dispatches(&self) -> Vec<&[Dispatch]> {
         let gather = std::slice::from_ref(&self.gather);
-        match &self.programs[..] {
-            [d_step, g_step] => vec![gather, &d_step.dispatches, &self.opt_d.dispatches, &g_step.dispatches, &self.opt_g.dispatches],
-            [step] => vec![gather, &step.dispatches, &self.opt_d.dispatches, &self.opt_g.dispatches],
-            _ => unreachable!("a GAN step is one program or two"),
+        match self.d_update_before {
+            Some(node) => {
+                let (d_half, g_half) = self.program.split_at_node(node);
+                vec![gather, d_half, &self.opt_d.dispatches, g_half, &self.opt_g.dispatches]
+            }
+            None => vec![gather, &self.program.dispatches, &self.opt_d.dispatches, &self.opt_g.dispatches],
         }
     }
 
@@ -172,7 +164,7 @@ impl Gan {
     /// `batch_index` of the epoch's order.
     pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         data.select(gpu, &self.gather, self.config.batch, batch_index);
-        self.programs.iter().try_for_each(|p| p.set_step(gpu, step))
+        self.program.set_step(gpu, step)
     }
 
     /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]).
