@@ -169,11 +169,16 @@ struct Acc {
     c8: S8, c9: S8, c10: S8, c11: S8, c12: S8, c13: S8, c14: S8, c15: S8,
 }
 
-fn step(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8) {
-    let w0 = subgroupShuffle(w[0], j);
-    let w1 = subgroupShuffle(w[1], j);
-    let w2 = subgroupShuffle(w[2], j);
-    let w3 = subgroupShuffle(w[3], j);
+// Shuffles lane j's 16 op(B) values to every lane.
+fn shuffled(w: array<vec4<f32>, 4>, j: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupShuffle(w[0], j), subgroupShuffle(w[1], j), subgroupShuffle(w[2], j), subgroupShuffle(w[3], j));
+}
+
+fn mac16(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, x: S8) {
+    let w0 = w[0];
+    let w1 = w[1];
+    let w2 = w[2];
+    let w3 = w[3];
     (*a).c0 = mac((*a).c0, w0.x, x);
     (*a).c1 = mac((*a).c1, w0.y, x);
     (*a).c2 = mac((*a).c2, w0.z, x);
@@ -190,6 +195,10 @@ fn step(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8) {
     (*a).c13 = mac((*a).c13, w3.y, x);
     (*a).c14 = mac((*a).c14, w3.z, x);
     (*a).c15 = mac((*a).c15, w3.w, x);
+}
+
+fn step(a: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8) {
+    mac16(a, shuffled(w, j), x);
 }
 
 // C rows row0 + 8*lane .. +7, columns j0 .. j0 + 15 over steps k0 .. k0 + steps of the
@@ -211,62 +220,14 @@ fn product(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             i += SG;
         }
     }
-    let row = p.row0 + lane * SG;
-    put(j0, row, a.c0);
-    put(j0 + 1u, row, a.c1);
-    put(j0 + 2u, row, a.c2);
-    put(j0 + 3u, row, a.c3);
-    put(j0 + 4u, row, a.c4);
-    put(j0 + 5u, row, a.c5);
-    put(j0 + 6u, row, a.c6);
-    put(j0 + 7u, row, a.c7);
-    put(j0 + 8u, row, a.c8);
-    put(j0 + 9u, row, a.c9);
-    put(j0 + 10u, row, a.c10);
-    put(j0 + 11u, row, a.c11);
-    put(j0 + 12u, row, a.c12);
-    put(j0 + 13u, row, a.c13);
-    put(j0 + 14u, row, a.c14);
-    put(j0 + 15u, row, a.c15);
+    put16(j0, p.row0 + lane * SG, a);
 }
 
+// `step` for a lane's two sets of 8 rows, sharing the shuffles.
 fn step2(a: ptr<function, Acc>, b: ptr<function, Acc>, w: array<vec4<f32>, 4>, j: u32, x: S8, y: S8) {
-    let w0 = subgroupShuffle(w[0], j);
-    let w1 = subgroupShuffle(w[1], j);
-    let w2 = subgroupShuffle(w[2], j);
-    let w3 = subgroupShuffle(w[3], j);
-    (*a).c0 = mac((*a).c0, w0.x, x);
-    (*a).c1 = mac((*a).c1, w0.y, x);
-    (*a).c2 = mac((*a).c2, w0.z, x);
-    (*a).c3 = mac((*a).c3, w0.w, x);
-    (*a).c4 = mac((*a).c4, w1.x, x);
-    (*a).c5 = mac((*a).c5, w1.y, x);
-    (*a).c6 = mac((*a).c6, w1.z, x);
-    (*a).c7 = mac((*a).c7, w1.w, x);
-    (*a).c8 = mac((*a).c8, w2.x, x);
-    (*a).c9 = mac((*a).c9, w2.y, x);
-    (*a).c10 = mac((*a).c10, w2.z, x);
-    (*a).c11 = mac((*a).c11, w2.w, x);
-    (*a).c12 = mac((*a).c12, w3.x, x);
-    (*a).c13 = mac((*a).c13, w3.y, x);
-    (*a).c14 = mac((*a).c14, w3.z, x);
-    (*a).c15 = mac((*a).c15, w3.w, x);
-    (*b).c0 = mac((*b).c0, w0.x, y);
-    (*b).c1 = mac((*b).c1, w0.y, y);
-    (*b).c2 = mac((*b).c2, w0.z, y);
-    (*b).c3 = mac((*b).c3, w0.w, y);
-    (*b).c4 = mac((*b).c4, w1.x, y);
-    (*b).c5 = mac((*b).c5, w1.y, y);
-    (*b).c6 = mac((*b).c6, w1.z, y);
-    (*b).c7 = mac((*b).c7, w1.w, y);
-    (*b).c8 = mac((*b).c8, w2.x, y);
-    (*b).c9 = mac((*b).c9, w2.y, y);
-    (*b).c10 = mac((*b).c10, w2.z, y);
-    (*b).c11 = mac((*b).c11, w2.w, y);
-    (*b).c12 = mac((*b).c12, w3.x, y);
-    (*b).c13 = mac((*b).c13, w3.y, y);
-    (*b).c14 = mac((*b).c14, w3.z, y);
-    (*b).c15 = mac((*b).c15, w3.w, y);
+    let ws = shuffled(w, j);
+    mac16(a, ws, x);
+    mac16(b, ws, y);
 }
 
 fn put16(j: u32, row: u32, a: Acc) {
