@@ -99,7 +99,7 @@ pub fn adam(gpu: &Gpu, cfg: &Adam, param: &Buffer, grad: &Buffer, m: &Buffer, v:
     let n = check_arena(&name, param, &[("gradient", grad), ("exp_avg m", m), ("exp_avg_sq v", v)], step)?;
     let p = Params { lr, beta1, beta2, eps, weight_decay, n: n as u32, ..Default::default() };
     let bindings = [(1, param), (2, grad), (3, m), (4, v), (5, step)];
-    let vec4 = n % 4 == 0 && bindings[..4].iter().all(|(_, b)| b.offset % 16 == 0);
+    let vec4 = n.is_multiple_of(4) && bindings[..4].iter().all(|(_, b)| b.offset % 16 == 0);
     let (k, invocations) = if vec4 { (kernel("adam4"), n / 4) } else { (k, n) };
     // Reads p, g, m, v; writes p, m, v. About 16 flops with the sqrt and two divisions.
     let update = gpu.dispatch(k, "", &p, &bindings, workgroups_1d(invocations, WG), Cost::elementwise(n, 16, 4, 3))?;

@@ -92,35 +92,34 @@ impl Gan {
         let ImageShape { channels: c, size: s } = config.image;
         let seed = config.seed;
         let noise = RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ NOISE, shape: vec![b, LATENT] };
-        let bce = Loss(LossKind::BceWithLogits(Reduction::Mean));
+        // Mean BCE of `logits` against a constant `label`, as nodes `target` and `loss`.
+        let bce = |g: &mut Graph, logits: Tensor, label: f32, [target, loss]: [&str; 2]| -> Result<Tensor> {
+            let target = g.apply1(Fill { value: label, shape: vec![b, 1] }, &[], target)?;
+            g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, target], loss)
+        };
 
-        // Discriminator step: real batch → 1 (or the smoothed label), G(z) → 0.
+        // Discriminator: real batch → 1 (or the smoothed label), G(z) → 0.
         let mut g = Graph::new();
         let real = g.input("real", &[b, c, s, s]);
-        let z = g.apply1(noise.clone(), &[], "noise")?;
+        let z = g.apply1(noise, &[], "noise")?;
         let fake = generator.forward(&mut g, z, Mode::train(0))?;
         let d_real = discriminator.forward(&mut g, real, Mode::train(seed ^ DROPOUT_REAL))?;
         let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE))?;
-        let real_t = g.apply1(Fill { value: config.real_label, shape: vec![b, 1] }, &[], "real_label")?;
-        let fake_t = g.apply1(Fill { value: 0.0, shape: vec![b, 1] }, &[], "fake_label")?;
-        let l_real = g.apply1(bce, &[d_real, real_t], "d_loss_real")?;
-        let l_fake = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, fake_t], "d_loss_fake")?;
+        let l_real = bce(&mut g, d_real, config.real_label, ["real_label", "d_loss_real"])?;
+        let l_fake = bce(&mut g, d_fake, 0.0, ["fake_label", "d_loss_fake"])?;
         let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss")?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
         let mut grads = g.gradients(d_loss, &d_params)?;
-        let generator_loss = |g: &mut Graph, d_fake| -> Result<Tensor> {
-            let ones = g.apply1(Fill { value: 1.0, shape: vec![b, 1] }, &[], "ones")?;
-            g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[d_fake, ones], "g_loss")
-        };
+        // Generator: D(G(z)) → 1.
         let (g_loss, d_update_before) = match config.recipe {
             // The tutorial's step: G's loss from the same D(G(z)), before either update.
-            Recipe::Seed => (generator_loss(&mut g, d_fake)?, None),
-            // G's half: the same G(z) through D once D's update has run, → 1.
+            Recipe::Seed => (bce(&mut g, d_fake, 1.0, ["ones", "g_loss"])?, None),
+            // G's half: the same G(z) through D once D's update has run.
             Recipe::Paper => {
                 let split = g.nodes.len();
                 let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
-                (generator_loss(&mut g, d_fake)?, Some(split))
+                (bce(&mut g, d_fake, 1.0, ["ones", "g_loss"])?, Some(split))
             }
         };
         let g_params = generator.params(&g);

@@ -38,7 +38,7 @@ fn check_adam(h: Adam, n: usize, seed: u64) {
     let p0 = rand(seed, n);
     let (p, g, m, v, step) = (upload("p", &p0), zeros("g", n), zeros("m", n), zeros("v", n), step_buffer());
     let program = optim::adam(gpu, &h, &p, &g, &m, &v, &step).unwrap();
-    assert_eq!(program[1].kernel.entry, if n % 4 == 0 { "adam4" } else { "adam" }, "n={n}");
+    assert_eq!(program[1].kernel.entry, if n.is_multiple_of(4) { "adam4" } else { "adam" }, "n={n}");
     let mut cpu_h = reference_adam(&h);
     let (mut want, mut state) = (f64s(&p0), reference::AdamState::new(n));
     for s in 0..steps(n) {
