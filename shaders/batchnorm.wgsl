@@ -1,8 +1,9 @@
 // Batch normalization over x viewed as [N, C, HW] (HW = 1 for BatchNorm1d on [N, C]), PyTorch
 // semantics. Each channel's m = N·HW values are reduced one of two ways:
-// - two-level (long channels): a workgroup tree per (channel, chunk of CHUNK values) writes a
-//   partial to scratch, then one invocation per channel merges that channel's partials, 4,096
-//   of them for 16M values (stats_partial + stats_finalize, grad_partial + grad_reduce);
+// - two-level (long channels): a workgroup tree per (channel, chunk of p.chunk values) writes
+//   a partial to scratch, then one invocation per channel merges that channel's partials, at
+//   most 1,024 of them: chunks are 4,096 values, longer past 4M values a channel (the launcher
+//   sizes them; stats_partial + stats_finalize, grad_partial + grad_reduce);
 // - direct (short channels): one invocation per channel loops over its values (stats_direct,
 //   grad_direct): a 256-wide tree over a few dozen values is mostly barriers, for [N, C]
 //   neighbouring invocations read neighbouring addresses, and on CPU adapters barriers cost
@@ -19,7 +20,9 @@ struct Params {
     n: u32,
     c: u32,
     hw: u32,
+    // Chunks per channel and values per chunk (two-level passes).
     chunks: u32,
+    chunk: u32,
     eps: f32,
     momentum: f32,
     flags: u32,
@@ -50,9 +53,6 @@ const GRADS: u32 = 8u;
 @group(0) @binding(12) var<storage, read_write> dbeta: array<f32>;
 
 const WG: u32 = 256u;
-// 16 values per invocation per chunk: enough work to hide the tree's barriers, while a
-// 28×28×64 channel still spreads over 13 workgroups.
-const CHUNK: u32 = WG * 16u;
 // One invocation per channel: small workgroups so that a few hundred channels still spread
 // over several workgroups (CPU cores, GPU SMs).
 const CH_WG: u32 = 64u;
@@ -136,8 +136,8 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let c = g / p.chunks;
-    let start = (g % p.chunks) * CHUNK;
-    let end = min(start + CHUNK, values_per_channel());
+    let start = (g % p.chunks) * p.chunk;
+    let end = min(start + p.chunk, values_per_channel());
     let k = shift(c);
     var s = Summary(0.0, 0.0, 0.0);
     for (var j = start + lid.x; j < end; j += WG) {
@@ -235,8 +235,8 @@ fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let c = g / p.chunks;
-    let start = (g % p.chunks) * CHUNK;
-    let end = min(start + CHUNK, values_per_channel());
+    let start = (g % p.chunks) * p.chunk;
+    let end = min(start + p.chunk, values_per_channel());
     let mean = stat_mean[c];
     let scale = invstd(c);
     var s = vec2<f32>(0.0);

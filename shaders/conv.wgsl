@@ -11,9 +11,9 @@
 // Blocks that hang over an edge compute with clamped indices and store only what exists.
 //
 // llvmpipe ends every invocation's loops, silently, after 65,535 iterations summed over all its
-// loops. The launcher refuses forward/data_grad shapes whose channel sums come near that, and
-// splits the long sums of weight_grad and bias_grad into slices whose partial sums
-// `sum_partials` adds up.
+// loops. The launcher splits the channel sums of forward/data_grad into dispatches over ranges
+// of channels (c_begin..c_end, the later ones adding to dst), and the long sums of weight_grad
+// and bias_grad into slices whose partial sums `sum_partials` adds up.
 
 struct Params {
     n: i32,
@@ -31,7 +31,8 @@ struct Params {
     pw: i32,
     dh: i32,
     dw: i32,
-    // forward/data_grad: 1 adds the bias; weight_grad/bias_grad: 1 adds to the output.
+    // forward/data_grad: bit 1 adds the bias, bit 2 adds to the output (ADD_BIAS, ACCUMULATE);
+    // weight_grad/sum_partials: 1 adds to the output.
     flag: i32,
     // Invocations that have a block to compute; the grid rounds up past it.
     tasks: u32,
@@ -42,6 +43,10 @@ struct Params {
     seg: i32,
     nseg: i32,
     chunks: i32,
+    // forward/data_grad: the channels this dispatch sums (input channels forward, output
+    // channels data_grad).
+    c_begin: i32,
+    c_end: i32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -55,6 +60,8 @@ const WG: u32 = 64u;
 const CB: i32 = 8;
 const PX: i32 = 8;
 const LANES: vec4<i32> = vec4<i32>(0, 1, 2, 3);
+const ADD_BIAS: i32 = 1;
+const ACCUMULATE: i32 = 2;
 
 // Grids wider than 65,535 workgroups fold into y; this undoes the fold.
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
@@ -75,11 +82,15 @@ fn channel_offsets(c0: i32, count: i32, stride: i32) -> array<i32, 8> {
     return o;
 }
 
-// The first `count` of 8 values (lo, then hi) to dst[base], dst[base + stride], ...
+// The first `count` of 8 values (lo, then hi) to dst[base], dst[base + stride], ..., added
+// to what is there for the later dispatches of a channel-sliced sum.
 fn store8(base: i32, stride: i32, count: i32, lo: vec4<f32>, hi: vec4<f32>) {
+    let add = (p.flag & ACCUMULATE) != 0;
     for (var l = 0; l < 4; l++) {
-        if (l < count) { dst[base + l * stride] = lo[l]; }
-        if (l + 4 < count) { dst[base + (l + 4) * stride] = hi[l]; }
+        let i = base + l * stride;
+        let k = base + (l + 4) * stride;
+        if (l < count) { dst[i] = select(lo[l], lo[l] + dst[i], add); }
+        if (l + 4 < count) { dst[k] = select(hi[l], hi[l] + dst[k], add); }
     }
 }
 
@@ -117,9 +128,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             let in_hi = (iw_hi >= vec4<i32>(0)) & (iw_hi < vec4<i32>(p.w));
             let c_lo = clamp(iw_lo, vec4<i32>(0), vec4<i32>(p.w - 1));
             let c_hi = clamp(iw_hi, vec4<i32>(0), vec4<i32>(p.w - 1));
-            var xi = (n * p.cin * p.h + ih) * p.w;
-            var wi = co0 * wrow + kh * p.kw + kw;
-            for (var ci = 0; ci < p.cin; ci++) {
+            var xi = ((n * p.cin + p.c_begin) * p.h + ih) * p.w;
+            var wi = co0 * wrow + p.c_begin * taps + kh * p.kw + kw;
+            for (var ci = p.c_begin; ci < p.c_end; ci++) {
                 let lo = select(vec4<f32>(0.0), vec4<f32>(src[xi + c_lo.x], src[xi + c_lo.y], src[xi + c_lo.z], src[xi + c_lo.w]), in_lo);
                 let hi = select(vec4<f32>(0.0), vec4<f32>(src[xi + c_hi.x], src[xi + c_hi.y], src[xi + c_hi.z], src[xi + c_hi.w]), in_hi);
                 for (var j = 0; j < CB; j++) {
@@ -136,7 +147,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         let co = co0 + j;
         if (co >= p.cout) { break; }
         var b = 0.0;
-        if (p.flag == 1) { b = bias[co]; }
+        if ((p.flag & ADD_BIAS) != 0) { b = bias[co]; }
         let yi = ((n * p.cout + co) * p.ho + oh) * p.wo + ow0;
         store8(yi, 1, p.wo - ow0, acc[2 * j] + b, acc[2 * j + 1] + b);
     }
@@ -194,9 +205,9 @@ fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             let in_hi = (ow_hi >= vec4<i32>(0)) & (ow_hi < vec4<i32>(p.wo));
             let c_lo = clamp(ow_lo, vec4<i32>(0), vec4<i32>(p.wo - 1));
             let c_hi = clamp(ow_hi, vec4<i32>(0), vec4<i32>(p.wo - 1));
-            var di = (n * p.cout * p.ho + oh) * p.wo;
-            var wi = ci0 * taps + kh * p.kw + kw;
-            for (var co = 0; co < p.cout; co++) {
+            var di = ((n * p.cout + p.c_begin) * p.ho + oh) * p.wo;
+            var wi = p.c_begin * wrow + ci0 * taps + kh * p.kw + kw;
+            for (var co = p.c_begin; co < p.c_end; co++) {
                 let lo = select(vec4<f32>(0.0), vec4<f32>(src[di + c_lo.x], src[di + c_lo.y], src[di + c_lo.z], src[di + c_lo.w]), in_lo);
                 let hi = select(vec4<f32>(0.0), vec4<f32>(src[di + c_hi.x], src[di + c_hi.y], src[di + c_hi.z], src[di + c_hi.w]), in_hi);
                 for (var j = 0; j < CB; j++) {
@@ -215,7 +226,7 @@ fn data_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let ci = ci0 + j;
         if (ci >= p.cin) { break; }
         var b = 0.0;
-        if (p.flag == 1) { b = bias[ci]; }
+        if ((p.flag & ADD_BIAS) != 0) { b = bias[ci]; }
         let xi = ((n * p.cin + ci) * p.h + ih) * p.w + rw + p.sw * j0;
         store8(xi, p.sw, count, acc[2 * j] + b, acc[2 * j + 1] + b);
     }
@@ -325,19 +336,25 @@ fn weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// dst[i] (+)= sum over slices c of src[c * tasks + i]: the second pass of a split reduction.
+// dst[g * tasks + i] (+)= sum over the slices c of group g of src[c * tasks + i]: a level of
+// the second pass of a split reduction, over `chunks` slices in groups of `rows` (the
+// launcher adds more groups than one in further levels; only the last may add to dst).
 // Runs of 64 slices are summed first, then the runs, so that thousands of partial sums lose
 // no more than a sum of about a hundred would.
 @compute @workgroup_size(WG)
 fn sum_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = flat(wid, nwg, lid);
-    if (t >= p.tasks) { return; }
     let chunks = u32(p.chunks);
+    let size = u32(p.rows);
+    let group = t / p.tasks;
+    if (group >= (chunks + size - 1u) / size) { return; }
+    let i = t - group * p.tasks;
+    let last = min((group + 1u) * size, chunks);
     var total = 0.0;
-    for (var c0 = 0u; c0 < chunks; c0 += 64u) {
+    for (var c0 = group * size; c0 < last; c0 += 64u) {
         var run = 0.0;
-        for (var c = c0; c < min(c0 + 64u, chunks); c++) {
-            run += src[c * p.tasks + t];
+        for (var c = c0; c < min(c0 + 64u, last); c++) {
+            run += src[c * p.tasks + i];
         }
         total += run;
     }

@@ -15,6 +15,11 @@
 // Every grid is a flat list of output tiles folded into y past 65,535 workgroups.
 //
 // column_sum is the bias gradient of Linear: db[j] (+)= Σ_i dy[i, j].
+//
+// llvmpipe (lavapipe, GL on Mesa) silently ends an invocation after 65,535 loop iterations, so
+// no invocation here walks a caller-chosen length in full: the launcher splits k (column_sum:
+// the rows) into slices of at most 48,000 steps, one dispatch each over k_begin..k, the slices
+// after the first adding to C.
 
 struct Params {
     m: u32,
@@ -26,6 +31,8 @@ struct Params {
     sb_j: u32,
     has_bias: u32,
     accumulate: u32,
+    // This dispatch's slice of the reduction: steps k_begin..k of k (column_sum: rows k_begin..m).
+    k_begin: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,7 +63,7 @@ fn simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let i = idx / p.n;
     let j = idx % p.n;
     var acc = 0.0;
-    for (var kk = 0u; kk < p.k; kk++) {
+    for (var kk = p.k_begin; kk < p.k; kk++) {
         acc = fma(a[i * p.sa_i + kk * p.sa_k], b[kk * p.sb_k + j * p.sb_j], acc);
     }
     store(i, j, acc);
@@ -116,9 +123,9 @@ fn blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var c13a = z; var c13b = z; var c13c = z; var c13d = z;
     var c14a = z; var c14b = z; var c14c = z; var c14d = z;
     var c15a = z; var c15b = z; var c15c = z; var c15d = z;
-    var ka = 0u;
-    var kb = 0u;
-    for (var kk = 0u; kk < p.k; kk++) {
+    var ka = p.k_begin * p.sa_k;
+    var kb = p.k_begin * p.sb_k;
+    for (var kk = p.k_begin; kk < p.k; kk++) {
         let b0 = b4_at(kb, o0);
         let b1 = b4_at(kb, o1);
         let b2 = b4_at(kb, o2);
@@ -190,7 +197,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let l = ty * 16u + tx;
 
     var acc: array<array<f32, 4>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+    for (var k0 = p.k_begin; k0 < p.k; k0 += TK) {
         // Each invocation stages 4 elements of each operand; neighbouring invocations read
         // neighbouring addresses along whichever axis has stride 1.
         for (var q = 0u; q < 4u; q++) {
@@ -247,7 +254,7 @@ fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let j = flat_group(wid, nwg) * CS + lid.x;
     var total = 0.0;
     if (j < p.n) {
-        var r = lid.y;
+        var r = p.k_begin + lid.y;
         while (r < p.m) {
             let end = min(r + CS * CS_BLOCK, p.m);
             var block = 0.0;

@@ -32,6 +32,8 @@ struct Params {
     // product: for this dispatch (the first chunk's flags; later chunks only accumulate).
     has_bias: u32,
     accumulate: u32,
+    // matmul.wgsl's slice start, unused here: chunks split k instead (row0, k0, steps).
+    k_begin: u32,
     // product: the row block's first row, the chunk's first step and its length.
     row0: u32,
     k0: u32,

@@ -15,8 +15,13 @@ use crate::{bail, Result};
 const WG: u32 = 256;
 /// Workgroup size of the one-invocation-per-channel passes (shader's CH_WG).
 const CH_WG: u32 = 64;
-/// Values of one channel reduced by one workgroup in the first level (shader's CHUNK).
+/// Fewest values of one channel that one workgroup reduces in the first level: 16 per
+/// invocation, enough work to hide the tree's barriers.
 const CHUNK: usize = WG as usize * 16;
+/// Most chunks per channel: the last level merges a channel's chunks in one invocation, which
+/// must stay far below llvmpipe's 65,535 loop iterations and is a serial loop on a GPU, so
+/// longer channels get longer chunks (2³¹ values: 8,192 per invocation) instead of more.
+const MAX_CHUNKS: usize = 1024;
 /// Longest channel that `Reduction::Auto` reduces with one invocation per channel on a GPU.
 const DIRECT_MAX: usize = 1024;
 /// Longest channel that one invocation may walk: llvmpipe (lavapipe and GL) silently stops an
@@ -83,6 +88,7 @@ struct Params {
     c: u32,
     hw: u32,
     chunks: u32,
+    chunk: u32,
     eps: f32,
     momentum: f32,
     flags: u32,
@@ -102,8 +108,13 @@ impl Dims {
     fn per_channel(&self) -> usize {
         self.n * self.hw
     }
+    /// Values per first-level chunk: a multiple of the workgroup, so each invocation of a
+    /// full chunk takes the same number of values.
+    fn chunk(&self) -> usize {
+        CHUNK.max(self.per_channel().div_ceil(MAX_CHUNKS).next_multiple_of(WG as usize))
+    }
     fn chunks(&self) -> usize {
-        self.per_channel().div_ceil(CHUNK)
+        self.per_channel().div_ceil(self.chunk())
     }
     fn partials(&self) -> usize {
         self.c * self.chunks()
@@ -118,10 +129,6 @@ impl BatchNorm {
 
     fn two_level(&self, gpu: &Gpu, d: &Dims, op: &str) -> Result<bool> {
         let m = d.per_channel();
-        // The last pass merges a channel's chunks in one invocation: the same loop limit.
-        if d.chunks() > DIRECT_LIMIT {
-            bail!(Limit, "{op}: input {:?} has {m} values per channel, over {}", self.shape, DIRECT_LIMIT * CHUNK);
-        }
         Ok(match self.reduction {
             Reduction::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => m > DIRECT_LIMIT,
             Reduction::Auto => m > DIRECT_MAX,
@@ -173,6 +180,7 @@ impl BatchNorm {
             c: d.c as u32,
             hw: d.hw as u32,
             chunks: d.chunks() as u32,
+            chunk: d.chunk() as u32,
             eps: self.eps,
             momentum: self.momentum,
             flags,

@@ -10,7 +10,7 @@ mod window;
 
 pub(crate) use window::{has_subgroups_of_8, has_windows, WINDOW};
 
-use super::check_len;
+use super::{check_len, even_slices};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{Error, Result};
 
@@ -348,6 +348,8 @@ struct Params {
     seg: i32,
     nseg: i32,
     chunks: i32,
+    c_begin: i32,
+    c_end: i32,
 }
 
 /// Invocations per workgroup, and outputs per invocation along each of the two blocked
@@ -387,6 +389,13 @@ impl Geometry {
         self.kernel[0] * (2 + self.kernel[1] * (reduced + 1)) + 64
     }
 
+    /// Most channels one forward or data-gradient dispatch may sum within [`LOOP_BUDGET`].
+    /// (The largest c with loop_iterations(c) ≤ LOOP_BUDGET; 0 where one channel is too many.)
+    fn channels_per_dispatch(&self) -> usize {
+        let [kh, kw] = self.kernel;
+        (((LOOP_BUDGET - 64) / kh.max(1)).saturating_sub(2) / kw.max(1)).saturating_sub(1)
+    }
+
     fn params(&self, flag: bool, tasks: usize, op: &str) -> Result<Params> {
         // Every index the shader forms is below one of the three tensor lengths.
         let largest = self.x_len().max(self.y_len()).max(self.w_len()).max(tasks);
@@ -416,6 +425,8 @@ impl Geometry {
             seg: 0,
             nseg: 1,
             chunks: 1,
+            c_begin: 0,
+            c_end: 0,
         })
     }
 }
@@ -435,16 +446,49 @@ fn check_bias(op: &str, bias: Option<&Buffer>, channels: usize) -> Result<()> {
     }
 }
 
-fn check_loops(op: &str, g: &Geometry, reduced: usize, what: &str) -> Result<()> {
-    let iterations = g.loop_iterations(reduced);
-    if iterations > LOOP_BUDGET {
+/// Ranges of the `reduced` channels that one dispatch each sums, so that no invocation comes
+/// near llvmpipe's loop limit; a refusal where even one channel's taps are too many.
+fn channel_slices(op: &str, g: &Geometry, reduced: usize) -> Result<Vec<(usize, usize)>> {
+    let most = g.channels_per_dispatch();
+    if most == 0 {
         return Err(Error::Limit(format!(
-            "{op}: {reduced} {what} x {}x{} taps is {iterations} loop iterations per output block, \
+            "{op}: a {}x{} kernel is {} loop iterations per output block for one channel, \
              over the {LOOP_BUDGET} that CPU adapters (llvmpipe) run before silently stopping",
-            g.kernel[0], g.kernel[1]
+            g.kernel[0],
+            g.kernel[1],
+            g.loop_iterations(1)
         )));
     }
-    Ok(())
+    Ok(even_slices(reduced, most).collect())
+}
+
+/// Bits of conv.wgsl's `flag` for forward and data_grad.
+const ADD_BIAS: i32 = 1;
+const ACCUMULATE: i32 = 2;
+
+/// One dispatch of `entry` per slice of the reduced channels: the first adds the bias, the
+/// later ones add to what the earlier ones stored.
+#[allow(clippy::too_many_arguments)]
+fn channel_sliced(
+    gpu: &Gpu,
+    entry: &'static str,
+    slices: &[(usize, usize)],
+    params: Params,
+    buffers: &[(u32, &Buffer); 4],
+    tasks: usize,
+    cost: Cost,
+    reduced: usize,
+) -> Result<Vec<Dispatch>> {
+    slices
+        .iter()
+        .map(|&(begin, end)| {
+            let flag = if begin == 0 { params.flag * ADD_BIAS } else { ACCUMULATE };
+            let p = Params { flag, c_begin: begin as i32, c_end: end as i32, ..params };
+            let share = |v: u64| v * (end - begin) as u64 / reduced as u64;
+            let cost = Cost { flops: share(cost.flops), bytes: share(cost.bytes) };
+            gpu.dispatch(kernel(entry), "", &p, buffers, workgroups_1d(tasks, WG), cost)
+        })
+        .collect()
 }
 
 /// y = conv(x, w) (+ bias): windows where they apply, else one invocation per 8 output
@@ -456,13 +500,13 @@ fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&B
             return Ok(d);
         }
     }
-    check_loops(op, g, g.cin, "channels summed")?;
+    let slices = channel_slices(op, g, g.cin)?;
     let tasks = g.n * g.cout.div_ceil(BLOCK) * g.out[0] * g.out[1].div_ceil(BLOCK);
     let params = g.params(bias.is_some(), tasks, op)?;
     let b = bias.unwrap_or(&gpu.dummy);
     let extra = if bias.is_some() { g.y_len() + g.cout } else { 0 };
     let cost = Cost { flops: g.gemm_flops() + extra as u64, bytes: bytes(g.x_len() + g.w_len() + g.y_len() + extra) };
-    Ok(vec![gpu.dispatch(kernel("forward"), "", &params, &[(1, x), (2, w), (3, b), (4, y)], workgroups_1d(tasks, WG), cost)?])
+    channel_sliced(gpu, "forward", &slices, params, &[(1, x), (2, w), (3, b), (4, y)], tasks, cost, g.cin)
 }
 
 /// dx = conv's data gradient of dy (+ bias): windows where they apply, else 8 input
@@ -474,19 +518,24 @@ fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option
             return Ok(d);
         }
     }
-    check_loops(op, g, g.cout, "channels summed")?;
+    let slices = channel_slices(op, g, g.cout)?;
     let [sh, sw] = g.stride;
     let tasks = g.n * g.cin.div_ceil(BLOCK) * sh * sw * g.size[0].div_ceil(sh) * g.size[1].div_ceil(sw).div_ceil(BLOCK);
     let params = g.params(bias.is_some(), tasks, op)?;
     let b = bias.unwrap_or(&gpu.dummy);
     let extra = if bias.is_some() { g.x_len() + g.cin } else { 0 };
     let cost = Cost { flops: g.gemm_flops() + extra as u64, bytes: bytes(g.y_len() + g.w_len() + g.x_len() + extra) };
-    Ok(vec![gpu.dispatch(kernel("data_grad"), "", &params, &[(1, dy), (2, w), (3, b), (4, dx)], workgroups_1d(tasks, WG), cost)?])
+    channel_sliced(gpu, "data_grad", &slices, params, &[(1, dy), (2, w), (3, b), (4, dx)], tasks, cost, g.cout)
 }
 
+/// Slices that one `sum_partials` invocation adds: 4,160 loop iterations. More slices are
+/// added in levels (groups of this many, then the groups' sums), so no count of slices is
+/// refused and no f32 chain grows long.
+const SUM_RUN: usize = 4096;
+
 /// Writes (or adds, with `accumulate`) a sum whose `chunks` partial sums of `len` elements a
-/// first pass computes: into `out` directly when there is one, else through a scratch buffer
-/// and `sum_partials`.
+/// first pass computes: into `out` directly when there is one, else through scratch buffers
+/// and one `sum_partials` pass per level of [`SUM_RUN`] slices.
 #[allow(clippy::too_many_arguments)]
 fn split_sum(
     gpu: &Gpu,
@@ -500,16 +549,25 @@ fn split_sum(
     if chunks == 1 {
         return first(out, accumulate);
     }
-    if chunks + 2 > LOOP_BUDGET {
-        return Err(Error::Limit(format!("{op}: a sum split into {chunks} slices, over the {LOOP_BUDGET} one pass can add")));
+    // The bind groups keep the scratch buffers alive as long as the dispatches.
+    let mut src = gpu.zeros(&format!("{op} partial sums"), chunks * len)?;
+    let mut passes = first(&src, false)?;
+    let mut slices = chunks;
+    while slices > 1 {
+        let groups = slices.div_ceil(SUM_RUN);
+        let last = groups == 1;
+        let next = if last { None } else { Some(gpu.zeros(&format!("{op} partial sums of {groups} groups"), groups * len)?) };
+        let mut params = Geometry::default().params(accumulate && last, len, op)?;
+        (params.chunks, params.rows) = (slices as i32, SUM_RUN as i32);
+        let add = if accumulate && last { len } else { 0 };
+        let cost = Cost { flops: (slices * len) as u64, bytes: bytes(slices * len + groups * len + add) };
+        let dst = next.as_ref().unwrap_or(out);
+        passes.push(gpu.dispatch(kernel("sum_partials"), "", &params, &[(1, &src), (4, dst)], workgroups_1d(groups * len, WG), cost)?);
+        if let Some(next) = next {
+            src = next;
+        }
+        slices = groups;
     }
-    // The bind groups keep the scratch buffer alive as long as the dispatches.
-    let scratch = gpu.zeros(&format!("{op} partial sums"), chunks * len)?;
-    let mut passes = first(&scratch, false)?;
-    let mut params = Geometry::default().params(accumulate, len, op)?;
-    params.chunks = chunks as i32;
-    let cost = Cost { flops: (chunks * len) as u64, bytes: bytes(chunks * len + len * if accumulate { 2 } else { 1 }) };
-    passes.push(gpu.dispatch(kernel("sum_partials"), "", &params, &[(1, &scratch), (4, out)], workgroups_1d(len, WG), cost)?);
     Ok(passes)
 }
 

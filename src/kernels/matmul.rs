@@ -2,7 +2,7 @@
 //! accumulation, in four variants chosen per adapter; and the Linear layer's forward and
 //! backward built on it.
 
-use super::check_len;
+use super::{check_len, even_slices};
 use super::conv::{has_subgroups_of_8, has_windows, LOOP_BUDGET, WINDOW};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::Result;
@@ -73,6 +73,8 @@ struct Params {
     sb_j: u32,
     has_bias: u32,
     accumulate: u32,
+    /// This dispatch's slice of the reduction: steps `k_begin..k` (column_sum: rows `k_begin..m`).
+    k_begin: u32,
 }
 
 /// Field order and types match `Params` in shaders/matmul_window.wgsl: matmul.wgsl's, then
@@ -101,6 +103,13 @@ const COLUMN_SUM_COLS: u32 = 16;
 // rows per lane; one chunk of windows holds WINDOW / rows per lane steps of k).
 const WINDOW_COLS: usize = 16;
 const SG: usize = 8;
+/// Most steps of k one dispatch of matmul.wgsl sums; longer products are split into slices
+/// that add to C in turn. llvmpipe silently ends an invocation after 65,535 loop iterations
+/// (docs/ARCHITECTURE.md), and a slice costs at most this many plus the stores: `simple` k,
+/// `blocked` k + 256, `tiled` k + k/16 (its constant-bound inner loops are unrolled).
+const K_SLICE: usize = 48_000;
+/// `column_sum`'s slice of rows: each of its 16 row lanes walks 1/16 of them.
+const ROW_SLICE: usize = 16 * K_SLICE;
 
 impl Matmul {
     fn describe(&self) -> String {
@@ -150,6 +159,7 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
         sb_j: if shape.trans_b { k } else { 1 },
         has_bias: u32::from(bias.is_some()),
         accumulate: u32::from(shape.accumulate),
+        k_begin: 0,
     };
     let variant = shape.variant.resolve(gpu);
     if variant == MatmulVariant::Windowed {
@@ -164,7 +174,15 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
     };
     let kernel = KernelId { shader: "matmul", entry };
     let bindings = [(1, a), (2, b), (3, bias.unwrap_or(&gpu.dummy)), (4, c)];
-    Ok(vec![gpu.dispatch(kernel, "", &params, &bindings, grid, shape.cost(bias.is_some()))?])
+    // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C.
+    even_slices(shape.k, K_SLICE)
+        .map(|(begin, end)| {
+            let first = begin == 0;
+            let slice = Params { k: end as u32, k_begin: begin as u32, has_bias: params.has_bias * u32::from(first), accumulate: params.accumulate | u32::from(!first), ..params };
+            let cost = Matmul { k: end - begin, accumulate: slice.accumulate != 0, ..*shape }.cost(slice.has_bias != 0);
+            gpu.dispatch(kernel, "", &slice, &bindings, grid, cost)
+        })
+        .collect()
 }
 
 /// Whether `gpu` can run matmul_window.wgsl at all: subgroups of exactly 8, and the 8 windows
@@ -293,19 +311,22 @@ pub fn linear_backward_weight(gpu: &Gpu, shape: &Linear, dy: &Buffer, x: &Buffer
     matmul(gpu, &Matmul { trans_a: true, accumulate, ..shape.product(o, i, r) }, dy, x, None, dw)
 }
 
-/// db (+)= Σ over rows of dY, summed in blocks so long batches keep f32 accuracy.
-pub fn linear_backward_bias(gpu: &Gpu, shape: &Linear, dy: &Buffer, db: &Buffer, accumulate: bool) -> Result<Dispatch> {
+/// db (+)= Σ over rows of dY, summed in blocks so long batches keep f32 accuracy; one dispatch
+/// per slice of [`ROW_SLICE`] rows, the slices after the first adding to db.
+pub fn linear_backward_bias(gpu: &Gpu, shape: &Linear, dy: &Buffer, db: &Buffer, accumulate: bool) -> Result<Vec<Dispatch>> {
     let (r, o) = (shape.rows, shape.out_features);
     shape.check("backward_bias", &[("dy", dy, &[r, o]), ("dbias", db, &[o])])?;
     let what = "linear backward_bias";
-    let params = Params {
-        m: u32_dim(what, "rows", r)?,
-        n: u32_dim(what, "out_features", o)?,
-        accumulate: u32::from(accumulate),
-        ..bytemuck::Zeroable::zeroed()
-    };
-    let (r, o) = (r as u64, o as u64);
-    let cost = Cost { flops: r * o + if accumulate { o } else { 0 }, bytes: 4 * (r * o + o + if accumulate { o } else { 0 }) };
+    u32_dim(what, "rows", r)?;
+    let n = u32_dim(what, "out_features", o)?;
     let kernel = KernelId { shader: "matmul", entry: "column_sum" };
-    gpu.dispatch(kernel, "", &params, &[(1, dy), (4, db)], workgroups_1d(o as usize, COLUMN_SUM_COLS), cost)
+    even_slices(r, ROW_SLICE)
+        .map(|(begin, end)| {
+            let add = accumulate || begin > 0;
+            let params = Params { m: end as u32, n, k_begin: begin as u32, accumulate: u32::from(add), ..bytemuck::Zeroable::zeroed() };
+            let (len, o) = ((end - begin) as u64, o as u64);
+            let cost = Cost { flops: len * o + if add { o } else { 0 }, bytes: 4 * (len * o + o + if add { o } else { 0 }) };
+            gpu.dispatch(kernel, "", &params, &[(1, dy), (4, db)], workgroups_1d(o as usize, COLUMN_SUM_COLS), cost)
+        })
+        .collect()
 }

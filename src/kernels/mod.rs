@@ -25,3 +25,12 @@ pub(crate) fn check_len(kernel: &str, what: &str, buffer: &crate::gpu::Buffer, l
     }
     Ok(())
 }
+
+/// Splits `0..len` into the fewest ranges of equal length (the last may be shorter) of at most
+/// `most` each: the slices of a long reduction that separate dispatches sum in turn. One empty
+/// range for an empty `len`, so an empty sum still writes its zeros or bias.
+pub(crate) fn even_slices(len: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = len.div_ceil(most.max(1)).max(1);
+    let step = len.div_ceil(count);
+    (0..count).map(move |s| (s * step, ((s + 1) * step).min(len)))
+}

@@ -381,6 +381,19 @@ fn batch_norm_two_level_folds_more_than_65535_chunk_workgroups() {
 }
 
 #[test]
+fn batch_norm_two_level_lengthens_chunks_past_1024_per_channel() {
+    // 4.3M values a channel: 1,050 chunks of 4,096, over the 1,024 that one invocation merges,
+    // so chunks grow to 4,352 values (17 per invocation) and number 989. Until 2026-12 the
+    // launcher refused channels of over 32,768 chunks (134M values) instead.
+    let l = Layer::new(&[4_300_001, 1], 23).reduced(Reduction::TwoLevel);
+    let mut steps = l.forward_train();
+    steps.extend(l.backward_train());
+    gpu().run(&steps).unwrap();
+    l.check_forward_train(1e-4);
+    l.check_backward_train(1e-4);
+}
+
+#[test]
 fn batch_norm_eval_folds_more_than_65535_elementwise_workgroups() {
     let (shape, gpu) = ([2, 3, 1700, 1650], gpu());
     let l = Layer::new(&shape, 11);

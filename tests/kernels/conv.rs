@@ -283,14 +283,21 @@ fn conv2d_data_grad_folds_grids_over_65535_workgroups() {
 
 #[test]
 fn conv2d_weight_and_bias_grads_sum_millions_of_terms() {
-    // 4.2M terms, split into slices short enough for llvmpipe's loop limit.
+    // 4.2M terms, split into slices short enough for llvmpipe's loop limit: 4,102 slices for
+    // the weight gradient and 16,448 lane sums for the bias gradient, over the 4,096 one
+    // sum_partials pass adds, so both partial sums are added in two levels. Every variant.
     let (s, o) = tall();
-    let (dw, db) = (zeros("dw", 1), zeros("db", 1));
-    let (dw_pass, db_pass) = (conv::conv2d_weight_grad(gpu(), &s, &o.gpu[0], &o.gpu[3], &dw, false).unwrap(), conv::conv2d_bias_grad(gpu(), &s, &o.gpu[3], &db, false).unwrap());
-    assert_eq!((dw_pass.len(), db_pass.len()), (2, 2), "split sums");
-    run(vec![dw_pass, db_pass]);
-    assert_close("conv2d tall dw", &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
-    assert_close("conv2d tall db", &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+    for variant in ConvVariant::ALL {
+        let s = Conv2d { variant, ..s };
+        let (dw, db) = (zeros("dw", 1), zeros("db", 1));
+        let weight = conv::conv2d_weight_grad(gpu(), &s, &o.gpu[0], &o.gpu[3], &dw, false).unwrap();
+        let bias = conv::conv2d_bias_grad(gpu(), &s, &o.gpu[3], &db, false).unwrap();
+        let levels = |d: &[Dispatch]| d.iter().filter(|d| d.kernel.entry == "sum_partials").count();
+        assert_eq!((levels(&weight), levels(&bias)), (2, 2), "{variant:?}: sum_partials levels of dw and db");
+        run(vec![weight, bias]);
+        assert_close(&format!("{variant:?} conv2d tall dw"), &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
+        assert_close(&format!("{variant:?} conv2d tall db"), &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);
+    }
 }
 
 #[test]
@@ -315,6 +322,31 @@ fn conv2d_sums_just_under_the_loop_limit_in_full() {
     // sides fit.)
     check_conv2d("conv2d 2000 -> 9 channels", conv2d(1, 2000, 9, [5, 5], 5, 1, 2), false, 700, [false, true, false]);
     check_conv2d("conv2d 9 -> 2000 channels", conv2d(1, 9, 2000, [5, 5], 5, 1, 2), false, 710, [true, false, false]);
+}
+
+#[test]
+fn conv2d_sums_channels_far_past_the_loop_limit_in_slices() {
+    // 20,000 channels x 3x3 taps = 180,000 terms per output, about three times what one
+    // invocation may loop over on llvmpipe: forward (over input channels) and data gradient
+    // (over output channels) each run as dispatches over ranges of channels, adding up.
+    // Every variant; the long sides are over a window, so the blocked kernels run them.
+    check_conv2d("conv2d 20000 -> 3 channels", conv2d(1, 20_000, 3, [4, 5], 3, 1, 1), true, 720, [false, true, false]);
+    check_conv2d("conv2d 3 -> 20000 channels", conv2d(1, 3, 20_000, [4, 5], 3, 1, 1), false, 730, [true, false, false]);
+    let t = transpose(1, 20_000, 2, [3, 4], 3, 2, 1, 1);
+    check_conv_transpose2d(&format!("conv_transpose2d {}", t.describe()), t, true, 740, [true, false, false]);
+}
+
+#[test]
+fn conv2d_refuses_a_kernel_whose_taps_alone_pass_the_loop_limit() {
+    // 250x250 taps of one channel are 125,564 loop iterations per output block: no slicing of
+    // channels brings that under the limit, so forward and data gradient refuse it by name.
+    let gpu = gpu();
+    let s = conv2d(1, 1, 1, [250, 250], 250, 1, 0);
+    let (x, w, y) = (zeros("x", s.input_len()), zeros("w", s.weight_len()), zeros("y", s.output_len()));
+    let e = conv::conv2d(gpu, &s, &x, &w, None, &y).err().expect("must be refused").to_string();
+    assert!(e.contains("conv2d") && e.contains("250x250") && e.contains("60000"), "{e}");
+    let e = conv::conv2d_data_grad(gpu, &s, &y, &w, &x).err().expect("must be refused").to_string();
+    assert!(e.contains("conv2d") && e.contains("250x250") && e.contains("60000"), "{e}");
 }
 
 #[test]
@@ -433,10 +465,6 @@ fn conv_rejects_bad_shapes_naming_the_op() {
     expect_err(conv::conv2d_weight_grad(gpu, &s, &buf, &buf, &short, false), &["conv2d.weight_grad", "dw [4, 3, 3, 3]"]);
     expect_err(conv::conv2d(gpu, &Conv2d { groups: 2, ..s }, &buf, &buf, None, &buf), &["conv2d", "groups = 2"]);
     expect_err(conv::conv2d(gpu, &Conv2d { stride: [0, 1], ..s }, &buf, &buf, None, &buf), &["conv2d", "positive"]);
-    // Sums longer than llvmpipe runs in one invocation are refused, not silently cut short.
-    let wide = Conv2d::new(1, 70_000, 1, [1, 1], [1, 1]);
-    let big = zeros("big", 70_000);
-    expect_err(conv::conv2d(gpu, &wide, &big, &big, None, &big), &["conv2d", "70000 channels summed", "llvmpipe"]);
 
     let t = transpose(2, 4, 3, [4, 4], 5, 2, 2, 2);
     expect_err(conv::conv_transpose2d(gpu, &t, &buf, &buf, None, &buf), &["conv_transpose2d", "output_padding 2"]);

@@ -139,6 +139,27 @@ fn windowed_matmul_sums_chunks_of_long_k_with_bias_and_accumulation() {
 }
 
 #[test]
+fn every_matmul_variant_sums_k_far_past_the_loop_limit() {
+    let _turn = one_at_a_time();
+    // llvmpipe ends an invocation silently after 65,535 loop iterations; k = 150,001 is over
+    // twice that. A [k, 5] @ [5, 3] product's weight gradient Aᵀ·dY is this shape with
+    // trans_a (the case that came back 19x too small). Few rows and columns keep it quick.
+    let (m, n, k) = (5, 3, 150_001);
+    let (a, b, bias, c0) = (rand(41, m * k), rand(42, k * n), rand(43, n), rand(44, m * n));
+    for variant in MatmulVariant::ALL {
+        for (trans_a, trans_b) in TRANSPOSES {
+            // Bias and accumulation go with the first slice only; check them on one transpose.
+            let accumulate = trans_a && !trans_b;
+            let shape = Matmul { m, n, k, trans_a, trans_b, accumulate, variant };
+            let product = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, trans_a, trans_b);
+            let want: Vec<f64> = product.iter().zip(&c0).map(|(p, &c)| if accumulate { p + c as f64 } else { *p }).collect();
+            let got = gpu_matmul(&shape, &a, &b, Some(&bias), accumulate.then_some(&c0[..]));
+            assert_close(&format!("{} accumulate={accumulate}", label(&shape, true)), &got, &want, 1e-4);
+        }
+    }
+}
+
+#[test]
 fn matmul_accumulates_into_existing_output() {
     let _turn = one_at_a_time();
     let (m, n, k) = (33, 65, 17);
@@ -240,7 +261,7 @@ fn linear_forward_and_backward_match_reference() {
         let mut dispatches = matmul::linear_forward(gpu, s, &x, &w, Some(&b), &y).unwrap();
         dispatches.extend(matmul::linear_backward_input(gpu, s, &dy, &w, &dx).unwrap());
         dispatches.extend(matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, false).unwrap());
-        dispatches.push(matmul::linear_backward_bias(gpu, s, &dy, &db, false).unwrap());
+        dispatches.extend(matmul::linear_backward_bias(gpu, s, &dy, &db, false).unwrap());
         gpu.run(&dispatches).unwrap();
         let (x64, w64, b64, dy64) = (f64s(&case.x), f64s(&case.w), f64s(&case.b), f64s(&case.dy));
         let want_y = reference::linear_forward(&x64, &w64, Some(&b64), rows, i, o);
@@ -252,7 +273,7 @@ fn linear_forward_and_backward_match_reference() {
 
         // A second backward with accumulation doubles the parameter gradients.
         let mut dispatches = matmul::linear_backward_weight(gpu, s, &dy, &x, &dw, true).unwrap();
-        dispatches.push(matmul::linear_backward_bias(gpu, s, &dy, &db, true).unwrap());
+        dispatches.extend(matmul::linear_backward_bias(gpu, s, &dy, &db, true).unwrap());
         gpu.run(&dispatches).unwrap();
         let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
         assert_close(&format!("{variant:?} linear dw accumulated"), &read(&dw), &twice(&want_dw), 1e-4);
@@ -270,9 +291,29 @@ fn linear_bias_gradient_stays_accurate_over_100k_rows() {
     let dy: Vec<f32> = rand(21, rows * out).iter().map(|v| 1.0 + 0.5 * v).collect();
     let shape = Linear { rows, in_features: 1, out_features: out, ..Default::default() };
     let (dyb, db) = (upload("dy", &dy), zeros("db", out));
-    gpu.run(&[matmul::linear_backward_bias(gpu, &shape, &dyb, &db, false).unwrap()]).unwrap();
+    gpu.run(&matmul::linear_backward_bias(gpu, &shape, &dyb, &db, false).unwrap()).unwrap();
     let want: Vec<f64> = (0..out).map(|j| (0..rows).map(|r| dy[r * out + j] as f64).sum()).collect();
     assert_close("linear db over 100k rows", &read(&db), &want, 1e-6);
+}
+
+#[test]
+fn linear_gradients_sum_rows_far_past_the_loop_limit() {
+    let _turn = one_at_a_time();
+    let gpu = gpu();
+    // 1.6M rows: each of column_sum's 16 row lanes would walk 100,000 of them, past llvmpipe's
+    // 65,535 loop iterations; dW = dYᵀ·X reduces over all rows. Both are split into slices.
+    let case = LinearCase::new(1_600_001, 2, 3, MatmulVariant::Auto);
+    let Linear { rows, in_features: i, out_features: o, .. } = case.shape;
+    let (x, dy, dw, db) = (upload("x", &case.x), upload("dy", &case.dy), zeros("dw", o * i), zeros("db", o));
+    let bias = matmul::linear_backward_bias(gpu, &case.shape, &dy, &db, false).unwrap();
+    assert!(bias.len() >= 3, "{} column_sum dispatches for {rows} rows", bias.len());
+    let mut dispatches = matmul::linear_backward_weight(gpu, &case.shape, &dy, &x, &dw, false).unwrap();
+    dispatches.extend(bias);
+    gpu.run(&dispatches).unwrap();
+    let (x64, w64, dy64) = (f64s(&case.x), f64s(&case.w), f64s(&case.dy));
+    let (_, want_dw, want_db) = reference::linear_backward(&x64, &w64, &dy64, rows, i, o);
+    assert_close("linear dw over 1.6M rows", &read(&dw), &want_dw, 1e-4);
+    assert_close("linear db over 1.6M rows", &read(&db), &want_db, 1e-4);
 }
 
 #[test]
