@@ -10,7 +10,7 @@
 
 use super::case::{Case, HostTensor};
 use super::ops::{OpResult, Runner};
-use super::via_graph::{via_graph, Produced};
+use super::via_graph::{via_graph, Arg, Produced};
 use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::kernels::loss::{self, Reduction};
 use crate::kernels::{activation as act, elementwise, reduce};
@@ -35,11 +35,11 @@ fn output_name(case: &Case) -> &str {
     case.outputs.first().map_or("y", |(n, _)| n)
 }
 
-/// Inputs past the `supported` first ones (a `weight` or `pos_weight`) would change the
-/// result; refusing them beats a silent wrong answer.
+/// Parameters past the `supported` first ones (a loss's `weight`, where a registry lists it)
+/// would change the result; refusing them beats a silent wrong answer.
 fn only_inputs(case: &Case, supported: usize) -> Result<()> {
-    if let Some((name, _)) = case.inputs.get(supported) {
-        bail!(Invalid, "case {:?}: {} input {name:?} (#{supported}) is not supported by kiln's kernels", case.name, case.op);
+    if let Some(i) = case.given().find(|&i| i >= supported) {
+        bail!(Invalid, "case {:?}: {} input {:?} (#{i}) is not supported by kiln's kernels", case.name, case.op, case.input_name(i));
     }
     Ok(())
 }
@@ -169,8 +169,8 @@ fn kl_normal(gpu: &Gpu, case: &Case) -> Result<OpResult> {
 /// batch_norm(input, running_mean, running_var[, weight, bias]) through the graph op; in
 /// training mode the running statistics after PyTorch's update are outputs too.
 fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
-    if case.inputs.len() == 4 {
-        bail!(Invalid, "case {:?}: batch_norm with a weight but no bias is not supported", case.name);
+    if case.given().ne([0, 1, 2]) && case.given().ne([0, 1, 2, 3, 4]) {
+        bail!(Invalid, "case {:?}: batch_norm needs running_mean and running_var, and weight and bias together or neither", case.name);
     }
     let op = crate::graph::ops::BatchNorm {
         eps: case.attr_f64("eps", 1e-5)? as f32,
@@ -178,7 +178,8 @@ fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
         training: case.attr_bool("training", false)?,
         update_running: true,
     };
-    via_graph(gpu, case, &[1, 2], |g, x| {
+    let args: Vec<Arg> = case.given().map(|i| if i == 1 || i == 2 { Arg::State(i) } else { Arg::Param(i) }).collect();
+    via_graph(gpu, case, &args, |g, x| {
         let y = g.apply(op, x, &case.name)?[0];
         let mut out = vec![Produced::Computed("y".into(), y)];
         if op.training {
@@ -191,7 +192,8 @@ fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
 
 /// One op applied to all the case's inputs, through the graph; output `y`.
 fn single_op(gpu: &Gpu, case: &Case, op: impl crate::graph::Op + 'static) -> Result<OpResult> {
-    via_graph(gpu, case, &[], |g, x| Ok(vec![Produced::Computed("y".into(), g.apply1(op, x, &case.name)?)]))
+    let args: Vec<Arg> = case.given().map(Arg::Param).collect();
+    via_graph(gpu, case, &args, |g, x| Ok(vec![Produced::Computed("y".into(), g.apply1(op, x, &case.name)?)]))
 }
 
 /// torch.matmul of two 2-D tensors.
