@@ -525,6 +525,100 @@ fn check_fails_cases_whose_input_names_do_not_bind() {
     assert!(err.contains("case \"c\": \"inputs\" names \"x\" twice"), "{err}");
 }
 
+/// batch_norm in training mode of x [n, c] in f64, as PyTorch computes it, for weight `w` and
+/// bias `b` (ones and zeros when absent): y, the batch mean and unbiased variance, and the
+/// gradients of x, weight and bias for upstream `gy`.
+struct BatchNormTrain {
+    y: Vec<f32>,
+    mean: Vec<f64>,
+    var_unbiased: Vec<f64>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+fn batch_norm_train(x: &[f32], c: usize, w: &[f32], b: &[f32], gy: &[f32], eps: f64) -> BatchNormTrain {
+    let n = x.len() / c;
+    let mut r = BatchNormTrain { y: vec![0.0; x.len()], mean: vec![], var_unbiased: vec![], dx: vec![0.0; x.len()], dw: vec![], db: vec![] };
+    for j in 0..c {
+        let col = |v: &[f32]| (0..n).map(|i| v[i * c + j] as f64).collect::<Vec<f64>>();
+        let (xs, gs) = (col(x), col(gy));
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let invstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * invstd).collect();
+        let sum_g: f64 = gs.iter().sum();
+        let sum_gx: f64 = gs.iter().zip(&xhat).map(|(g, h)| g * h).sum();
+        for i in 0..n {
+            r.y[i * c + j] = (xhat[i] * w[j] as f64 + b[j] as f64) as f32;
+            r.dx[i * c + j] = (w[j] as f64 * invstd * (gs[i] - sum_g / n as f64 - xhat[i] * sum_gx / n as f64)) as f32;
+        }
+        r.mean.push(mean);
+        r.var_unbiased.push(var * n as f64 / (n - 1) as f64);
+        r.dw.push(sum_gx as f32);
+        r.db.push(sum_g as f32);
+    }
+    r
+}
+
+#[test]
+fn check_batch_norm_training_takes_running_statistics_and_affine_each_optional_by_name() {
+    let (n, c, momentum) = (5, 3, 0.1);
+    let (shape, per_channel) = ([n, c], [c]);
+    let x: Vec<f32> = (0..n * c).map(|k| ((k * 7 % 11) as f32) * 0.3 - 1.0).collect();
+    let gy: Vec<f32> = (0..n * c).map(|k| ((k * 5 % 7) as f32) * 0.25 - 0.7).collect();
+    let (w, b) = ([0.5f32, 1.5, -1.0], [0.2f32, -0.3, 0.7]);
+    let (rm, rv) = ([0.1f32, -0.2, 0.3], [1.0f32, 0.5, 2.0]);
+    for running in [false, true] {
+        for (weight, bias) in [(true, true), (false, false), (true, false), (false, true)] {
+            let r = batch_norm_train(&x, c, if weight { &w } else { &[1.0; 3] }, if bias { &b } else { &[0.0; 3] }, &gy, 1e-5);
+            let update = |old: &[f32], batch: &[f64]| -> Vec<f32> {
+                old.iter().zip(batch).map(|(&o, &v)| ((1.0 - momentum) * o as f64 + momentum * v) as f32).collect()
+            };
+            let (new_rm, new_rv) = (update(&rm, &r.mean), update(&rv, &r.var_unbiased));
+            // As PyTorch code calls it, F.batch_norm(x, None, None, weight, bias, training=True).
+            let mut inputs: Vec<Named> = vec![("x", &shape, &x)];
+            let mut outputs: Vec<Named> = vec![("y", &shape, &r.y)];
+            let mut grads: Vec<Named> = vec![("x", &shape, &r.dx)];
+            if weight {
+                inputs.push(("weight", &per_channel, &w));
+                grads.push(("weight", &per_channel, &r.dw));
+            }
+            if bias {
+                inputs.push(("bias", &per_channel, &b));
+                grads.push(("bias", &per_channel, &r.db));
+            }
+            if running {
+                inputs.extend([("running_mean", &per_channel[..], &rm[..]), ("running_var", &per_channel, &rv)]);
+                outputs.extend([("running_mean", &per_channel[..], &new_rm[..]), ("running_var", &per_channel, &new_rv)]);
+            }
+            let bytes = named_case("batch_norm", r#"{"training":true}"#, &inputs, &outputs, &[("y", &shape, &gy)], &grads);
+            let result = run_named(&bytes);
+            assert_eq!(result.verdict, Verdict::Pass, "running {running}, weight {weight}, bias {bias}: {result}");
+        }
+    }
+}
+
+#[test]
+fn check_batch_norm_without_both_running_statistics_fails_unless_training() {
+    let (x, per_channel) = ([1.0f32, 2.0, 4.0, 3.0], [1.0f32, 1.0]);
+    let inputs = |names: &[&'static str]| -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+        let mut v = vec![("x", vec![2, 2], x.to_vec())];
+        v.extend(names.iter().map(|n| (*n, vec![2], per_channel.to_vec())));
+        v
+    };
+    for (attrs, names, want) in [
+        (r#"{"training":false}"#, &["weight", "bias"][..], "case \"c\": batch_norm in eval mode (training false) needs running_mean and running_var"),
+        ("{}", &["weight", "bias"][..], "case \"c\": batch_norm in eval mode"),
+        (r#"{"training":true}"#, &["running_mean", "weight", "bias"][..], "case \"c\": batch_norm needs running_mean and running_var together"),
+    ] {
+        let owned = inputs(names);
+        let named: Vec<Named> = owned.iter().map(|(n, s, v)| (*n, &s[..], &v[..])).collect();
+        let r = run_named(&named_case("batch_norm", attrs, &named, &[("y", &[2, 2], &x)], &[], &[]));
+        assert!(failure(&r).starts_with(want), "{attrs} {names:?}: {r}");
+    }
+}
+
 // ---- the command line ----
 
 #[test]

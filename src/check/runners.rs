@@ -166,23 +166,45 @@ fn kl_normal(gpu: &Gpu, case: &Case) -> Result<OpResult> {
     Ok(result)
 }
 
-/// batch_norm(input, running_mean, running_var[, weight, bias]) through the graph op; in
-/// training mode the running statistics after PyTorch's update are outputs too.
+/// batch_norm(input, running_mean?, running_var?, weight?, bias?) through the graph op. In
+/// training mode with running statistics, those after PyTorch's update are outputs too.
+/// The graph op takes both running statistics and weight and bias or neither, so a parameter
+/// the case leaves out gets a stand-in that changes nothing: running statistics that training
+/// without them neither reads nor updates, a weight of ones, a bias of zeros.
 fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
-    if case.given().ne([0, 1, 2]) && case.given().ne([0, 1, 2, 3, 4]) {
-        bail!(Invalid, "case {:?}: batch_norm needs running_mean and running_var, and weight and bias together or neither", case.name);
-    }
+    let training = case.attr_bool("training", false)?;
+    let running = match (case.optional_input(1), case.optional_input(2)) {
+        (Some(_), Some(_)) => true,
+        (None, None) if training => false,
+        (None, None) => bail!(
+            Invalid,
+            "case {:?}: batch_norm in eval mode (training false) needs running_mean and running_var, as PyTorch does",
+            case.name
+        ),
+        _ => bail!(Invalid, "case {:?}: batch_norm needs running_mean and running_var together, or neither", case.name),
+    };
     let op = crate::graph::ops::BatchNorm {
         eps: case.attr_f64("eps", 1e-5)? as f32,
         momentum: case.attr_f64("momentum", 0.1)? as f32,
-        training: case.attr_bool("training", false)?,
-        update_running: true,
+        training,
+        update_running: running,
     };
-    let args: Vec<Arg> = case.given().map(|i| if i == 1 || i == 2 { Arg::State(i) } else { Arg::Param(i) }).collect();
+    let channels = case.input(0)?.shape.get(1).copied().unwrap_or(0);
+    let fill = |name, value| Arg::Fixed(name, HostTensor { shape: vec![channels], data: vec![value; channels] });
+    let mut args = vec![Arg::Param(0)];
+    if running {
+        args.extend([Arg::State(1), Arg::State(2)]);
+    } else {
+        args.extend([fill("running_mean", 0.0), fill("running_var", 1.0)]);
+    }
+    if case.optional_input(3).is_some() || case.optional_input(4).is_some() {
+        let given_or = |i, name, value| if case.optional_input(i).is_some() { Arg::Param(i) } else { fill(name, value) };
+        args.extend([given_or(3, "weight", 1.0), given_or(4, "bias", 0.0)]);
+    }
     via_graph(gpu, case, &args, |g, x| {
         let y = g.apply(op, x, &case.name)?[0];
         let mut out = vec![Produced::Computed("y".into(), y)];
-        if op.training {
+        if op.training && running {
             out.push(Produced::Updated("running_mean".into(), x[1]));
             out.push(Produced::Updated("running_var".into(), x[2]));
         }

@@ -24,6 +24,9 @@ pub(super) enum Arg {
     Param(usize),
     /// The case's input for the op's parameter `i`, as state: updated in place, no gradient.
     State(usize),
+    /// A fixed stand-in, under this name, for a parameter the case leaves out (batch norm's
+    /// weight of ones): state, so it gets no gradient and is never reported.
+    Fixed(&'static str, HostTensor),
 }
 
 /// Builds the graph of `args` with `build`, runs it once, and reads back what it produced and
@@ -41,6 +44,8 @@ pub(super) fn via_graph(
             Ok(match a {
                 Arg::Param(i) => (case.input_name(*i).to_string(), case.input(*i)?, Some(*i)),
                 Arg::State(i) => (case.input_name(*i).to_string(), case.input(*i)?, None),
+                // A '/' keeps the stand-in's name apart from every name a file may use.
+                Arg::Fixed(name, t) => (format!("absent/{name}"), t, None),
             })
         })
         .collect::<Result<_>>()?;
