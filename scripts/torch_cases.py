@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 SEED = 1234
-MAX_BYTES = 2_000_000
+# 2.8 MB each of it is linear_70001_rows and matmul_70001_k: a reduction past 65,535 values needs them.
+MAX_BYTES = 8_000_000
 
 
 class Cases:
@@ -147,6 +148,35 @@ def conv_transpose2d(c):
         c.functional(name, "conv_transpose2d", inputs, attrs, grads=[n for n, _ in inputs])
 
 
+def batch_norm_case(c, name, shape, training, affine, attrs, running=True):
+    """A batch_norm case with inputs named as PyTorch's parameters. Without running statistics
+    (training only) it calls F.batch_norm(input, None, None, weight, bias, training=True), as
+    PyTorch code does, and outputs only y."""
+    ch = shape[1]
+    # Offset and scaled inputs so the batch statistics are far from 0 and 1.
+    x = c.randn(*shape, scale=2.0) + 0.5
+    inputs = [("input", x)]
+    if running:
+        inputs += [("running_mean", c.randn(ch, scale=0.5)), ("running_var", c.uniform(ch, lo=0.5, hi=2.0))]
+    if affine:
+        inputs += [("weight", c.uniform(ch, lo=0.5, hi=1.5)), ("bias", c.randn(ch))]
+    attrs = dict(attrs, training=training)
+    kw = {k: v for k, v in attrs.items() if k != "training"}
+    names = [n for n, _ in inputs]
+    updates = training and running
+
+    def fn(*tensors):
+        t = dict(zip(names, tensors))
+        # Copies: F.batch_norm updates the running statistics in place when training.
+        rm, rv = (t[k].detach().clone() if running else None for k in ("running_mean", "running_var"))
+        y = F.batch_norm(t["input"], rm, rv, t.get("weight"), t.get("bias"), training=training, **kw)
+        return (y, rm, rv) if updates else y
+
+    outputs = ("y", "running_mean", "running_var") if updates else ("y",)
+    grads = ["input"] + (["weight", "bias"] if affine else [])
+    c.add(name, "batch_norm", inputs, fn, attrs, grads, outputs, no_grad_outputs=("running_mean", "running_var"))
+
+
 def batch_norm(c):
     cases = [  # name, shape, training, affine, attrs
         ("batch_norm1d_train", (8, 5), True, True, {"momentum": 0.1, "eps": 1e-5}),
@@ -160,23 +190,7 @@ def batch_norm(c):
         ("batch_norm2d_eval_no_affine", (3, 2, 3, 3), False, False, {"eps": 1e-4}),
     ]
     for name, shape, training, affine, attrs in cases:
-        ch = shape[1]
-        # Offset and scaled inputs so the batch statistics are far from 0 and 1.
-        x = c.randn(*shape, scale=2.0) + 0.5
-        inputs = [("input", x), ("running_mean", c.randn(ch, scale=0.5)), ("running_var", c.uniform(ch, lo=0.5, hi=2.0))]
-        if affine:
-            inputs += [("weight", c.uniform(ch, lo=0.5, hi=1.5)), ("bias", c.randn(ch))]
-        attrs = dict(attrs, training=training)
-        grads = ["input"] + (["weight", "bias"] if affine else [])
-
-        def fn(x, rm, rv, *wb, training=training, attrs=attrs):
-            rm, rv = rm.detach().clone(), rv.detach().clone()  # updated in place when training
-            kw = {k: v for k, v in attrs.items() if k != "training"}
-            y = F.batch_norm(x, rm, rv, *wb, training=training, **kw)
-            return (y, rm, rv) if training else y
-
-        outputs = ("y", "running_mean", "running_var") if training else ("y",)
-        c.add(name, "batch_norm", inputs, fn, attrs, grads, outputs, no_grad_outputs=("running_mean", "running_var"))
+        batch_norm_case(c, name, shape, training, affine, attrs)
 
 
 def activations(c):
@@ -232,6 +246,28 @@ def losses(c):
               grads=("mu", "logvar"))
 
 
+def absent_inputs(c):
+    """Optional parameters left out, as PyTorch code leaves them out: the file names the inputs
+    it has, so kiln must bind them by name (docs/CHECK.md)."""
+    for name, shape, affine, attrs in [("batch_norm1d_train_no_running", (7, 5), True, {"eps": 1e-5}),
+                                       ("batch_norm2d_train_no_running", (3, 5, 7, 3), True, {"eps": 1e-3}),
+                                       ("batch_norm1d_train_no_running_no_affine", (9, 3), False, {"eps": 1e-5})]:
+        batch_norm_case(c, name, shape, True, affine, attrs, running=False)
+    batch_norm_case(c, "batch_norm2d_train_no_affine", (3, 3, 5, 7), True, False, {"momentum": 0.2, "eps": 1e-5})
+    x, w = c.randn(5, 13), c.randn(7, 13, scale=1 / math.sqrt(13))
+    c.functional("linear_no_bias_odd", "linear", [("input", x), ("weight", w)], grads=("input", "weight"))
+
+
+def long_reductions(c):
+    """Reductions over 70,001 values, past the 65,535 loop iterations llvmpipe allows one
+    invocation: linear's weight and bias gradients sum over the rows, matmul's product over k."""
+    n = 70_001
+    inputs = [("input", c.randn(n, 2)), ("weight", c.randn(3, 2, scale=1 / math.sqrt(2))), ("bias", c.randn(3))]
+    c.functional("linear_70001_rows", "linear", inputs, grads=("input", "weight", "bias"))
+    c.functional("matmul_70001_k", "matmul", [("input", c.randn(3, n)), ("other", c.randn(n, 2))],
+                 grads=("input", "other"))
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,7 +275,10 @@ def main():
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     c = Cases()
-    for build in [matmul, linear, conv2d, conv_transpose2d, batch_norm, activations, losses]:
+    # Builders draw from one generator in turn: a new one goes last, so that every earlier
+    # case keeps its values (and the fixture its bytes for them).
+    for build in [matmul, linear, conv2d, conv_transpose2d, batch_norm, activations, losses, absent_inputs,
+                  long_reductions]:
         build(c)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     c.save(args.out)

@@ -56,10 +56,10 @@ fn mse_case(attrs: &str, drop: Option<&str>, retype: Option<(&str, Dtype)>) -> V
     let (x, t, gy) = ([1.0f32, 2.0, -1.0], [0.5f32, 2.5, 1.0], [1.0f32, -2.0, 0.5]);
     let y: Vec<f32> = x.iter().zip(&t).map(|(a, b)| (a - b) * (a - b)).collect();
     let gx: Vec<f32> = (0..3).map(|i| 2.0 * (x[i] - t[i]) * gy[i]).collect();
-    let meta = format!(r#"[{{"name":"m","op":"mse_loss","attrs":{attrs},"inputs":["x","t"],"outputs":["y"],"grads":["x"]}}]"#);
+    let meta = format!(r#"[{{"name":"m","op":"mse_loss","attrs":{attrs},"inputs":["x","target"],"outputs":["y"],"grads":["x"]}}]"#);
     let tensors: Vec<Tensor> = [
         f32t("m/in/x", &[3], &x),
-        f32t("m/in/t", &[3], &t),
+        f32t("m/in/target", &[3], &t),
         f32t("m/out/y", &[3], &y),
         f32t("m/grad_out/y", &[3], &gy),
         f32t("m/grad_in/x", &[3], &gx),
@@ -119,9 +119,9 @@ fn with_mse_runner(runner: kiln::check::Runner) -> Registry {
 #[test]
 fn check_reads_a_valid_case() {
     let file = CaseFile::from_bytes(&mse_case(NONE, None, None), "test.safetensors").unwrap();
-    let case = &file.cases[0];
+    let (case, _) = Registry::builtin().prepare(&file.cases[0]).unwrap();
     assert_eq!((case.name.as_str(), case.op.as_str(), case.tol), ("m", "mse_loss", 1e-4));
-    assert_eq!(case.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["x", "t"]);
+    assert_eq!(case.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["x", "target"]);
     assert_eq!(case.input(1).unwrap().data, [0.5, 2.5, 1.0]);
     assert!(case.wants_grad(0) && !case.wants_grad(1));
     assert_eq!(case.attr_str("reduction", "mean").unwrap(), "none");
@@ -173,7 +173,7 @@ fn check_rejects_malformed_case_entries() {
 
 #[test]
 fn check_rejects_a_missing_tensor_naming_case_and_tensor() {
-    for missing in ["m/in/t", "m/out/y", "m/grad_in/x"] {
+    for missing in ["m/in/target", "m/out/y", "m/grad_in/x"] {
         let err = load_err(&mse_case(NONE, Some(missing), None));
         assert!(err.contains(&format!("case \"m\": missing tensor \"{missing}\"")), "{err}");
     }
@@ -255,7 +255,7 @@ fn check_rejects_unknown_attrs_and_wrong_input_counts_per_case() {
     assert!(m.contains("attr \"reduction\" of mse_loss must be"), "{m}");
     let file = CaseFile::from_bytes(&one_case("conv2d"), "t").unwrap();
     let Verdict::Fail(m) = check_case(gpu(), &Registry::builtin(), &file.cases[0]).verdict else { panic!() };
-    assert!(m.contains("conv2d takes 2 to 3 inputs (input, weight, bias), the case gives 1"), "{m}");
+    assert!(m.contains("conv2d needs input \"weight\", the case gives x"), "{m}");
 }
 
 #[test]
@@ -370,7 +370,7 @@ fn check_fixture_activation_and_loss_cases_all_pass() {
     assert!(failed.is_empty(), "{} activation/loss cases failed:\n{}", failed.len(), failed.join("\n"));
 }
 
-/// A one-case file "c": `op` of x and t ([3] each, plus an input `extra` if given) with
+/// A one-case file "c": `op` of x and target ([3] each, plus an input `extra` if given) with
 /// `attrs`, checking the gradients `grads`. Expected values are mse_loss's with reduction
 /// none; for another op the case must fail before anything is compared.
 fn pair_case(op: &str, attrs: &str, extra: Option<&str>, grads: &[&str]) -> Vec<u8> {
@@ -378,7 +378,7 @@ fn pair_case(op: &str, attrs: &str, extra: Option<&str>, grads: &[&str]) -> Vec<
     let y: Vec<f32> = (0..3).map(|i| (x[i] - t[i]) * (x[i] - t[i])).collect();
     let gx: Vec<f32> = (0..3).map(|i| 2.0 * (x[i] - t[i]) * gy[i]).collect();
     let gt: Vec<f32> = gx.iter().map(|g| -g).collect();
-    let mut inputs = vec!["x", "t"];
+    let mut inputs = vec!["x", "target"];
     inputs.extend(extra);
     let quoted = |names: &[&str]| names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(",");
     let meta = format!(
@@ -386,7 +386,7 @@ fn pair_case(op: &str, attrs: &str, extra: Option<&str>, grads: &[&str]) -> Vec<
         quoted(&inputs),
         quoted(grads)
     );
-    let mut tensors = vec![f32t("c/in/x", &[3], &x), f32t("c/in/t", &[3], &t), f32t("c/out/y", &[3], &y), f32t("c/grad_out/y", &[3], &gy)];
+    let mut tensors = vec![f32t("c/in/x", &[3], &x), f32t("c/in/target", &[3], &t), f32t("c/out/y", &[3], &y), f32t("c/grad_out/y", &[3], &gy)];
     tensors.extend(extra.map(|e| f32t(&format!("c/in/{e}"), &[3], &[1.0; 3])));
     for g in grads {
         tensors.push(f32t(&format!("c/grad_in/{g}"), &[3], if *g == "x" { &gx } else { &gt }));
@@ -406,7 +406,7 @@ fn check_loss_runners_refuse_inputs_and_gradients_they_cannot_compute() {
     let builtin = Registry::builtin();
     // A weight input or a pos_weight attribute would change the loss: each fails by name.
     let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case("binary_cross_entropy", NONE, Some("weight"), &["x"])) else { panic!() };
-    assert!(m.contains("binary_cross_entropy takes 2 inputs") && m.contains("(x, t, weight)"), "{m}");
+    assert!(m.contains("binary_cross_entropy has no input \"weight\" (it takes input (or x), target)"), "{m}");
     let attrs = r#"{"reduction":"none","pos_weight":2.0}"#;
     let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case("binary_cross_entropy_with_logits", attrs, None, &["x"])) else { panic!() };
     assert!(m.contains("binary_cross_entropy_with_logits has no attribute \"pos_weight\""), "{m}");
@@ -417,10 +417,206 @@ fn check_loss_runners_refuse_inputs_and_gradients_they_cannot_compute() {
     assert!(m.contains("binary_cross_entropy input \"weight\" (#2) is not supported"), "{m}");
     // BCE's target gradient has no kernel; mse_loss's is −d(input).
     for op in ["binary_cross_entropy", "binary_cross_entropy_with_logits"] {
-        let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case(op, NONE, None, &["x", "t"])) else { panic!() };
-        assert!(m.contains(op) && m.contains("gradient of \"t\" (the target) is not supported"), "{m}");
+        let Verdict::Fail(m) = pair_verdict(&builtin, &pair_case(op, NONE, None, &["x", "target"])) else { panic!() };
+        assert!(m.contains(op) && m.contains("gradient of \"target\" (the target) is not supported"), "{m}");
     }
-    assert_eq!(pair_verdict(&builtin, &pair_case("mse_loss", NONE, None, &["x", "t"])), Verdict::Pass);
+    assert_eq!(pair_verdict(&builtin, &pair_case("mse_loss", NONE, None, &["x", "target"])), Verdict::Pass);
+}
+
+// ---- binding inputs to the op's parameters ----
+
+/// One tensor of a case: (name, shape, values).
+type Named<'a> = (&'a str, &'a [usize], &'a [f32]);
+
+/// A one-case file "c": `op` with `attrs`, its inputs in the file's order, the expected
+/// outputs, their upstream gradients and the expected gradients of the inputs in `grads`.
+fn named_case(op: &str, attrs: &str, inputs: &[Named], outputs: &[Named], grad_out: &[Named], grads: &[Named]) -> Vec<u8> {
+    let names = |list: &[Named]| list.iter().map(|(n, ..)| format!("{n:?}")).collect::<Vec<_>>().join(",");
+    let meta = format!(
+        r#"[{{"name":"c","op":"{op}","attrs":{attrs},"inputs":[{}],"outputs":[{}],"grads":[{}]}}]"#,
+        names(inputs),
+        names(outputs),
+        names(grads)
+    );
+    let mut tensors = Vec::new();
+    for (kind, list) in [("in", inputs), ("out", outputs), ("grad_out", grad_out), ("grad_in", grads)] {
+        tensors.extend(list.iter().map(|(n, shape, v)| f32t(&format!("c/{kind}/{n}"), shape, v)));
+    }
+    file_bytes(Some(&meta), &tensors)
+}
+
+fn run_named(bytes: &[u8]) -> CaseResult {
+    let file = CaseFile::from_bytes(bytes, "t").unwrap();
+    let r = check_case(gpu(), &Registry::builtin(), &file.cases[0]);
+    eprintln!("{r}");
+    r
+}
+
+fn failure(r: &CaseResult) -> &str {
+    match &r.verdict {
+        Verdict::Fail(m) => m,
+        v => panic!("expected a failed case, got {v:?}"),
+    }
+}
+
+/// Why `op` of inputs named `names` ([1] each) does not bind: a failed case (its report line
+/// names the case), and the same message from Registry::prepare prefixed with the case.
+fn binding_error(op: &str, names: &[&str]) -> String {
+    let inputs: Vec<Named> = names.iter().map(|n| (*n, &[1][..], &[1.0f32][..])).collect();
+    let file = CaseFile::from_bytes(&named_case(op, "{}", &inputs, &[("y", &[1], &[1.0])], &[], &[]), "t").unwrap();
+    let r = check_case(gpu(), &Registry::builtin(), &file.cases[0]);
+    let m = failure(&r).to_string();
+    assert!(r.line(1).starts_with("c  "), "{}", r.line(1));
+    let err = Registry::builtin().prepare(&file.cases[0]).expect_err("must not bind").to_string();
+    assert_eq!(err, format!("case \"c\": {m}"));
+    eprintln!("{err}");
+    m
+}
+
+#[test]
+fn check_binds_pytorch_names_in_any_order_with_grads_by_name() {
+    // linear without bias, weight [2, 3] given before input [4, 3]: by position this would be
+    // a shape error; by name it is x·wᵀ.
+    let (n, i, o) = (4, 3, 2);
+    let x: Vec<f32> = (0..n * i).map(|k| (k as f32) * 0.25 - 1.0).collect();
+    let w: Vec<f32> = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75].to_vec();
+    let gy: Vec<f32> = (0..n * o).map(|k| 1.0 - (k as f32) * 0.3).collect();
+    let y: Vec<f32> = (0..n * o).map(|k| (0..i).map(|j| x[k / o * i + j] * w[k % o * i + j]).sum()).collect();
+    let dw: Vec<f32> = (0..o * i).map(|k| (0..n).map(|r| gy[r * o + k / i] * x[r * i + k % i]).sum()).collect();
+    let dx: Vec<f32> = (0..n * i).map(|k| (0..o).map(|c| gy[k / i * o + c] * w[c * i + k % i]).sum()).collect();
+    let bytes = named_case(
+        "linear",
+        "{}",
+        &[("weight", &[o, i], &w), ("input", &[n, i], &x)],
+        &[("y", &[n, o], &y)],
+        &[("y", &[n, o], &gy)],
+        &[("weight", &[o, i], &dw), ("input", &[n, i], &dx)],
+    );
+    let r = run_named(&bytes);
+    assert_eq!(r.verdict, Verdict::Pass, "{r}");
+}
+
+#[test]
+fn check_reads_the_files_own_names_by_position() {
+    let (x, t) = ([1.0f32, 2.0, -1.0], [0.5f32, 2.5, 1.0]);
+    let y: Vec<f32> = x.iter().zip(&t).map(|(a, b)| (a - b) * (a - b)).collect();
+    let bytes = named_case("mse_loss", NONE, &[("pred", &[3], &x), ("label", &[3], &t)], &[("y", &[3], &y)], &[], &[]);
+    assert_eq!(run_named(&bytes).verdict, Verdict::Pass);
+    let m = binding_error("conv2d", &["image"]);
+    assert_eq!(m, "conv2d takes 2 to 3 inputs (input, weight, bias), the case gives 1 (image)");
+}
+
+#[test]
+fn check_fails_cases_whose_input_names_do_not_bind() {
+    let m = binding_error("mse_loss", &["x", "label"]);
+    assert!(m.starts_with("inputs mix PyTorch's parameter names (x) with others (label)"), "{m}");
+    assert!(m.contains("as mse_loss does (input (or x), target)"), "{m}");
+    let m = binding_error("linear", &["input", "weight", "running_mean"]);
+    assert_eq!(m, "linear has no input \"running_mean\" (it takes input (or x), weight, bias)");
+    let m = binding_error("linear", &["input", "bias"]);
+    assert_eq!(m, "linear needs input \"weight\", the case gives input, bias");
+    let m = binding_error("batch_norm", &["weight", "bias"]);
+    assert_eq!(m, "batch_norm needs input \"input\", the case gives weight, bias");
+    let m = binding_error("relu", &["x", "input"]);
+    assert_eq!(m, "inputs \"x\" and \"input\" both name relu's parameter \"input\"");
+    // The same name twice is a malformed file, as any list of names with a repeat.
+    let meta = r#"[{"name":"c","op":"relu","inputs":["x","x"],"outputs":["y"]}]"#;
+    let err = load_err(&file_bytes(Some(meta), &[]));
+    assert!(err.contains("case \"c\": \"inputs\" names \"x\" twice"), "{err}");
+}
+
+/// batch_norm in training mode of x [n, c] in f64, as PyTorch computes it, for weight `w` and
+/// bias `b` (ones and zeros when absent): y, the batch mean and unbiased variance, and the
+/// gradients of x, weight and bias for upstream `gy`.
+struct BatchNormTrain {
+    y: Vec<f32>,
+    mean: Vec<f64>,
+    var_unbiased: Vec<f64>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+fn batch_norm_train(x: &[f32], c: usize, w: &[f32], b: &[f32], gy: &[f32], eps: f64) -> BatchNormTrain {
+    let n = x.len() / c;
+    let mut r = BatchNormTrain { y: vec![0.0; x.len()], mean: vec![], var_unbiased: vec![], dx: vec![0.0; x.len()], dw: vec![], db: vec![] };
+    for j in 0..c {
+        let col = |v: &[f32]| (0..n).map(|i| v[i * c + j] as f64).collect::<Vec<f64>>();
+        let (xs, gs) = (col(x), col(gy));
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let invstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * invstd).collect();
+        let sum_g: f64 = gs.iter().sum();
+        let sum_gx: f64 = gs.iter().zip(&xhat).map(|(g, h)| g * h).sum();
+        for i in 0..n {
+            r.y[i * c + j] = (xhat[i] * w[j] as f64 + b[j] as f64) as f32;
+            r.dx[i * c + j] = (w[j] as f64 * invstd * (gs[i] - sum_g / n as f64 - xhat[i] * sum_gx / n as f64)) as f32;
+        }
+        r.mean.push(mean);
+        r.var_unbiased.push(var * n as f64 / (n - 1) as f64);
+        r.dw.push(sum_gx as f32);
+        r.db.push(sum_g as f32);
+    }
+    r
+}
+
+#[test]
+fn check_batch_norm_training_takes_running_statistics_and_affine_each_optional_by_name() {
+    let (n, c, momentum) = (5, 3, 0.1);
+    let (shape, per_channel) = ([n, c], [c]);
+    let x: Vec<f32> = (0..n * c).map(|k| ((k * 7 % 11) as f32) * 0.3 - 1.0).collect();
+    let gy: Vec<f32> = (0..n * c).map(|k| ((k * 5 % 7) as f32) * 0.25 - 0.7).collect();
+    let (w, b) = ([0.5f32, 1.5, -1.0], [0.2f32, -0.3, 0.7]);
+    let (rm, rv) = ([0.1f32, -0.2, 0.3], [1.0f32, 0.5, 2.0]);
+    for running in [false, true] {
+        for (weight, bias) in [(true, true), (false, false), (true, false), (false, true)] {
+            let r = batch_norm_train(&x, c, if weight { &w } else { &[1.0; 3] }, if bias { &b } else { &[0.0; 3] }, &gy, 1e-5);
+            let update = |old: &[f32], batch: &[f64]| -> Vec<f32> {
+                old.iter().zip(batch).map(|(&o, &v)| ((1.0 - momentum) * o as f64 + momentum * v) as f32).collect()
+            };
+            let (new_rm, new_rv) = (update(&rm, &r.mean), update(&rv, &r.var_unbiased));
+            // As PyTorch code calls it, F.batch_norm(x, None, None, weight, bias, training=True).
+            let mut inputs: Vec<Named> = vec![("x", &shape, &x)];
+            let mut outputs: Vec<Named> = vec![("y", &shape, &r.y)];
+            let mut grads: Vec<Named> = vec![("x", &shape, &r.dx)];
+            if weight {
+                inputs.push(("weight", &per_channel, &w));
+                grads.push(("weight", &per_channel, &r.dw));
+            }
+            if bias {
+                inputs.push(("bias", &per_channel, &b));
+                grads.push(("bias", &per_channel, &r.db));
+            }
+            if running {
+                inputs.extend([("running_mean", &per_channel[..], &rm[..]), ("running_var", &per_channel, &rv)]);
+                outputs.extend([("running_mean", &per_channel[..], &new_rm[..]), ("running_var", &per_channel, &new_rv)]);
+            }
+            let bytes = named_case("batch_norm", r#"{"training":true}"#, &inputs, &outputs, &[("y", &shape, &gy)], &grads);
+            let result = run_named(&bytes);
+            assert_eq!(result.verdict, Verdict::Pass, "running {running}, weight {weight}, bias {bias}: {result}");
+        }
+    }
+}
+
+#[test]
+fn check_batch_norm_without_both_running_statistics_fails_unless_training() {
+    let (x, per_channel) = ([1.0f32, 2.0, 4.0, 3.0], [1.0f32, 1.0]);
+    let inputs = |names: &[&'static str]| -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+        let mut v = vec![("x", vec![2, 2], x.to_vec())];
+        v.extend(names.iter().map(|n| (*n, vec![2], per_channel.to_vec())));
+        v
+    };
+    for (attrs, names, want) in [
+        (r#"{"training":false}"#, &["weight", "bias"][..], "case \"c\": batch_norm in eval mode (training false) needs running_mean and running_var"),
+        ("{}", &["weight", "bias"][..], "case \"c\": batch_norm in eval mode"),
+        (r#"{"training":true}"#, &["running_mean", "weight", "bias"][..], "case \"c\": batch_norm needs running_mean and running_var together"),
+    ] {
+        let owned = inputs(names);
+        let named: Vec<Named> = owned.iter().map(|(n, s, v)| (*n, &s[..], &v[..])).collect();
+        let r = run_named(&named_case("batch_norm", attrs, &named, &[("y", &[2, 2], &x)], &[], &[]));
+        assert!(failure(&r).starts_with(want), "{attrs} {names:?}: {r}");
+    }
 }
 
 // ---- the command line ----

@@ -74,16 +74,20 @@ impl HostTensor {
     }
 }
 
-/// One conformance case: an op, its attributes, its positional inputs, the expected outputs
-/// and the expected gradients of the inputs named in `grads`.
+/// One conformance case: an op, its attributes, its inputs, the expected outputs and the
+/// expected gradients of the inputs named in `grads`.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub name: String,
     /// A torch.nn.functional name (`conv2d`), or `kl_normal`.
     pub op: String,
     pub attrs: Map<String, Value>,
-    /// Positional arguments in PyTorch's order, by the name the file gives them.
+    /// The inputs in the file's order, by the file's names.
     pub inputs: Vec<(String, HostTensor)>,
+    /// For each of the op's parameters (PyTorch's order), the index in `inputs` of the tensor
+    /// given for it. Empty until [`Registry::prepare`](super::Registry::prepare) binds the case:
+    /// only it knows the op's parameters, and an unbound case must not be read by position.
+    params: Vec<Option<usize>>,
     /// Expected outputs, in the file's order.
     pub outputs: Vec<(String, HostTensor)>,
     /// Upstream gradient of each output that has one; an output without one passes none back.
@@ -98,26 +102,40 @@ fn find<'a>(list: &'a [(String, HostTensor)], name: &str) -> Option<&'a HostTens
 }
 
 impl Case {
-    /// Positional input `i`; an error (naming the case) when the file gave fewer.
+    /// This case with its inputs bound to the op's parameters (see `params`).
+    pub(super) fn bound(&self, params: Vec<Option<usize>>) -> Case {
+        Case { params, ..self.clone() }
+    }
+
+    /// The input given for the op's parameter `i`, with the file's name for it.
+    fn param(&self, i: usize) -> Option<&(String, HostTensor)> {
+        self.params.get(i).copied().flatten().map(|j| &self.inputs[j])
+    }
+
+    /// The op's parameters that the case gives, in PyTorch's order.
+    pub fn given(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.params.len()).filter(|&i| self.params[i].is_some())
+    }
+
+    /// The input for the op's parameter `i`; an error (naming the case) when the case has none.
     pub fn input(&self, i: usize) -> Result<&HostTensor> {
-        self.inputs.get(i).map(|(_, t)| t).ok_or_else(|| {
-            Error::Invalid(format!("case {:?}: {} needs input #{i}, the file gives {}", self.name, self.op, self.inputs.len()))
-        })
+        self.optional_input(i)
+            .ok_or_else(|| Error::Invalid(format!("case {:?}: {} needs its parameter #{i}, the case gives none", self.name, self.op)))
     }
 
-    /// Positional input `i` where PyTorch makes it optional (a bias).
+    /// The input for the op's parameter `i` where PyTorch makes it optional (a bias).
     pub fn optional_input(&self, i: usize) -> Option<&HostTensor> {
-        self.inputs.get(i).map(|(_, t)| t)
+        self.param(i).map(|(_, t)| t)
     }
 
-    /// The file's name for positional input `i` (the key its gradient is reported under).
+    /// The file's name for the op's parameter `i` (the key its gradient is reported under).
     pub fn input_name(&self, i: usize) -> &str {
-        self.inputs.get(i).map_or("", |(n, _)| n)
+        self.param(i).map_or("", |(n, _)| n)
     }
 
-    /// Whether the gradient of positional input `i` is checked.
+    /// Whether the gradient of the op's parameter `i` is checked.
     pub fn wants_grad(&self, i: usize) -> bool {
-        self.inputs.get(i).is_some_and(|(n, _)| self.grads.iter().any(|(g, _)| g == n))
+        self.param(i).is_some_and(|(n, _)| self.grads.iter().any(|(g, _)| g == n))
     }
 
     pub fn wants_any_grad(&self) -> bool {
@@ -328,7 +346,7 @@ impl Reader<'_> {
             let input = &inputs.iter().find(|(n, _)| n == g).expect("grads ⊂ inputs").1;
             same_shape(&name, &format!("{name}/grad_in/{g}"), want, &format!("{name}/in/{g}"), input)?;
         }
-        Ok(Case { name, op, attrs, inputs, outputs, grad_out, grads, tol })
+        Ok(Case { name, op, attrs, inputs, params: vec![], outputs, grad_out, grads, tol })
     }
 
     fn read_all(

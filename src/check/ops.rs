@@ -1,7 +1,8 @@
-//! The op registry: for each op a conformance file may name, PyTorch's positional inputs, the
+//! The op registry: for each op a conformance file may name, PyTorch's parameters, the
 //! attributes kiln reads (checked generically, so a typo fails the case), and the runner that
 //! computes it with kiln's kernels. Wiring an op in is writing its runner in runners.rs and
-//! naming it in [`SPEC_OPS`].
+//! naming it in [`SPEC_OPS`]. [`Registry::prepare`] binds a case's inputs to its op's
+//! parameters: by name when the file uses PyTorch's names, else by position (docs/CHECK.md).
 
 use super::case::{Case, HostTensor};
 use super::runners;
@@ -43,7 +44,8 @@ pub enum Attr {
 #[derive(Clone, Copy, Debug)]
 pub struct OpSpec {
     pub name: &'static str,
-    /// PyTorch's positional parameters, in order; those from index `required` on may be absent.
+    /// PyTorch's parameter names, in PyTorch's order; those from index `required` on may be
+    /// absent (by name, any of them; by position, only trailing ones).
     pub inputs: &'static [&'static str],
     pub required: usize,
     pub attrs: &'static [(&'static str, Attr)],
@@ -72,6 +74,13 @@ const fn op(
     OpSpec { name, inputs, required, attrs, runner }
 }
 
+/// Names a file may give a parameter instead of PyTorch's own: (alias, PyTorch's name).
+pub const ALIASES: &[(&str, &str)] = &[("x", "input")];
+
+fn canonical(name: &str) -> &str {
+    ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |&(_, p)| p)
+}
+
 /// Every op of the format (docs/CHECK.md), with torch.nn.functional's parameter names.
 pub const SPEC_OPS: &[OpSpec] = &[
     op("matmul", &["input", "other"], 2, &[], runners::MATMUL),
@@ -81,7 +90,7 @@ pub const SPEC_OPS: &[OpSpec] = &[
     op(
         "batch_norm",
         &["input", "running_mean", "running_var", "weight", "bias"],
-        3,
+        1,
         &[("training", Attr::Bool), ("momentum", Attr::Float), ("eps", Attr::Float)],
         runners::BATCH_NORM,
     ),
@@ -123,35 +132,22 @@ impl Registry {
         self.ops.iter().find(|o| o.name == op)
     }
 
-    /// Checks `case` against its op's spec (known op, input count, attribute names and types)
-    /// and returns its runner, or `None` when this build does not implement the op.
-    pub fn prepare(&self, case: &Case) -> Result<Option<Runner>> {
+    /// Checks `case` against its op's spec (known op, inputs, attribute names and types) and
+    /// returns it bound to the op's parameters, with its runner (`None` when this build does
+    /// not implement the op). Runners read a case's inputs through the binding.
+    pub fn prepare(&self, case: &Case) -> Result<(Case, Option<Runner>)> {
         self.validate(case).map_err(|m| Error::Invalid(format!("case {:?}: {m}", case.name)))
     }
 
     /// [`Registry::prepare`] with the error as a bare message, for report lines that already
     /// name the case.
-    pub(crate) fn validate(&self, case: &Case) -> std::result::Result<Option<Runner>, String> {
+    pub(crate) fn validate(&self, case: &Case) -> std::result::Result<(Case, Option<Runner>), String> {
         let fail = |m: String| Err(m);
         let Some(spec) = self.spec(&case.op) else {
             let known: Vec<&str> = self.ops.iter().map(|o| o.name).collect();
             return fail(format!("unknown op {:?} (kiln check knows {})", case.op, known.join(", ")));
         };
-        let n = case.inputs.len();
-        if n < spec.required || n > spec.inputs.len() {
-            let count = if spec.required == spec.inputs.len() {
-                spec.required.to_string()
-            } else {
-                format!("{} to {}", spec.required, spec.inputs.len())
-            };
-            let given: Vec<&str> = case.inputs.iter().map(|(name, _)| name.as_str()).collect();
-            return fail(format!(
-                "{} takes {count} inputs ({}), the case gives {n} ({})",
-                spec.name,
-                spec.inputs.join(", "),
-                given.join(", ")
-            ));
-        }
+        let params = self.bind(spec, case)?;
         for (key, value) in &case.attrs {
             let Some(&(_, kind)) = spec.attrs.iter().find(|(a, _)| a == key) else {
                 let known: Vec<&str> = spec.attrs.iter().map(|(a, _)| *a).collect();
@@ -176,14 +172,85 @@ impl Registry {
                 return fail(format!("attr {key:?} of {} must be {want}, got {value}", spec.name));
             }
         }
-        Ok(spec.runner)
+        Ok((case.bound(params), spec.runner))
+    }
+
+    /// Whether `name` is PyTorch's name (or an alias) for a parameter of any op known here.
+    fn is_pytorch_name(&self, name: &str) -> bool {
+        let name = canonical(name);
+        self.ops.iter().any(|o| o.inputs.contains(&name))
+    }
+
+    /// For each of `spec`'s parameters, the index in `case.inputs` of the tensor given for it.
+    /// Inputs named with PyTorch's names bind by name, so optional parameters may be absent
+    /// anywhere (batch_norm without running statistics); inputs named otherwise bind by
+    /// position. A mix would be a guess either way, so it is an error, as are a name the op does
+    /// not take, two names for one parameter, and a missing required parameter.
+    fn bind(&self, spec: &OpSpec, case: &Case) -> std::result::Result<Vec<Option<usize>>, String> {
+        let given: Vec<&str> = case.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        let (ours, theirs): (Vec<&str>, Vec<&str>) = given.iter().partition(|n| self.is_pytorch_name(n));
+        let takes = || {
+            let names = spec.inputs.iter().map(|&p| match ALIASES.iter().find(|(_, q)| *q == p) {
+                Some((alias, _)) => format!("{p} (or {alias})"),
+                None => p.to_string(),
+            });
+            names.collect::<Vec<_>>().join(", ")
+        };
+        if ours.is_empty() {
+            let n = given.len();
+            if n < spec.required || n > spec.inputs.len() {
+                let count = if spec.required == spec.inputs.len() {
+                    spec.required.to_string()
+                } else {
+                    format!("{} to {}", spec.required, spec.inputs.len())
+                };
+                return Err(format!(
+                    "{} takes {count} inputs ({}), the case gives {n} ({})",
+                    spec.name,
+                    spec.inputs.join(", "),
+                    given.join(", ")
+                ));
+            }
+            return Ok((0..spec.inputs.len()).map(|i| (i < n).then_some(i)).collect());
+        }
+        if !theirs.is_empty() {
+            return Err(format!(
+                "inputs mix PyTorch's parameter names ({}) with others ({}); name every input as {} does \
+                 ({}) or none of them (then they are read by position)",
+                ours.join(", "),
+                theirs.join(", "),
+                spec.name,
+                takes()
+            ));
+        }
+        let mut params = vec![None; spec.inputs.len()];
+        for (j, name) in given.iter().enumerate() {
+            let Some(p) = spec.inputs.iter().position(|&p| p == canonical(name)) else {
+                return Err(format!("{} has no input {name:?} (it takes {})", spec.name, takes()));
+            };
+            if let Some(first) = params[p].replace(j) {
+                return Err(format!(
+                    "inputs {:?} and {name:?} both name {}'s parameter {:?}",
+                    given[first], spec.name, spec.inputs[p]
+                ));
+            }
+        }
+        if let Some(p) = (0..spec.required).find(|&p| params[p].is_none()) {
+            return Err(format!(
+                "{} needs input {:?}, the case gives {}",
+                spec.name,
+                spec.inputs[p],
+                given.join(", ")
+            ));
+        }
+        Ok(params)
     }
 
     /// Runs `case` on the GPU. An op without kernels in this build is an error saying so.
     pub fn run_op(&self, gpu: &Gpu, case: &Case) -> Result<OpResult> {
         match self.prepare(case)? {
-            Some(runner) => runner(gpu, case),
-            None => Err(Error::Invalid(format!("case {:?}: {}", case.name, not_implemented(case)))),
+            (bound, Some(runner)) => runner(gpu, &bound),
+            (_, None) => Err(Error::Invalid(format!("case {:?}: {}", case.name, not_implemented(case)))),
         }
     }
 }

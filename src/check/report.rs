@@ -113,12 +113,12 @@ fn describe_mismatch(key: &str, got: &HostTensor, want: &HostTensor, c: Comparis
 /// case, so one bad case never stops the others.
 pub fn check_case(gpu: &Gpu, registry: &Registry, case: &Case) -> CaseResult {
     let failed = |verdict| CaseResult { name: case.name.clone(), op: case.op.clone(), worst: None, verdict };
-    let runner = match registry.validate(case) {
-        Ok(Some(r)) => r,
-        Ok(None) => return failed(Verdict::NotImplemented(not_implemented(case))),
+    let (bound, runner) = match registry.validate(case) {
+        Ok((bound, Some(r))) => (bound, r),
+        Ok((_, None)) => return failed(Verdict::NotImplemented(not_implemented(case))),
         Err(m) => return failed(Verdict::Fail(m)),
     };
-    match catch_unwind(AssertUnwindSafe(|| runner(gpu, case))) {
+    match catch_unwind(AssertUnwindSafe(|| runner(gpu, &bound))) {
         Ok(Ok(result)) => judge(case, &result),
         Ok(Err(e)) => failed(Verdict::Fail(e.to_string())),
         Err(panic) => {

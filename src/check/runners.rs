@@ -10,7 +10,7 @@
 
 use super::case::{Case, HostTensor};
 use super::ops::{OpResult, Runner};
-use super::via_graph::{via_graph, Produced};
+use super::via_graph::{via_graph, Arg, Produced};
 use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::kernels::loss::{self, Reduction};
 use crate::kernels::{activation as act, elementwise, reduce};
@@ -35,11 +35,11 @@ fn output_name(case: &Case) -> &str {
     case.outputs.first().map_or("y", |(n, _)| n)
 }
 
-/// Inputs past the `supported` first ones (a `weight` or `pos_weight`) would change the
-/// result; refusing them beats a silent wrong answer.
+/// Parameters past the `supported` first ones (a loss's `weight`, where a registry lists it)
+/// would change the result; refusing them beats a silent wrong answer.
 fn only_inputs(case: &Case, supported: usize) -> Result<()> {
-    if let Some((name, _)) = case.inputs.get(supported) {
-        bail!(Invalid, "case {:?}: {} input {name:?} (#{supported}) is not supported by kiln's kernels", case.name, case.op);
+    if let Some(i) = case.given().find(|&i| i >= supported) {
+        bail!(Invalid, "case {:?}: {} input {:?} (#{i}) is not supported by kiln's kernels", case.name, case.op, case.input_name(i));
     }
     Ok(())
 }
@@ -166,22 +166,45 @@ fn kl_normal(gpu: &Gpu, case: &Case) -> Result<OpResult> {
     Ok(result)
 }
 
-/// batch_norm(input, running_mean, running_var[, weight, bias]) through the graph op; in
-/// training mode the running statistics after PyTorch's update are outputs too.
+/// batch_norm(input, running_mean?, running_var?, weight?, bias?) through the graph op. In
+/// training mode with running statistics, those after PyTorch's update are outputs too.
+/// The graph op takes both running statistics and weight and bias or neither, so a parameter
+/// the case leaves out gets a stand-in that changes nothing: running statistics that training
+/// without them neither reads nor updates, a weight of ones, a bias of zeros.
 fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
-    if case.inputs.len() == 4 {
-        bail!(Invalid, "case {:?}: batch_norm with a weight but no bias is not supported", case.name);
-    }
+    let training = case.attr_bool("training", false)?;
+    let running = match (case.optional_input(1), case.optional_input(2)) {
+        (Some(_), Some(_)) => true,
+        (None, None) if training => false,
+        (None, None) => bail!(
+            Invalid,
+            "case {:?}: batch_norm in eval mode (training false) needs running_mean and running_var, as PyTorch does",
+            case.name
+        ),
+        _ => bail!(Invalid, "case {:?}: batch_norm needs running_mean and running_var together, or neither", case.name),
+    };
     let op = crate::graph::ops::BatchNorm {
         eps: case.attr_f64("eps", 1e-5)? as f32,
         momentum: case.attr_f64("momentum", 0.1)? as f32,
-        training: case.attr_bool("training", false)?,
-        update_running: true,
+        training,
+        update_running: running,
     };
-    via_graph(gpu, case, &[1, 2], |g, x| {
+    let channels = case.input(0)?.shape.get(1).copied().unwrap_or(0);
+    let fill = |name, value| Arg::Fixed(name, HostTensor { shape: vec![channels], data: vec![value; channels] });
+    let mut args = vec![Arg::Param(0)];
+    if running {
+        args.extend([Arg::State(1), Arg::State(2)]);
+    } else {
+        args.extend([fill("running_mean", 0.0), fill("running_var", 1.0)]);
+    }
+    if case.optional_input(3).is_some() || case.optional_input(4).is_some() {
+        let given_or = |i, name, value| if case.optional_input(i).is_some() { Arg::Param(i) } else { fill(name, value) };
+        args.extend([given_or(3, "weight", 1.0), given_or(4, "bias", 0.0)]);
+    }
+    via_graph(gpu, case, &args, |g, x| {
         let y = g.apply(op, x, &case.name)?[0];
         let mut out = vec![Produced::Computed("y".into(), y)];
-        if op.training {
+        if op.training && running {
             out.push(Produced::Updated("running_mean".into(), x[1]));
             out.push(Produced::Updated("running_var".into(), x[2]));
         }
@@ -191,7 +214,8 @@ fn batch_norm(gpu: &Gpu, case: &Case) -> Result<OpResult> {
 
 /// One op applied to all the case's inputs, through the graph; output `y`.
 fn single_op(gpu: &Gpu, case: &Case, op: impl crate::graph::Op + 'static) -> Result<OpResult> {
-    via_graph(gpu, case, &[], |g, x| Ok(vec![Produced::Computed("y".into(), g.apply1(op, x, &case.name)?)]))
+    let args: Vec<Arg> = case.given().map(Arg::Param).collect();
+    via_graph(gpu, case, &args, |g, x| Ok(vec![Produced::Computed("y".into(), g.apply1(op, x, &case.name)?)]))
 }
 
 /// torch.matmul of two 2-D tensors.

@@ -18,20 +18,41 @@ pub(super) enum Produced {
     Updated(String, Tensor),
 }
 
-/// `states` lists inputs that are state tensors (updated in place, no gradient); the other
-/// inputs are parameters so that gradients reach them.
+/// One input of a case's graph.
+pub(super) enum Arg {
+    /// The case's input for the op's parameter `i`, as a graph parameter so gradients reach it.
+    Param(usize),
+    /// The case's input for the op's parameter `i`, as state: updated in place, no gradient.
+    State(usize),
+    /// A fixed stand-in, under this name, for a parameter the case leaves out (batch norm's
+    /// weight of ones): state, so it gets no gradient and is never reported.
+    Fixed(&'static str, HostTensor),
+}
+
+/// Builds the graph of `args` with `build`, runs it once, and reads back what it produced and
+/// the gradients the case asks for.
 pub(super) fn via_graph(
     gpu: &Gpu,
     case: &Case,
-    states: &[usize],
+    args: &[Arg],
     build: impl FnOnce(&mut Graph, &[Tensor]) -> Result<Vec<Produced>>,
 ) -> Result<OpResult> {
-    let mut g = Graph::new();
-    let inputs: Vec<Tensor> = case
-        .inputs
+    // Each arg as (graph name, values, the op parameter whose gradient it carries).
+    let args: Vec<(String, &HostTensor, Option<usize>)> = args
         .iter()
-        .enumerate()
-        .map(|(i, (name, t))| if states.contains(&i) { g.state(name, &t.shape) } else { g.param(name, &t.shape) })
+        .map(|a| {
+            Ok(match a {
+                Arg::Param(i) => (case.input_name(*i).to_string(), case.input(*i)?, Some(*i)),
+                Arg::State(i) => (case.input_name(*i).to_string(), case.input(*i)?, None),
+                // A '/' keeps the stand-in's name apart from every name a file may use.
+                Arg::Fixed(name, t) => (format!("absent/{name}"), t, None),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut g = Graph::new();
+    let inputs: Vec<Tensor> = args
+        .iter()
+        .map(|(name, t, param)| if param.is_some() { g.param(name, &t.shape) } else { g.state(name, &t.shape) })
         .collect();
     let produced = build(&mut g, &inputs)?;
 
@@ -50,31 +71,32 @@ pub(super) fn via_graph(
             None => term,
         });
     }
-    let wanted: Vec<usize> = (0..inputs.len()).filter(|&i| case.wants_grad(i) && !states.contains(&i)).collect();
+    // Indices into `args` of the parameters whose gradient the case checks.
+    let wanted: Vec<usize> = (0..args.len()).filter(|&k| args[k].2.is_some_and(|i| case.wants_grad(i))).collect();
     let mut pairs = Vec::new();
     if let (Some(loss), false) = (loss, wanted.is_empty()) {
-        let wrt: Vec<Tensor> = wanted.iter().map(|&i| inputs[i]).collect();
+        let wrt: Vec<Tensor> = wanted.iter().map(|&k| inputs[k]).collect();
         let grads = g.backward(loss, &wrt)?;
         let mut taken = Vec::new();
-        for (&i, d) in wanted.iter().zip(grads) {
+        for (&k, d) in wanted.iter().zip(grads) {
             if let Some(d) = d {
-                pairs.push((i, g.materialize(d, &mut taken)?));
+                pairs.push((k, g.materialize(d, &mut taken)?));
             }
         }
     }
 
     let mut store = Store::new();
-    let params = (0..inputs.len())
-        .filter(|i| !states.contains(i))
-        .map(|i| (case.inputs[i].0.clone(), case.inputs[i].1.shape.clone(), case.inputs[i].1.data.clone()))
+    let params = args
+        .iter()
+        .filter(|(_, _, param)| param.is_some())
+        .map(|(name, t, _)| (name.clone(), t.shape.clone(), t.data.clone()))
         .collect();
     store.add_group(gpu, "case", params)?;
-    for &i in states {
-        let (name, t) = &case.inputs[i];
+    for (name, t, _) in args.iter().filter(|(_, _, param)| param.is_none()) {
         store.add_state(gpu, name, &t.shape, &t.data)?;
     }
     let keep: Vec<Tensor> = produced.iter().filter_map(|p| if let Produced::Computed(_, t) = p { Some(*t) } else { None }).collect();
-    let grad_pairs: Vec<(Tensor, Tensor)> = pairs.iter().map(|&(i, d)| (inputs[i], d)).collect();
+    let grad_pairs: Vec<(Tensor, Tensor)> = pairs.iter().map(|&(k, d)| (inputs[k], d)).collect();
     let program = Program::compile(gpu, &g, &mut store, &keep, &grad_pairs)?;
     for (name, gy) in &case.grad_out {
         if let Some(input) = store.input_buffer(&format!("grad_out/{name}")) {
@@ -90,10 +112,10 @@ pub(super) fn via_graph(
             Produced::Updated(name, t) => result.output(name, HostTensor::download(gpu, program.buffer(*t), g.shape(*t))?),
         }
     }
-    for i in wanted {
-        let (name, t) = &case.inputs[i];
+    for k in wanted {
+        let (name, t, _) = &args[k];
         let grad = match store.grad(name) {
-            Some(b) if pairs.iter().any(|&(j, _)| j == i) => HostTensor::download(gpu, b, &t.shape)?,
+            Some(b) if pairs.iter().any(|&(j, _)| j == k) => HostTensor::download(gpu, b, &t.shape)?,
             _ => HostTensor::zeros(&t.shape),
         };
         result.grad(name, grad);
