@@ -15,6 +15,7 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;

@@ -10,7 +10,7 @@ pub mod download;
 pub mod folder;
 pub mod idx;
 pub mod images;
-mod rng;
+pub(crate) mod rng;
 pub mod source;
 pub mod synthetic;
 
