@@ -174,3 +174,92 @@ fn metrics_refuse_mismatched_or_too_small_sets_by_name() {
     let e = Features::new("reference", 1, 2, vec![0.0, f32::NAN]).unwrap_err().to_string();
     assert!(e.contains("reference") && e.contains("NaN"), "{e}");
 }
+
+/// A linear-Gaussian VAE whose likelihood is known: z ~ N(0, I₂), x | z ~ N(Wz + b, σ²I₃), so
+/// p(x) = N(b, WWᵀ + σ²I). W's columns are orthogonal, which makes the true posterior
+/// diagonal: an encoder can be exact.
+struct LinearGaussian {
+    w: DMatrix<f64>,
+    b: DVector<f64>,
+    sigma: f64,
+    x: DVector<f64>,
+}
+
+impl LinearGaussian {
+    fn new() -> LinearGaussian {
+        let w = DMatrix::from_column_slice(3, 2, &[1.0, 1.0, 0.0, 0.5, -0.5, 1.0]);
+        LinearGaussian { w, b: DVector::from_vec(vec![0.2, -0.1, 0.3]), sigma: 0.5, x: DVector::from_vec(vec![1.1, 0.4, -0.7]) }
+    }
+
+    fn log_px(&self) -> f64 {
+        let c = &self.w * self.w.transpose() + DMatrix::identity(3, 3) * self.sigma.powi(2);
+        let r = &self.x - &self.b;
+        let quad = (r.transpose() * c.clone().try_inverse().unwrap() * &r)[0];
+        -0.5 * (quad + c.determinant().ln() + 3.0 * std::f64::consts::TAU.ln())
+    }
+
+    fn log_px_given_z(&self, z: &[f64]) -> f64 {
+        let r = &self.x - &self.w * DVector::from_column_slice(z) - &self.b;
+        -0.5 * (r.norm_squared() / self.sigma.powi(2) + 3.0 * (std::f64::consts::TAU * self.sigma.powi(2)).ln())
+    }
+
+    /// The true posterior's mean and log-variances (diagonal, as WᵀW is).
+    fn posterior(&self) -> (Vec<f64>, Vec<f64>) {
+        let s2 = self.sigma.powi(2);
+        let prec = DMatrix::identity(2, 2) + self.w.transpose() * &self.w / s2;
+        let cov = prec.try_inverse().unwrap();
+        let mean = &cov * self.w.transpose() * (&self.x - &self.b) / s2;
+        (mean.iter().copied().collect(), (0..2).map(|j| cov[(j, j)].ln()).collect())
+    }
+
+    /// The closed-form ELBO of a diagonal Gaussian encoder N(mu, diag(exp(lv))).
+    fn elbo(&self, mu: &[f64], lv: &[f64]) -> f64 {
+        let s = DMatrix::from_diagonal(&DVector::from_iterator(2, lv.iter().map(|v| v.exp())));
+        let m = DVector::from_column_slice(mu);
+        let r = &self.x - &self.w * &m - &self.b;
+        let tau = std::f64::consts::TAU;
+        let recon = -0.5 * (3.0 * (tau * self.sigma.powi(2)).ln() + (r.norm_squared() + (&self.w * &s * self.w.transpose()).trace()) / self.sigma.powi(2));
+        let prior = -0.5 * (2.0 * tau.ln() + m.norm_squared() + s.trace());
+        let entropy: f64 = lv.iter().map(|v| 0.5 * (1.0 + tau.ln() + v)).sum();
+        recon + prior + entropy
+    }
+
+    /// log w of `k` samples of the encoder, from normals seeded by `seed`.
+    fn log_weights(&self, mu: &[f64], lv: &[f64], k: usize, seed: u64) -> Vec<f64> {
+        let eps = normals(seed, 2 * k);
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        (0..k)
+            .map(|i| {
+                let e = &eps[2 * i..2 * i + 2];
+                // z as log_weight forms it from the f32 values it is given.
+                let z: Vec<f64> = (0..2).map(|j| mu[j] as f32 as f64 + (0.5 * lv[j] as f32 as f64).exp() * e[j] as f32 as f64).collect();
+                metrics::log_weight(self.log_px_given_z(&z), &f(mu), &f(lv), &f(e))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn iwae_is_exact_with_the_true_posterior_and_tightens_towards_log_px() {
+    let m = LinearGaussian::new();
+    let log_px = m.log_px();
+    // With q the true posterior every weight is p(x): the bound is exact for any k.
+    let (mu, lv) = m.posterior();
+    for w in m.log_weights(&mu, &lv, 16, 1) {
+        close("log w under the true posterior", w, log_px, 1e-5);
+    }
+    // A worse encoder: shrunk mean, inflated variances.
+    let mu: Vec<f64> = mu.iter().map(|v| 0.6 * v).collect();
+    let lv: Vec<f64> = lv.iter().map(|v| v + 0.7).collect();
+    let elbo = m.elbo(&mu, &lv);
+    let k1 = m.log_weights(&mu, &lv, 200_000, 2);
+    let mean = k1.iter().sum::<f64>() / k1.len() as f64;
+    let sd = (k1.iter().map(|w| (w - mean).powi(2)).sum::<f64>() / k1.len() as f64).sqrt();
+    assert!((mean - elbo).abs() < 4.0 * sd / (k1.len() as f64).sqrt(), "mean log w {mean} against the closed-form ELBO {elbo}");
+    let bound = |k: usize, reps: usize| -> f64 { (0..reps).map(|r| metrics::iwae_bound(&m.log_weights(&mu, &lv, k, 100 + r as u64))).sum::<f64>() / reps as f64 };
+    let (b1, b8, b64, b4096) = (bound(1, 4000), bound(8, 2000), bound(64, 500), bound(4096, 20));
+    assert!(elbo < log_px - 0.05, "the worse encoder's ELBO {elbo} is visibly below log p(x) {log_px}");
+    assert!((b1 - elbo).abs() < 0.05, "k = 1 is the ELBO: {b1} vs {elbo}");
+    assert!(b1 < b8 && b8 < b64 && b64 <= log_px + 1e-3, "bounds tighten: {b1} < {b8} < {b64} ≤ {log_px}");
+    assert!((b4096 - log_px).abs() < 0.01, "k = 4096 reaches log p(x): {b4096} vs {log_px}");
+}

@@ -438,8 +438,8 @@ fn evaluating_a_vae_checkpoint_agrees_with_the_trainers_evaluation() {
     run(gpu, &vae, &train, &options(&out, 5)).unwrap();
     let (nats, mse) = vae.evaluate(gpu, &test).unwrap();
     let mut model = kiln::train::infer::load(gpu, &checkpoint_path(&out)).unwrap();
-    let evaluate = |model: &mut kiln::train::infer::Loaded, test: &kiln::data::Dataset, seed| match model.evaluate(gpu, test, seed).unwrap() {
-        kiln::train::infer::Evaluation::Vae { images, nats, mse } => (images, nats, mse),
+    let evaluate = |model: &mut kiln::train::infer::Loaded, test: &kiln::data::Dataset, seed| match model.evaluate(gpu, test, seed, 0).unwrap() {
+        kiln::train::infer::Evaluation::Vae { images, nats, mse, iwae: None } => (images, nats, mse),
         other => panic!("a VAE checkpoint evaluates as a VAE, got {other:?}"),
     };
     // The trainer draws eps from the run's seed.
@@ -453,6 +453,37 @@ fn evaluating_a_vae_checkpoint_agrees_with_the_trainers_evaluation() {
     assert_ne!(first_nats, nats);
     let (_, other_nats, _) = evaluate(&mut model, &splits.test, vae_config().seed + 1);
     assert!(other_nats != nats && (other_nats - nats).abs() < 0.05 * nats, "another eps: {other_nats} vs {nats}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_importance_weighted_bound_starts_at_the_elbo_and_tightens_with_k() {
+    let gpu = gpu();
+    let splits = digits(&DigitsOptions { seed: 2, train: 512, test: 40 }).unwrap();
+    let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
+    let vae = VaeTrainer::new(gpu, vae_config(), &train, &test).unwrap();
+    let out = out_dir("iwae");
+    run(gpu, &vae, &train, &options(&out, 20)).unwrap();
+    let mut model = kiln::train::infer::load(gpu, &checkpoint_path(&out)).unwrap();
+    let mut bound = |test: &kiln::data::Dataset, k| match model.evaluate(gpu, test, 3, k).unwrap() {
+        kiln::train::infer::Evaluation::Vae { nats, iwae: Some((got_k, iwae)), .. } if got_k == k => (nats, iwae),
+        other => panic!("a VAE evaluation with k = {k}, got {other:?}"),
+    };
+    // k = 1 is a one-sample ELBO with other eps (1,024 rows per batch hold 40 images once
+    // each); more samples give a tighter bound: a lower -log p(x).
+    let (elbo, k1) = bound(&splits.test, 1);
+    let (_, k16) = bound(&splits.test, 16);
+    let (_, k64) = bound(&splits.test, 64);
+    eprintln!("ELBO {elbo:.3}, IWAE k=1 {k1:.3}, k=16 {k16:.3}, k=64 {k64:.3} nats");
+    assert!((k1 - elbo).abs() < 0.03 * elbo, "k = 1 is the ELBO up to its eps: {k1} vs {elbo}");
+    assert!(k64 < k16 && k16 < k1, "the bound tightens with k: {k1} > {k16} > {k64}");
+    // Binarized images: deterministic per seed, and only 0 and 1.
+    let (binary, again) = (splits.test.binarized(5).unwrap(), splits.test.binarized(5).unwrap());
+    assert_eq!(binary.images(), again.images());
+    assert!(binary.images().iter().all(|&p| p == 0 || p == 255));
+    assert_ne!(binary.images(), splits.test.binarized(6).unwrap().images());
+    let (_, b16) = bound(&binary, 16);
+    assert!(b16.is_finite() && b16 > 0.0, "{b16}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

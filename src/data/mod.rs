@@ -135,6 +135,15 @@ impl Dataset {
         })
     }
 
+    /// Dynamic binarization (as for binarized-MNIST likelihoods): each pixel becomes 255 with
+    /// probability pixel / 255, else 0, from a generator seeded by `seed`, so the same seed gives
+    /// the same images.
+    pub fn binarized(&self, seed: u64) -> Result<Dataset> {
+        let mut rng = SplitMix64::new(seed ^ 0xB1_4A_21_2E);
+        let images = self.images.iter().map(|&p| if rng.unit() * 255.0 < p as f32 { 255 } else { 0 }).collect();
+        Dataset::new(format!("{} (binarized)", self.name), images, self.shape, self.labels.clone())
+    }
+
     /// Pixels mapped linearly from [0, 255] to [lo, hi] as f32, NCHW: `(-1, 1)` for a GAN whose
     /// generator ends in tanh, `(0, 1)` for a VAE with a sigmoid decoder.
     pub fn to_f32(&self, lo: f32, hi: f32) -> Vec<f32> {

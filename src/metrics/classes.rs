@@ -18,7 +18,7 @@ pub struct ClassStats {
 
 /// `logits`: `n` rows of `classes` values (any scale; softmax is taken here).
 pub fn class_stats(logits: &[f32], classes: usize) -> Result<ClassStats> {
-    if classes < 2 || logits.is_empty() || logits.len() % classes != 0 {
+    if classes < 2 || logits.is_empty() || !logits.len().is_multiple_of(classes) {
         bail!(Shape, "class stats: {} logits are not rows of {classes} classes (at least 2)", logits.len());
     }
     let n = logits.len() / classes;

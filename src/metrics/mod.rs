@@ -1,16 +1,18 @@
 //! Sample-quality metrics computed from feature vectors of two image sets (generated and
 //! reference), on the CPU in f64: the Fréchet distance (FID), the kernel distance (KID),
 //! precision and recall (Kynkäänniemi et al. 2019), and a classifier's confidence and class
-//! balance. The features come from a backbone network run by kiln's kernels; these functions
+//! balance; and the importance-weighted bound on a VAE's likelihood. The features come from a backbone network run by kiln's kernels; these functions
 //! only see the vectors, so each is tested on data whose answer is known.
 
 mod classes;
 mod fid;
+mod iwae;
 mod kid;
 mod pr;
 
 pub use classes::{class_stats, ClassStats};
 pub use fid::{fid, frechet_distance, sqrtm_psd, trace_sqrt_product, Gaussian};
+pub use iwae::{iwae_bound, log_weight};
 pub use kid::{kid, Kid};
 pub use pr::{precision_recall, PrecisionRecall};
 

@@ -5,7 +5,7 @@
 
 use super::checkpoint::{load_weights, Checkpoint};
 use super::data::GpuData;
-use super::vae::{shown_layout, VaeEval};
+use super::vae::{shown_layout, IwaeEval, VaeEval};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
 use crate::graph::{Graph, Program, Store, Tensor};
@@ -168,8 +168,9 @@ impl Loaded {
 
     /// Evaluates on every image of `test` (images of the model's shape) in batches of 64 and
     /// one smaller last batch; `seed` draws the VAE's eps and the GAN's z. A VAE evaluates
-    /// through [`VaeEval`], as its trainer does.
-    pub fn evaluate(&mut self, gpu: &Gpu, test: &Dataset, seed: u64) -> Result<Evaluation> {
+    /// through [`VaeEval`], as its trainer does, and with `iwae_k` > 0 also through
+    /// [`IwaeEval`] with that many samples per image.
+    pub fn evaluate(&mut self, gpu: &Gpu, test: &Dataset, seed: u64, iwae_k: usize) -> Result<Evaluation> {
         if test.shape()[1..] != self.image() {
             crate::bail!(Shape, "{}: the model takes {:?} images, the data has {:?}", self.origin, self.image(), &test.shape()[1..]);
         }
@@ -180,7 +181,11 @@ impl Loaded {
             Model::Vae(vae) => {
                 let data = GpuData::upload(gpu, test)?;
                 let (nats, mse) = VaeEval::new(gpu, vae, &mut self.store, &data, seed)?.run(gpu, &data)?;
-                return Ok(Evaluation::Vae { images: test.len(), nats, mse });
+                let iwae = match iwae_k {
+                    0 => None,
+                    k => Some((k, IwaeEval::new(gpu, vae, &mut self.store, k, seed)?.run(gpu, &self.store, &test.to_f32(0.0, 1.0))?)),
+                };
+                return Ok(Evaluation::Vae { images: test.len(), nats, mse, iwae });
             }
             Model::Gan { image, generator, discriminator } => (*image, generator, discriminator),
         };
@@ -331,8 +336,9 @@ fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Evaluation {
-    /// Test loss per image (BCE(sum) + KL, nats) and reconstruction MSE per pixel.
-    Vae { images: usize, nats: f64, mse: f64 },
+    /// Test loss per image (BCE(sum) + KL, nats: the negative ELBO), reconstruction MSE per
+    /// pixel, and (k, −log p(x) bounded by the importance-weighted bound with k samples).
+    Vae { images: usize, nats: f64, mse: f64, iwae: Option<(usize, f64)> },
     /// The discriminator's mean sigmoid output on real test images and on as many generated.
     Gan { images: usize, d_real: f64, d_fake: f64 },
 }
@@ -340,14 +346,24 @@ pub enum Evaluation {
 impl Evaluation {
     pub fn line(&self) -> String {
         match self {
-            Evaluation::Vae { images, nats, mse } => format!("vae on {images} test images: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel"),
+            Evaluation::Vae { images, nats, mse, iwae } => {
+                let bound = iwae.map(|(k, v)| format!("; IWAE bound (k = {k}) {v:.2} nats")).unwrap_or_default();
+                format!("vae on {images} test images: {nats:.2} nats per image (BCE(sum) + KL){bound}, reconstruction MSE {mse:.5} per pixel")
+            }
             Evaluation::Gan { images, d_real, d_fake } => format!("gan on {images} test images: mean D(real) {d_real:.4}, mean D(G(z)) {d_fake:.4}"),
         }
     }
 
     pub fn json(&self) -> serde_json::Value {
         match self {
-            Evaluation::Vae { images, nats, mse } => serde_json::json!({ "kind": "vae", "images": images, "nats": nats, "mse": mse }),
+            Evaluation::Vae { images, nats, mse, iwae } => {
+                let mut v = serde_json::json!({ "kind": "vae", "images": images, "nats": nats, "mse": mse });
+                if let Some((k, bound)) = iwae {
+                    v["iwae_k"] = (*k).into();
+                    v["iwae_nats"] = (*bound).into();
+                }
+                v
+            }
             Evaluation::Gan { images, d_real, d_fake } => serde_json::json!({ "kind": "gan", "images": images, "d_real": d_real, "d_fake": d_fake }),
         }
     }

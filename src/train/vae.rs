@@ -247,3 +247,79 @@ impl super::run::Trainer for VaeTrainer {
         .to_string()
     }
 }
+
+/// Stream of the importance samples' eps, apart from training's and the ELBO evaluation's.
+const IWAE_STREAM: u64 = 0x1A3E;
+/// Rows (images × k) per IWAE batch.
+const IWAE_ROWS: usize = 1024;
+
+/// The importance-weighted bound (metrics::iwae_bound) on every image of a test set: each
+/// image repeated k times in a batch, eps drawn on the GPU, and per sample log p(x | z) =
+/// −BCE(sum) read back with mu, logvar and eps, the weights combined on the CPU in f64. The
+/// Bernoulli likelihood is the one training maximises (for [0, 1] pixels, as PyTorch's example
+/// reports); `--binarize` makes it a true likelihood of binary images.
+pub struct IwaeEval {
+    pub k: usize,
+    images: usize,
+    pixels: usize,
+    latent: usize,
+    program: Program,
+    /// log p(x | z) per row, mu, logvar, eps.
+    outs: [Tensor; 4],
+}
+
+impl IwaeEval {
+    pub fn new(gpu: &Gpu, model: &Vae, store: &mut Store, k: usize, seed: u64) -> Result<IwaeEval> {
+        if k == 0 {
+            crate::bail!(Invalid, "the importance-weighted bound needs k ≥ 1 samples per image");
+        }
+        let images = (IWAE_ROWS / k).max(1);
+        let (rows, pixels) = (images * k, model.image.iter().product());
+        let mut g = Graph::new();
+        let flat = g.input("iwae_x", &[rows, pixels]);
+        let x = g.reshape(flat, &model.input_shape(rows))?;
+        let (mu, logvar) = model.encode(&mut g, x)?;
+        let shape = g.shape(mu).to_vec();
+        let eps = g.apply1(crate::graph::ops::RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ IWAE_STREAM, shape }, &[], "eps")?;
+        let z = g.apply1(crate::graph::ops::Reparameterize, &[mu, logvar, eps], "z")?;
+        let recon = model.decode(&mut g, z)?;
+        let bce = g.apply1(Loss(LossKind::Bce(Reduction::None)), &[recon, flat], "bce")?;
+        let nll = g.apply1(crate::graph::ops::Sum { all: false, mean: false }, &[bce], "nll")?;
+        let outs = [nll, mu, logvar, eps];
+        let program = Program::compile(gpu, &g, store, &outs, &[])?;
+        Ok(IwaeEval { k, images, pixels, latent: model.latent, program, outs })
+    }
+
+    /// The mean over `test` ([0, 1] pixels, whole images) of −log p(x) bounded with k
+    /// samples, in nats per image (lower is better, like the ELBO's loss).
+    pub fn run(&self, gpu: &Gpu, store: &Store, test: &[f32]) -> Result<f64> {
+        let n = test.len() / self.pixels;
+        if n == 0 || test.len() != n * self.pixels {
+            crate::bail!(Shape, "iwae: {} values are not whole images of {} pixels", test.len(), self.pixels);
+        }
+        let input = &store.input_buffer("iwae_x").expect("compiled").buffer;
+        let (k, d) = (self.k, self.latent);
+        let mut rows = vec![0.0f32; self.images * k * self.pixels];
+        let mut total = 0.0;
+        for (batch, first) in (0..n).step_by(self.images).enumerate() {
+            let count = self.images.min(n - first);
+            for (r, row) in rows.chunks_mut(self.pixels).enumerate() {
+                // Rows past the last image repeat it; their weights are not read.
+                let i = first + (r / k).min(count - 1);
+                row.copy_from_slice(&test[i * self.pixels..(i + 1) * self.pixels]);
+            }
+            gpu.write(input, &rows)?;
+            self.program.set_step(gpu, batch as u64)?;
+            self.program.run(gpu)?;
+            let [nll, mu, logvar, eps] = self.outs.map(|t| gpu.read(self.program.buffer(t)));
+            let (nll, mu, logvar, eps) = (nll?, mu?, logvar?, eps?);
+            for image in 0..count {
+                let weights: Vec<f64> = (image * k..(image + 1) * k)
+                    .map(|r| crate::metrics::log_weight(-(nll[r] as f64), &mu[r * d..(r + 1) * d], &logvar[r * d..(r + 1) * d], &eps[r * d..(r + 1) * d]))
+                    .collect();
+                total -= crate::metrics::iwae_bound(&weights);
+            }
+        }
+        Ok(total / n as f64)
+    }
+}
