@@ -269,6 +269,60 @@ def long_reductions(c):
     c.functional("matmul_70001_k", "matmul", [("input", c.randn(2, n)), ("other", c.randn(n, 1))])
 
 
+def pooling(c):
+    """max_pool2d, avg_pool2d and adaptive_avg_pool2d: LeNet's 2x2 pools, Inception's (3x3
+    stride 2 max; 3x3 stride 1 padding 1 average without the padding counted; the global
+    mean), and windows that overlap, leave gaps, overhang in ceil_mode, or dilate."""
+    cases = [  # name, op, shape, attrs
+        ("max_pool2d_2x2", "max_pool2d", (2, 3, 8, 8), {"kernel_size": 2}),
+        ("max_pool2d_overlap_pad", "max_pool2d", (1, 2, 7, 9), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        ("max_pool2d_ceil_mode", "max_pool2d", (2, 2, 7, 6), {"kernel_size": [3, 2], "stride": 2, "ceil_mode": True}),
+        ("max_pool2d_dilation", "max_pool2d", (1, 2, 9, 8), {"kernel_size": 2, "stride": 1, "padding": 1, "dilation": 2}),
+        ("max_pool2d_gaps", "max_pool2d", (1, 3, 9, 10), {"kernel_size": 2, "stride": 3}),
+        ("max_pool2d_inception", "max_pool2d", (1, 4, 15, 15), {"kernel_size": 3, "stride": 2}),
+        ("avg_pool2d_2x2", "avg_pool2d", (2, 3, 8, 8), {"kernel_size": 2}),
+        ("avg_pool2d_inception", "avg_pool2d", (2, 4, 9, 9),
+         {"kernel_size": 3, "stride": 1, "padding": 1, "count_include_pad": False}),
+        ("avg_pool2d_pad_counted", "avg_pool2d", (1, 2, 7, 5), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        ("avg_pool2d_ceil_mode", "avg_pool2d", (1, 2, 7, 6),
+         {"kernel_size": [3, 2], "stride": 2, "padding": [1, 0], "ceil_mode": True, "count_include_pad": False}),
+        ("avg_pool2d_ceil_mode_pad_counted", "avg_pool2d", (1, 2, 7, 6),
+         {"kernel_size": [3, 2], "stride": 2, "padding": [1, 0], "ceil_mode": True}),
+        ("avg_pool2d_divisor_override", "avg_pool2d", (1, 2, 6, 6), {"kernel_size": 3, "stride": 3, "divisor_override": 4}),
+        ("avg_pool2d_batch1_nonsquare", "avg_pool2d", (1, 1, 5, 11), {"kernel_size": [2, 4], "stride": [1, 3]}),
+        ("adaptive_avg_pool2d_1", "adaptive_avg_pool2d", (2, 3, 5, 7), {"output_size": 1}),
+        ("adaptive_avg_pool2d_pair", "adaptive_avg_pool2d", (1, 4, 8, 8), {"output_size": [1, 1]}),
+        ("adaptive_avg_pool2d_inception", "adaptive_avg_pool2d", (2, 16, 8, 8), {"output_size": 1}),
+    ]
+    for name, op, shape, attrs in cases:
+        c.functional(name, op, [("input", c.randn(*shape))], attrs, grads=("input",))
+    # Integers from a small range: most windows hold ties, which PyTorch gives to the first
+    # maximum in scan order (and so its gradient).
+    ties = c.randn(2, 2, 6, 7, scale=1.5).round()
+    c.functional("max_pool2d_ties", "max_pool2d", [("input", ties)],
+                 {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, grads=("input",))
+
+
+def cross_entropy(c):
+    """cross_entropy of [N, C] logits and [N] class indices (stored as f32, as every tensor of
+    the format is), for each reduction, odd N and C, batch 1, logits far past where exp
+    overflows, and 1000 classes."""
+    cases = [  # name, N, C, logit scale, offset, reduction
+        ("cross_entropy_default_reduction", 4, 10, 2.0, 0.0, None),
+        ("cross_entropy_sum_odd", 7, 5, 2.0, 0.0, "sum"),
+        ("cross_entropy_none_odd", 5, 13, 3.0, 0.0, "none"),
+        ("cross_entropy_batch1", 1, 3, 1.0, 0.0, "mean"),
+        ("cross_entropy_large_logits", 3, 6, 30.0, 1000.0, "mean"),
+        ("cross_entropy_1000_classes", 2, 1000, 2.0, 0.0, "mean"),
+    ]
+    for name, n, k, scale, offset, reduction in cases:
+        logits = c.randn(n, k, scale=scale) + offset
+        target = torch.randint(0, k, (n,), generator=c.gen).double()
+        attrs = {} if reduction is None else {"reduction": reduction}
+        c.add(name, "cross_entropy", [("input", logits), ("target", target)],
+              lambda x, t, a=attrs: F.cross_entropy(x, t.long(), **a), attrs, grads=("input",))
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,7 +333,7 @@ def main():
     # Builders draw from one generator in turn: a new one goes last, so that every earlier
     # case keeps its values (and the fixture its bytes for them).
     for build in [matmul, linear, conv2d, conv_transpose2d, batch_norm, activations, losses, absent_inputs,
-                  long_reductions]:
+                  long_reductions, pooling, cross_entropy]:
         build(c)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     c.save(args.out)

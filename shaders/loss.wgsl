@@ -3,13 +3,20 @@
 // upstream gradient g from a buffer, so the graph can chain it without a CPU round trip.
 
 struct Params {
+    // Elements; for cross_entropy, rows.
     n: u32,
     // Backward only: 1/n for reduction="mean", 1 for "sum" and "none" (forward scales in the
     // reduction).
     scale: f32,
     // Backward only: g[i * g_stride] is element i's upstream gradient; 0 reads one scalar
-    // (mean, sum), 1 an upstream gradient shaped like the input (none).
+    // (mean, sum), 1 an upstream gradient shaped like the input (none). For cross_entropy,
+    // i is the row.
     g_stride: u32,
+    // cross_entropy only: logits per row.
+    classes: u32,
+    // cross_entropy only: NaN, what a row with an invalid target gets (WGSL has no NaN
+    // constant).
+    nan: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,6 +29,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // d(logvar), kl_normal_backward only.
 @group(0) @binding(5) var<storage, read_write> out2: array<f32>;
+// cross_entropy backward: each row's max logit and Σ e^(x − max), interleaved.
+@group(0) @binding(6) var<storage, read_write> row_stats: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -132,4 +141,69 @@ fn kl_normal_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let lv = t[i];
     out[i] = x[i] * p.scale * g[i * p.g_stride];
     out2[i] = 0.5 * (expm1_minus_x(lv) + lv) * p.scale * g[i * p.g_stride];
+}
+
+// cross_entropy: x is [n, classes] logits, t holds each row's class index as an f32.
+
+// Row r's class, or `classes` when t[r] is not an integer in [0, classes) (NaN included, found
+// by its bits as comparisons may assume NaN away): such a row's loss and gradient are NaN, so
+// a bad label stops training instead of giving a plausible wrong number.
+fn class_of(r: u32) -> u32 {
+    let c = t[r];
+    let nan = (bitcast<u32>(c) & 0x7fffffffu) > 0x7f800000u;
+    let ok = !nan && c >= 0.0 && c < f32(p.classes) && floor(c) == c;
+    return select(p.classes, u32(max(c, 0.0)), ok);
+}
+
+// Row r's max logit m and Σ e^(x − m) in one pass, the sum rescaled whenever the max grows:
+// no exp overflows, and an invocation loops classes − 1 times (the launcher keeps that under
+// llvmpipe's loop limit).
+fn row_max_and_sum(r: u32) -> vec2<f32> {
+    let base = r * p.classes;
+    var m = x[base];
+    var s = 1.0;
+    for (var c = 1u; c < p.classes; c++) {
+        let v = x[base + c];
+        if (v > m) {
+            s = s * exp(m - v) + 1.0;
+            m = v;
+        } else {
+            s += exp(v - m);
+        }
+    }
+    return vec2<f32>(m, s);
+}
+
+// Per-row loss log Σ e^x − x[t], written (m − x[t]) + log Σ e^(x − m) so that two large
+// nearly equal numbers are never subtracted.
+@compute @workgroup_size(WG)
+fn cross_entropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.n) { return; }
+    let ms = row_max_and_sum(r);
+    let k = class_of(r);
+    let loss = (ms.x - x[r * p.classes + min(k, p.classes - 1u)]) + log(ms.y);
+    out[r] = select(loss, p.nan, k == p.classes);
+}
+
+// The first pass of the backward: (m, Σ e^(x − m)) of each row into row_stats.
+@compute @workgroup_size(WG)
+fn cross_entropy_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.n) { return; }
+    let ms = row_max_and_sum(r);
+    row_stats[2u * r] = ms.x;
+    row_stats[2u * r + 1u] = ms.y;
+}
+
+// d(logits) = (softmax − onehot(t))·scale·g, one invocation per logit.
+@compute @workgroup_size(WG)
+fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n * p.classes) { return; }
+    let r = i / p.classes;
+    let k = class_of(r);
+    let softmax = exp(x[i] - row_stats[2u * r]) / row_stats[2u * r + 1u];
+    let d = (softmax - select(0.0, 1.0, i % p.classes == k)) * p.scale * g[r * p.g_stride];
+    out[i] = select(d, p.nan, k == p.classes);
 }

@@ -619,6 +619,44 @@ fn check_batch_norm_without_both_running_statistics_fails_unless_training() {
     }
 }
 
+// ---- pooling and cross_entropy ----
+
+#[test]
+fn check_cross_entropy_fails_a_target_that_is_not_a_class_naming_the_row() {
+    let x = [0.1f32, 0.5, -0.3, 1.0, 0.0, 2.0];
+    let y: &[Named] = &[("y", &[], &[0.0])];
+    let ce = |target: Named, grads: &[Named]| {
+        let grad_out: &[Named] = if grads.is_empty() { &[] } else { &[("y", &[], &[1.0])] };
+        run_named(&named_case("cross_entropy", "{}", &[("input", &[2, 3], &x), target], y, grad_out, grads))
+    };
+    // On the GPU row 1 would only be NaN; the runner says which row and why before that.
+    let r = ce(("target", &[2], &[0.0, 3.0]), &[]);
+    let m = failure(&r);
+    assert!(m.contains("case \"c\"") && m.contains("row 1 is 3") && m.contains("[0, 3)") && m.contains("target"), "{m}");
+    let m = failure(&ce(("target", &[2], &[0.5, 1.0]), &[])).to_string();
+    assert!(m.contains("row 0 is 0.5"), "{m}");
+    // Class probabilities (PyTorch's other target form) are refused, not misread.
+    let m = failure(&ce(("target", &[2, 3], &[0.2, 0.3, 0.5, 1.0, 0.0, 0.0]), &[])).to_string();
+    assert!(m.contains("[2] class indices"), "{m}");
+    let m = failure(&ce(("target", &[2], &[0.0, 2.0]), &[("target", &[2], &[0.0, 0.0])])).to_string();
+    assert!(m.contains("class indices, which have no gradient"), "{m}");
+}
+
+#[test]
+fn check_pooling_needs_kernel_size_and_pools_adaptively_to_1x1_only() {
+    let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let input: &[Named] = &[("input", &[1, 1, 4, 4], &x)];
+    let r = run_named(&named_case("max_pool2d", r#"{"stride":2}"#, input, &[("y", &[1, 1, 2, 2], &[5.0, 7.0, 13.0, 15.0])], &[], &[]));
+    assert!(failure(&r).contains("max_pool2d needs the attr kernel_size"), "{r}");
+    // Without a stride, PyTorch's default is the kernel size.
+    let r = run_named(&named_case("max_pool2d", r#"{"kernel_size":2}"#, input, &[("y", &[1, 1, 2, 2], &[5.0, 7.0, 13.0, 15.0])], &[], &[]));
+    assert_eq!(r.verdict, Verdict::Pass, "{r}");
+    let r = run_named(&named_case("adaptive_avg_pool2d", r#"{"output_size":2}"#, input, &[("y", &[1, 1, 2, 2], &[0.0; 4])], &[], &[]));
+    assert!(failure(&r).contains("output_size [2, 2] is not supported") && failure(&r).contains("1x1"), "{r}");
+    let r = run_named(&named_case("avg_pool2d", r#"{"kernel_size":2,"return_indices":true}"#, input, &[("y", &[1, 1, 2, 2], &[0.0; 4])], &[], &[]));
+    assert!(failure(&r).contains("avg_pool2d has no attribute \"return_indices\""), "{r}");
+}
+
 // ---- the command line ----
 
 #[test]

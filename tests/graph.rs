@@ -368,6 +368,41 @@ mod composed {
         let inputs = [(w, rand(10, n, 2.0)), (target, rand(11, n, 1.0)), (labels, labels_values)];
         check_gradients(&mut g, loss, &[(a, rand(9, n, 2.0))], &inputs);
     }
+
+    #[test]
+    fn inceptions_average_pools_and_cross_entropy_differentiate() {
+        // conv → avg_pool2d(3, 1, 1, count_include_pad=False) → adaptive_avg_pool2d(1) →
+        // [N, C] logits → cross_entropy, per row (reduction none), weighted and summed.
+        let (n, c) = (3, 4);
+        let mut g = Graph::new();
+        let x = g.input("x", &[n, 2, 5, 6]);
+        let (labels, weights) = (g.input("labels", &[n]), g.input("weights", &[n]));
+        let w = g.param("conv.weight", &[c, 2, 3, 3]);
+        let h = g.apply1(Conv2d { stride: [1, 1], padding: [0, 1], dilation: [1, 1] }, &[x, w], "conv").unwrap();
+        let pool = AvgPool2d { padding: [1, 1], count_include_pad: false, ..AvgPool2d::new(3, 1) };
+        let h = g.apply1(pool, &[h], "pool").unwrap();
+        let h = g.apply1(AdaptiveAvgPool2d { output_size: [1, 1] }, &[h], "pool3").unwrap();
+        assert_eq!(g.shape(h), [n, c, 1, 1]);
+        let logits = g.reshape(h, &[n, c]).unwrap();
+        let per_row = g.apply1(CrossEntropy { reduction: Reduction::None }, &[logits, labels], "loss").unwrap();
+        let weighted = g.apply1(Mul, &[per_row, weights], "weighted").unwrap();
+        let loss = g.apply1(Sum { all: true, mean: false }, &[weighted], "loss").unwrap();
+        let inputs = [(x, rand(40, n * 60, 2.0)), (labels, vec![3.0, 0.0, 2.0]), (weights, vec![0.5, -1.0, 2.0])];
+        check_gradients(&mut g, loss, &[(w, rand(41, c * 18, 1.0))], &inputs);
+    }
+
+    #[test]
+    fn pooling_and_cross_entropy_refuse_what_they_do_not_support() {
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 3, 4, 4]);
+        let err = g.apply1(AdaptiveAvgPool2d { output_size: [2, 2] }, &[x], "pool3").unwrap_err().to_string();
+        assert!(err.contains("adaptive_avg_pool2d") && err.contains("pool3") && err.contains("[2, 2]") && err.contains("1x1"), "{err}");
+        let err = g.apply1(MaxPool2d { padding: [2, 2], ..MaxPool2d::new(3, 1) }, &[x], "pool").unwrap_err().to_string();
+        assert!(err.contains("max_pool2d") && err.contains("padding 2"), "{err}");
+        let (logits, soft) = (g.input("logits", &[2, 5]), g.input("soft", &[2, 5]));
+        let err = g.apply1(CrossEntropy { reduction: Reduction::Mean }, &[logits, soft], "loss").unwrap_err().to_string();
+        assert!(err.contains("cross_entropy") && err.contains("[2] class indices"), "{err}");
+    }
 }
 
 #[test]
@@ -418,11 +453,11 @@ fn adam_through_the_executor_drives_a_tiny_models_loss_down() {
 mod nets {
     use super::composed::{check_gradients_in_store, rand};
     use super::{gpu, own_gpu};
-    use kiln::graph::ops::{Act, Add, Loss, LossKind, RandomFill, Reparameterize};
+    use kiln::graph::ops::{Act, Add, CrossEntropy, Loss, LossKind, MaxPool2d, RandomFill, Reparameterize};
     use kiln::graph::{Graph, Program, Role, Store, Tensor};
     use kiln::gpu::Gpu;
     use kiln::kernels::loss::Reduction;
-    use kiln::nn::{act, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, InitRng, Layer, Linear, Mode, Reshape, Sequential};
+    use kiln::nn::{act, avg_pool2d, max_pool2d, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, InitRng, Layer, Linear, Mode, Reshape, Sequential};
 
     fn linear(in_features: usize, out_features: usize, bias: bool) -> Layer {
         Layer::Linear(Linear { in_features, out_features, bias })
@@ -665,6 +700,47 @@ mod nets {
         let shown = memory.to_string();
         // A plan of a few KiB reads in KiB, the 4-byte loss in bytes.
         assert!(shown.contains(" KiB planned vs ") && shown.contains("x less") && shown.contains("4 B kept"), "{shown}");
+    }
+
+    #[test]
+    fn a_lenet_style_classifier_differentiates_through_max_pooling_and_cross_entropy() {
+        // conv → relu → max_pool → linear → cross_entropy on odd, non-square images (7 x 6,
+        // pooled in ceil_mode to 4 x 3), at batch 3 and 1; the labels get no gradient.
+        for batch in [3, 1] {
+            let model = Sequential::new(
+                "net.",
+                vec![
+                    conv(2, 4, 3, 1, 1, true),
+                    act(Act::Relu),
+                    Layer::MaxPool2d(MaxPool2d { ceil_mode: true, ..MaxPool2d::new(2, 2) }),
+                    Layer::Flatten(Flatten),
+                    linear(4 * 4 * 3, 5, true),
+                ],
+            );
+            let mut store = register(gpu(), &[&model], 60);
+            let mut g = Graph::new();
+            let x = g.input("x", &[batch, 2, 7, 6]);
+            let labels = g.input("labels", &[batch]);
+            let logits = model.forward(&mut g, x, Mode::train(1)).unwrap();
+            let loss = g.apply1(CrossEntropy { reduction: Reduction::Mean }, &[logits, labels], "loss").unwrap();
+            let params = model.params(&g);
+            assert_eq!(params.len(), 4);
+            let inputs = [(x, rand(61, batch * 84, 2.0)), (labels, [4.0, 0.0, 2.0][..batch].to_vec())];
+            let worst = check_gradients_in_store(&mut g, &mut store, loss, &params, &inputs);
+            eprintln!("lenet batch {batch}: {worst:?}");
+        }
+    }
+
+    #[test]
+    fn pooling_layers_have_no_parameters_and_shorthands_match_pytorchs_defaults() {
+        let model = Sequential::new("p.", vec![max_pool2d(2, 2), avg_pool2d(3, 1)]);
+        let (params, states) = model.init(&mut InitRng::new(1));
+        assert!(params.is_empty() && states.is_empty());
+        let mut g = Graph::new();
+        let x = g.input("x", &[1, 3, 9, 8]);
+        let y = model.forward(&mut g, x, Mode::eval()).unwrap();
+        assert_eq!(g.shape(y), [1, 3, 2, 2]);
+        assert!(matches!(avg_pool2d(3, 1), Layer::AvgPool2d(p) if p.count_include_pad && p.divisor_override.is_none()));
     }
 }
 

@@ -63,6 +63,21 @@ const CONV_T: &[(&str, Attr)] = &[
     ("dilation", Attr::Pair),
 ];
 const REDUCTION: &[(&str, Attr)] = &[("reduction", Attr::Reduction)];
+const MAX_POOL: &[(&str, Attr)] = &[
+    ("kernel_size", Attr::Pair),
+    ("stride", Attr::Pair),
+    ("padding", Attr::Pair),
+    ("dilation", Attr::Pair),
+    ("ceil_mode", Attr::Bool),
+];
+const AVG_POOL: &[(&str, Attr)] = &[
+    ("kernel_size", Attr::Pair),
+    ("stride", Attr::Pair),
+    ("padding", Attr::Pair),
+    ("ceil_mode", Attr::Bool),
+    ("count_include_pad", Attr::Bool),
+    ("divisor_override", Attr::Int),
+];
 
 const fn op(
     name: &'static str,
@@ -102,6 +117,10 @@ pub const SPEC_OPS: &[OpSpec] = &[
     op("binary_cross_entropy", &["input", "target"], 2, REDUCTION, runners::BCE),
     op("mse_loss", &["input", "target"], 2, REDUCTION, runners::MSE_LOSS),
     op("kl_normal", &["mu", "logvar"], 2, &[], runners::KL_NORMAL),
+    op("max_pool2d", &["input"], 1, MAX_POOL, runners::MAX_POOL2D),
+    op("avg_pool2d", &["input"], 1, AVG_POOL, runners::AVG_POOL2D),
+    op("adaptive_avg_pool2d", &["input"], 1, &[("output_size", Attr::Pair)], runners::ADAPTIVE_AVG_POOL2D),
+    op("cross_entropy", &["input", "target"], 2, REDUCTION, runners::CROSS_ENTROPY),
 ];
 
 /// The ops a check run knows: [`SPEC_OPS`], plus any a caller adds (tests, experiments).

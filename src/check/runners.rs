@@ -29,6 +29,10 @@ pub const BCE_WITH_LOGITS: Option<Runner> = Some(bce_with_logits);
 pub const BCE: Option<Runner> = Some(bce);
 pub const MSE_LOSS: Option<Runner> = Some(mse_loss);
 pub const KL_NORMAL: Option<Runner> = Some(kl_normal);
+pub const MAX_POOL2D: Option<Runner> = Some(max_pool2d);
+pub const AVG_POOL2D: Option<Runner> = Some(avg_pool2d);
+pub const ADAPTIVE_AVG_POOL2D: Option<Runner> = Some(adaptive_avg_pool2d);
+pub const CROSS_ENTROPY: Option<Runner> = Some(cross_entropy);
 
 /// The case's (single) output name, `y` in the shipped fixture.
 fn output_name(case: &Case) -> &str {
@@ -249,4 +253,60 @@ fn conv_transpose2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
     let (stride, padding, dilation) = conv_attrs(case)?;
     let output_padding = case.attr_pair("output_padding", 0)?;
     single_op(gpu, case, crate::graph::ops::ConvTranspose2d { stride, padding, output_padding, dilation })
+}
+
+/// kernel_size (required, as in PyTorch), stride (PyTorch's default: kernel_size), padding and
+/// ceil_mode: the attributes both pools take.
+fn pool_attrs(case: &Case) -> Result<([usize; 2], [usize; 2], [usize; 2], bool)> {
+    if !case.attrs.contains_key("kernel_size") {
+        bail!(Invalid, "case {:?}: {} needs the attr kernel_size", case.name, case.op);
+    }
+    let kernel = case.attr_pair("kernel_size", 0)?;
+    let stride = if case.attrs.contains_key("stride") { case.attr_pair("stride", 0)? } else { kernel };
+    Ok((kernel, stride, case.attr_pair("padding", 0)?, case.attr_bool("ceil_mode", false)?))
+}
+
+fn max_pool2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let (kernel, stride, padding, ceil_mode) = pool_attrs(case)?;
+    let dilation = case.attr_pair("dilation", 1)?;
+    single_op(gpu, case, crate::graph::ops::MaxPool2d { kernel, stride, padding, dilation, ceil_mode })
+}
+
+fn avg_pool2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    let (kernel, stride, padding, ceil_mode) = pool_attrs(case)?;
+    let count_include_pad = case.attr_bool("count_include_pad", true)?;
+    let divisor_override = case.attrs.contains_key("divisor_override").then(|| case.attr_int("divisor_override", 0)).transpose()?;
+    single_op(gpu, case, crate::graph::ops::AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad, divisor_override })
+}
+
+/// adaptive_avg_pool2d to 1x1 only (a global mean per channel); the graph op refuses others.
+fn adaptive_avg_pool2d(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    if !case.attrs.contains_key("output_size") {
+        bail!(Invalid, "case {:?}: adaptive_avg_pool2d needs the attr output_size", case.name);
+    }
+    let output_size = case.attr_pair("output_size", 1)?;
+    single_op(gpu, case, crate::graph::ops::AdaptiveAvgPool2d { output_size })
+}
+
+/// cross_entropy(input [N, C] logits, target [N] class indices). The target is checked here,
+/// before the GPU (which would only give that row NaN): a value that is not a class index
+/// fails the case naming the row. It gets no gradient, as in PyTorch.
+fn cross_entropy(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    only_inputs(case, 2)?;
+    let (x, t) = (case.input(0)?, case.input(1)?);
+    let (xn, tn) = (case.input_name(0), case.input_name(1));
+    let [n, classes] = x.dims::<2>(&format!("case {:?}: cross_entropy's {xn} (kiln takes [N, C] logits)", case.name))?;
+    if t.shape != [n] {
+        bail!(Shape, "case {:?}: cross_entropy's {tn} has shape {:?}; kiln takes [{n}] class indices (not class probabilities)", case.name, t.shape);
+    }
+    let target: Vec<f64> = t.data.iter().map(|&v| v as f64).collect();
+    crate::reference::loss::class_indices(&target, classes).map_err(|e| crate::Error::Invalid(format!("case {:?}: {e} ({tn})", case.name)))?;
+    if case.wants_grad(1) {
+        bail!(Invalid, "case {:?}: cross_entropy: {tn:?} holds class indices, which have no gradient", case.name);
+    }
+    let reduction: Reduction = case.attr_str("reduction", "mean")?.parse()?;
+    via_graph(gpu, case, &[Arg::Param(0), Arg::State(1)], |g, x| {
+        let y = g.apply1(crate::graph::ops::CrossEntropy { reduction }, x, &case.name)?;
+        Ok(vec![Produced::Computed(output_name(case).into(), y)])
+    })
 }

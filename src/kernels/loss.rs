@@ -10,8 +10,17 @@
 //! Backward reads the upstream gradient g — 1 element for mean and sum, n for none — and writes
 //! d(input). Gradients with respect to the target are not computed: for mse_loss it is
 //! −d(input) (elementwise::scale by −1).
+//!
+//! cross_entropy works on rows: logits `[N, C]`, a target of N class indices held as f32, and
+//! one term per row, reduced as above (mean divides by N). Its backward is two dispatches: one
+//! invocation per row finds the row's max and Σ e^(x − max) (into a caller-owned scratch of
+//! [`cross_entropy_row_stats_len`]), then one per logit writes (softmax − onehot)·g. A target
+//! that is not an integer in [0, C) makes that row's loss and gradient NaN on the GPU (the
+//! training loop stops on a NaN loss); the CPU reference and `kiln check` report it as an
+//! error naming the row instead.
 
 use super::check_len;
+use super::conv::LOOP_BUDGET;
 use super::reduce::{self, Rows};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{bail, Error, Result};
@@ -62,6 +71,14 @@ struct Params {
     n: u32,
     scale: f32,
     g_stride: u32,
+    classes: u32,
+    nan: f32,
+}
+
+impl Params {
+    fn new(n: usize, scale: f32, g_stride: u32) -> Params {
+        Params { n: n as u32, scale, g_stride, classes: 0, nan: f32::NAN }
+    }
 }
 
 /// Element counts of the scratch buffers a loss over `n` elements needs: the terms, then the
@@ -92,12 +109,17 @@ fn check_inputs(op: &str, reduction: Reduction, n: usize, x: &Buffer, target: &B
 fn forward(gpu: &Gpu, op: &str, entry: &'static str, reduction: Reduction, n: usize, inputs: [(&str, &Buffer); 2], loss: &Buffer, scratch: &[Buffer], flops: u64) -> Result<Vec<Dispatch>> {
     let [(xn, x), (tn, t)] = inputs;
     check_inputs(op, reduction, n, x, t, [xn, tn])?;
-    check_len(op, "loss", loss, reduction.output_len(n))?;
     let kernel = KernelId { shader: "loss", entry };
-    let params = Params { n: n as u32, scale: 1.0, g_stride: 0 };
-    let terms_into = |out: &Buffer| {
+    let params = Params::new(n, 1.0, 0);
+    reduced(gpu, op, reduction, n, loss, scratch, |out| {
         gpu.dispatch(kernel, op, &params, &[(1, x), (2, t), (4, out)], workgroups_1d(n, WG), Cost::elementwise(n, flops, 2, 1))
-    };
+    })
+}
+
+/// `terms_into(buffer)` writes `n` terms: into `loss` itself for reduction none, else into
+/// scratch, then `scale` · Σ terms into `loss[0]`.
+fn reduced(gpu: &Gpu, op: &str, reduction: Reduction, n: usize, loss: &Buffer, scratch: &[Buffer], terms_into: impl Fn(&Buffer) -> Result<Dispatch>) -> Result<Vec<Dispatch>> {
+    check_len(op, "loss", loss, reduction.output_len(n))?;
     if reduction == Reduction::None {
         return Ok(vec![terms_into(loss)?]);
     }
@@ -122,7 +144,7 @@ fn backward(gpu: &Gpu, op: &str, entry: &'static str, reduction: Reduction, n: u
     }
     let kernel = KernelId { shader: "loss", entry };
     let per_element_g = reduction == Reduction::None;
-    let params = Params { n: n as u32, scale: reduction.scale(n), g_stride: u32::from(per_element_g) };
+    let params = Params::new(n, reduction.scale(n), u32::from(per_element_g));
     let cost = Cost::elementwise(n, flops, 2 + u64::from(per_element_g), outputs.len() as u64);
     gpu.dispatch(kernel, op, &params, &bindings, workgroups_1d(n, WG), cost)
 }
@@ -172,4 +194,68 @@ pub fn kl_normal(gpu: &Gpu, n: usize, mu: &Buffer, logvar: &Buffer, loss: &Buffe
 pub fn kl_normal_backward(gpu: &Gpu, n: usize, mu: &Buffer, logvar: &Buffer, g: &Buffer, dmu: &Buffer, dlogvar: &Buffer) -> Result<Dispatch> {
     let outputs = [("dmu", dmu), ("dlogvar", dlogvar)];
     backward(gpu, "kl_normal_backward", "kl_normal_backward", Reduction::Sum, n, [("mu", mu), ("logvar", logvar)], g, &outputs, 14)
+}
+
+/// Most classes cross_entropy takes: each row is one invocation's loop over its logits, which
+/// must stay within llvmpipe's loop limit.
+pub const MAX_CLASSES: usize = LOOP_BUDGET;
+
+/// Elements of cross_entropy_backward's row statistics scratch for `rows` rows.
+pub fn cross_entropy_row_stats_len(rows: usize) -> usize {
+    2 * rows
+}
+
+/// The checks of both passes, and their parameters (scale and g_stride for the backward).
+fn cross_entropy_params(op: &str, reduction: Reduction, shape: Rows, logits: &Buffer, target: &Buffer) -> Result<Params> {
+    let Rows { rows, cols: classes } = shape;
+    if classes == 0 || classes > MAX_CLASSES {
+        bail!(
+            Limit,
+            "{op}: {classes} classes per row; one invocation loops over a row, and more than {MAX_CLASSES} \
+             passes the loop iterations CPU adapters (llvmpipe) run before silently stopping (at least 1 is needed)"
+        );
+    }
+    if rows == 0 && reduction == Reduction::Mean {
+        bail!(Shape, "{op}: mean over an empty batch");
+    }
+    if rows.checked_mul(classes).is_none_or(|n| n > u32::MAX as usize) {
+        bail!(Shape, "{op}: {rows} x {classes} logits are more than a 32-bit index reaches");
+    }
+    check_len(op, "input (logits)", logits, rows * classes)?;
+    check_len(op, "target", target, rows)?;
+    let per_row_g = reduction == Reduction::None;
+    Ok(Params { classes: classes as u32, ..Params::new(rows, reduction.scale(rows), u32::from(per_row_g)) })
+}
+
+/// loss = reduce over rows of log Σ_c e^x[r, c] − x[r, target[r]], logits `[rows, cols]`,
+/// target `[rows]` of class indices as f32. Stable for any logits (max subtracted); a row
+/// whose target is not an integer in [0, cols) gets a NaN loss. Scratch:
+/// [`scratch_lens`]`(reduction, rows)`.
+pub fn cross_entropy(gpu: &Gpu, reduction: Reduction, shape: Rows, logits: &Buffer, target: &Buffer, loss: &Buffer, scratch: &[Buffer]) -> Result<Vec<Dispatch>> {
+    let op = "cross_entropy";
+    let params = cross_entropy_params(op, reduction, shape, logits, target)?;
+    let kernel = KernelId { shader: "loss", entry: "cross_entropy_forward" };
+    let cost = Cost { flops: 4 * (shape.rows * shape.cols) as u64, bytes: 4 * (shape.rows * (shape.cols + 2)) as u64 };
+    reduced(gpu, op, reduction, shape.rows, loss, scratch, |out| {
+        gpu.dispatch(kernel, op, &params, &[(1, logits), (2, target), (4, out)], workgroups_1d(shape.rows, WG), cost)
+    })
+}
+
+/// d(logits) = (softmax − onehot(target)) · g [/ rows for Mean], g the loss's upstream
+/// gradient (1 element, or `rows` for reduction none); NaN in a row whose target is invalid.
+/// `row_stats` is scratch of [`cross_entropy_row_stats_len`]`(rows)` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward(gpu: &Gpu, reduction: Reduction, shape: Rows, logits: &Buffer, target: &Buffer, g: &Buffer, row_stats: &Buffer, dx: &Buffer) -> Result<Vec<Dispatch>> {
+    let op = "cross_entropy_backward";
+    let params = cross_entropy_params(op, reduction, shape, logits, target)?;
+    let n = shape.rows * shape.cols;
+    check_len(op, "upstream gradient g", g, reduction.output_len(shape.rows))?;
+    check_len(op, "row statistics scratch", row_stats, cross_entropy_row_stats_len(shape.rows))?;
+    check_len(op, "dx", dx, n)?;
+    let kernel = |entry| KernelId { shader: "loss", entry };
+    let stats_cost = Cost { flops: 3 * n as u64, bytes: 4 * (n + 2 * shape.rows) as u64 };
+    let stats = gpu.dispatch(kernel("cross_entropy_row_stats"), op, &params, &[(1, logits), (6, row_stats)], workgroups_1d(shape.rows, WG), stats_cost)?;
+    let bindings = [(1, logits), (2, target), (3, g), (4, dx), (6, row_stats)];
+    let grad = gpu.dispatch(kernel("cross_entropy_backward"), op, &params, &bindings, workgroups_1d(n, WG), Cost::elementwise(n, 6, 2, 1))?;
+    Ok(vec![stats, grad])
 }

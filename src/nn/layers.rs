@@ -67,6 +67,10 @@ pub enum Layer {
     Dropout(Dropout),
     Flatten(Flatten),
     Reshape(Reshape),
+    /// nn.MaxPool2d: the graph op's attributes as they are.
+    MaxPool2d(ops::MaxPool2d),
+    /// nn.AvgPool2d: the graph op's attributes as they are.
+    AvgPool2d(ops::AvgPool2d),
 }
 
 fn param(name: &str, which: &str, shape: Vec<usize>, values: Vec<f32>) -> Init {
@@ -110,7 +114,9 @@ impl Layer {
                 let states = vec![param(name, "running_mean", vec![c], vec![0.0; c]), param(name, "running_var", vec![c], vec![1.0; c])];
                 (params, states)
             }
-            Layer::Activation(_) | Layer::Dropout(_) | Layer::Flatten(_) | Layer::Reshape(_) => (vec![], vec![]),
+            Layer::Activation(_) | Layer::Dropout(_) | Layer::Flatten(_) | Layer::Reshape(_) | Layer::MaxPool2d(_) | Layer::AvgPool2d(_) => {
+                (vec![], vec![])
+            }
         }
     }
 
@@ -165,6 +171,8 @@ impl Layer {
                 shape.extend(&r.shape);
                 g.reshape(x, &shape)
             }
+            Layer::MaxPool2d(p) => g.apply1(*p, &[x], name),
+            Layer::AvgPool2d(p) => g.apply1(*p, &[x], name),
         }
     }
 }

@@ -134,3 +134,17 @@ pub fn act(a: Act) -> Layer {
 pub fn linear(in_features: usize, out_features: usize) -> Layer {
     Layer::Linear(Linear { in_features, out_features, bias: true })
 }
+
+/// Shorthand for `nn.MaxPool2d(kernel, stride)`: a square window, no padding (for padding,
+/// dilation or ceil_mode, `Layer::MaxPool2d(ops::MaxPool2d { .. })`).
+pub fn max_pool2d(kernel: usize, stride: usize) -> Layer {
+    Layer::MaxPool2d(crate::graph::ops::MaxPool2d::new(kernel, stride))
+}
+
+/// Shorthand for `nn.AvgPool2d(kernel, stride)`: a square window, no padding, padding counted
+/// in the divisor as PyTorch's default (Inception's `avg_pool2d(3, 1, 1,
+/// count_include_pad=False)` is `Layer::AvgPool2d(ops::AvgPool2d { padding: [1, 1],
+/// count_include_pad: false, ..ops::AvgPool2d::new(3, 1) })`).
+pub fn avg_pool2d(kernel: usize, stride: usize) -> Layer {
+    Layer::AvgPool2d(crate::graph::ops::AvgPool2d::new(kernel, stride))
+}

@@ -88,3 +88,51 @@ pub fn kl_normal_backward(mu: &[f64], logvar: &[f64], g: f64) -> (Vec<f64>, Vec<
     check("kl_normal", mu, logvar);
     (mu.iter().map(|m| m * g).collect(), logvar.iter().map(|lv| 0.5 * lv.exp_m1() * g).collect())
 }
+
+/// cross_entropy's class of each row: an error naming the row when a target is not an
+/// integer in [0, classes) (PyTorch refuses such targets; the GPU kernel makes the row NaN).
+pub fn class_indices(target: &[f64], classes: usize) -> crate::Result<Vec<usize>> {
+    target
+        .iter()
+        .enumerate()
+        .map(|(r, &t)| {
+            if t >= 0.0 && t < classes as f64 && t.fract() == 0.0 {
+                Ok(t as usize)
+            } else {
+                Err(crate::Error::Invalid(format!("cross_entropy: target of row {r} is {t}, not a class index in [0, {classes})")))
+            }
+        })
+        .collect()
+}
+
+/// Each row of `[rows, classes]` logits as (max, log Σ e^(x − max)).
+fn log_sum_exp(x: &[f64], classes: usize) -> Vec<(f64, f64)> {
+    x.chunks(classes)
+        .map(|row| {
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (m, row.iter().map(|v| (v - m).exp()).sum::<f64>().ln())
+        })
+        .collect()
+}
+
+/// reduce over rows of log Σ_c e^x[r, c] − x[r, target[r]]; logits `[rows, classes]`.
+pub fn cross_entropy(x: &[f64], target: &[f64], classes: usize, reduction: Reduction) -> crate::Result<Vec<f64>> {
+    assert_eq!(x.len(), target.len() * classes, "cross_entropy: {} logits for {} rows of {classes}", x.len(), target.len());
+    let k = class_indices(target, classes)?;
+    let terms = log_sum_exp(x, classes).iter().enumerate().map(|(r, &(m, lse))| (m - x[r * classes + k[r]]) + lse).collect();
+    Ok(reduce(terms, reduction))
+}
+
+/// d(logits) = (softmax − onehot(target)) · g [/ rows]
+pub fn cross_entropy_backward(x: &[f64], target: &[f64], classes: usize, g: &[f64], reduction: Reduction) -> crate::Result<Vec<f64>> {
+    let k = class_indices(target, classes)?;
+    let g = upstream("cross_entropy", g, target.len(), reduction);
+    let stats = log_sum_exp(x, classes);
+    Ok((0..x.len())
+        .map(|i| {
+            let (r, c) = (i / classes, i % classes);
+            let (m, lse) = stats[r];
+            ((x[i] - m - lse).exp() - f64::from(c == k[r])) * g[r]
+        })
+        .collect())
+}

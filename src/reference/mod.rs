@@ -8,5 +8,6 @@ pub mod elementwise;
 pub mod loss;
 pub mod reduce;
 pub mod optim;
+pub mod pool;
 pub mod random;
 pub mod matmul;

@@ -245,3 +245,135 @@ fn reduction_parses_pytorchs_names() {
     let err = "avg".parse::<Reduction>().unwrap_err().to_string();
     assert!(err.contains("\"avg\"") && err.contains("\"none\""), "{err}");
 }
+
+/// cross_entropy of `[rows, classes]` logits and class targets on the GPU against the
+/// reference, loss and d(logits), for one reduction.
+fn check_cross_entropy(what: &str, reduction: Reduction, classes: usize, x: &[f32], t: &[f32]) {
+    let gpu = gpu();
+    let rows = t.len();
+    let shape = reduce::Rows { rows, cols: classes };
+    let name = format!("cross_entropy {reduction:?} {what} [{rows}, {classes}]");
+    let g = upstream(reduction, rows);
+    let (xb, tb, gb) = (upload("x", x), upload("t", t), upload("g", &g));
+    let (lb, dxb, stats) = (zeros("loss", reduction.output_len(rows)), zeros("dx", x.len()), zeros("stats", loss::cross_entropy_row_stats_len(rows)));
+    let (x64, t64) = (f64s(x), f64s(t));
+    let got = run_loss(loss::cross_entropy(gpu, reduction, shape, &xb, &tb, &lb, &scratch(reduction, rows)), &lb);
+    assert_close(&name, &got, &reference::cross_entropy(&x64, &t64, classes, reduction).unwrap(), 1e-4);
+    gpu.run(&loss::cross_entropy_backward(gpu, reduction, shape, &xb, &tb, &gb, &stats, &dxb).unwrap()).unwrap();
+    let want = reference::cross_entropy_backward(&x64, &t64, classes, &f64s(&g), reduction).unwrap();
+    assert_close(&format!("{name} backward"), &read(&dxb), &want, 1e-4);
+}
+
+/// Class indices in [0, classes) as f32, deterministic per seed.
+fn classes_of(seed: u64, rows: usize, classes: usize) -> Vec<f32> {
+    unit(seed, rows).iter().map(|u| ((u * classes as f32) as usize).min(classes - 1) as f32).collect()
+}
+
+#[test]
+fn cross_entropy_matches_reference_for_every_reduction() {
+    // Batch 1, one class (loss 0), odd sizes, more rows than a workgroup, 1000 classes.
+    for (s, (rows, classes)) in [(1, 1), (1, 10), (7, 3), (5, 1000), (300, 17)].into_iter().enumerate() {
+        let x: Vec<f32> = rand(s as u64, rows * classes).iter().map(|v| 4.0 * v).collect();
+        let t = classes_of(50 + s as u64, rows, classes);
+        for reduction in REDUCTIONS {
+            check_cross_entropy("", reduction, classes, &x, &t);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_is_stable_for_huge_logits() {
+    // Rows offset by ±1e4 and spread over hundreds: exp(x) overflows or underflows f32 unless
+    // the row's max is subtracted; the last row is confidently right (loss ≈ e^−200).
+    let rows: [[f32; 4]; 4] = [[1e4, 1e4 - 3.0, 1e4 + 2.0, 1e4], [-1e4, -1e4 - 50.0, -1e4 + 1.0, -1e4], [300.0, -300.0, 0.0, 80.0], [0.0, 200.0, 0.0, -5.0]];
+    let x: Vec<f32> = rows.iter().flatten().copied().collect();
+    let t = [0.0, 2.0, 1.0, 1.0];
+    for reduction in REDUCTIONS {
+        check_cross_entropy("huge logits", reduction, 4, &x, &t);
+    }
+}
+
+#[test]
+fn cross_entropy_gives_nan_for_a_row_whose_target_is_not_a_class() {
+    let gpu = gpu();
+    let (rows, classes) = (6, 3);
+    let shape = reduce::Rows { rows, cols: classes };
+    let x = rand(1, rows * classes);
+    // Rows 1-4 are fractional, negative, one past the last class, NaN; rows 0 and 5 are fine.
+    let t = [2.0, 1.5, -1.0, 3.0, f32::NAN, 0.0];
+    let (xb, tb) = (upload("x", &x), upload("t", &t));
+    let none = zeros("loss", rows);
+    gpu.run(&loss::cross_entropy(gpu, Reduction::None, shape, &xb, &tb, &none, &[]).unwrap()).unwrap();
+    let got = read(&none);
+    assert_eq!(got.iter().map(|v| v.is_nan()).collect::<Vec<_>>(), [false, true, true, true, true, false], "{got:?}");
+    let good = reference::cross_entropy(&f64s(&x[15..]), &[0.0], classes, Reduction::None).unwrap();
+    assert_close("valid row beside invalid ones", &got[5..], &good, 1e-6);
+    let mean = zeros("loss", 1);
+    gpu.run(&loss::cross_entropy(gpu, Reduction::Mean, shape, &xb, &tb, &mean, &scratch(Reduction::Mean, rows)).unwrap()).unwrap();
+    assert!(read(&mean)[0].is_nan(), "the mean of a NaN row is NaN, so training stops");
+    let (g, stats, dx) = (upload("g", &[1.0]), zeros("stats", 2 * rows), zeros("dx", rows * classes));
+    gpu.run(&loss::cross_entropy_backward(gpu, Reduction::Mean, shape, &xb, &tb, &g, &stats, &dx).unwrap()).unwrap();
+    let nan_rows: Vec<bool> = read(&dx).chunks(classes).map(|row| row.iter().all(|v| v.is_nan())).collect();
+    assert_eq!(nan_rows, [false, true, true, true, true, false]);
+
+    // On the CPU the same targets are an error naming the row.
+    let err = reference::cross_entropy(&f64s(&x), &f64s(&t), classes, Reduction::Mean).unwrap_err().to_string();
+    assert!(err.contains("cross_entropy") && err.contains("row 1") && err.contains("1.5") && err.contains("[0, 3)"), "{err}");
+    let err = reference::class_indices(&[0.0, 3.0], classes).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("is 3"), "{err}");
+}
+
+#[test]
+fn cross_entropy_folds_grids_over_65535_workgroups() {
+    // More rows than 65,535 workgroups of 256 (the forward) and twice as many logits (the
+    // backward); the mean's reduction takes several passes.
+    let (rows, classes) = (65_535 * 256 + 1, 2);
+    let x = rand(3, rows * classes);
+    let t = classes_of(4, rows, classes);
+    for reduction in [Reduction::Mean, Reduction::None] {
+        check_cross_entropy("folded grid", reduction, classes, &x, &t);
+    }
+}
+
+#[test]
+fn cross_entropy_sums_rows_just_under_the_loop_limit_in_full() {
+    // 60,000 classes is 59,999 loop iterations per row, near llvmpipe's silent 65,535: the
+    // largest logit sits in the last class, so a row cut short would miss it.
+    let classes = loss::MAX_CLASSES;
+    let mut x = rand(5, 2 * classes);
+    x[classes - 1] = 9.0;
+    x[2 * classes - 1] = 7.0;
+    for reduction in [Reduction::Sum, Reduction::None] {
+        check_cross_entropy("60000 classes", reduction, classes, &x, &[(classes - 1) as f32, 17.0]);
+    }
+}
+
+#[test]
+fn cross_entropy_refuses_rows_past_the_loop_limit_and_bad_shapes() {
+    let gpu = gpu();
+    let too_many = loss::MAX_CLASSES + 1;
+    let (x, t, l) = (zeros("x", too_many), zeros("t", 1), zeros("loss", 1));
+    let err = loss::cross_entropy(gpu, Reduction::Sum, reduce::Rows { rows: 1, cols: too_many }, &x, &t, &l, &scratch(Reduction::Sum, 1)).err().expect("must fail").to_string();
+    assert!(err.contains("cross_entropy") && err.contains("60001 classes") && err.contains("60000"), "{err}");
+    let shape = reduce::Rows { rows: 4, cols: 5 };
+    let err = loss::cross_entropy(gpu, Reduction::None, shape, &zeros("x", 19), &zeros("t", 4), &zeros("loss", 4), &[]).err().expect("must fail").to_string();
+    assert!(err.contains("cross_entropy") && err.contains("logits") && err.contains("needs 20"), "{err}");
+    let err = loss::cross_entropy(gpu, Reduction::None, shape, &zeros("x", 20), &zeros("t", 3), &zeros("loss", 4), &[]).err().expect("must fail").to_string();
+    assert!(err.contains("target") && err.contains("needs 4"), "{err}");
+    let (xb, tb) = (zeros("x", 20), zeros("t", 4));
+    let err = loss::cross_entropy_backward(gpu, Reduction::Mean, shape, &xb, &tb, &zeros("g", 1), &zeros("stats", 7), &zeros("dx", 20)).err().expect("must fail").to_string();
+    assert!(err.contains("cross_entropy_backward") && err.contains("row statistics") && err.contains("needs 8"), "{err}");
+}
+
+#[test]
+fn cross_entropy_reference_backward_matches_finite_differences() {
+    let (rows, classes) = (5, 7);
+    let x = f64s(&rand(8, rows * classes)).iter().map(|v| 3.0 * v).collect::<Vec<_>>();
+    let t = f64s(&classes_of(9, rows, classes));
+    for reduction in REDUCTIONS {
+        let g = f64s(&upstream(reduction, rows));
+        let fd = finite_difference(|x| reference::cross_entropy(x, &t, classes, reduction).unwrap(), &x, &g);
+        let analytic = reference::cross_entropy_backward(&x, &t, classes, &g, reduction).unwrap();
+        assert_grad_matches_fd(&format!("cross_entropy {reduction:?}"), &analytic, &fd);
+    }
+}

@@ -13,6 +13,7 @@ mod gpu;
 mod loss;
 mod reduce;
 mod optim;
+mod pool;
 mod random;
 mod matmul;
 mod shaders;

@@ -135,3 +135,90 @@ impl Op for LossGrad {
         bail!(Invalid, "{}: second derivatives are not supported", n.layer)
     }
 }
+
+/// F.cross_entropy(logits `[N, C]`, target `[N]`, reduction): the target holds class indices
+/// as f32 and gets no gradient. Shape [] for mean and sum, [N] for none. A target that is not
+/// an integer in [0, C) makes its row NaN on the GPU, and panics the CPU reference
+/// ([`Graph::evaluate_reference`]) with a message naming the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossEntropy {
+    pub reduction: Reduction,
+}
+
+/// `[N, C]` logits as the kernels' rows, after checking the target is `[N]`.
+fn classes(x: &[&[usize]]) -> std::result::Result<crate::kernels::reduce::Rows, String> {
+    match (x[0], x[1]) {
+        (&[n, c], &[t]) if t == n && c > 0 => Ok(crate::kernels::reduce::Rows { rows: n, cols: c }),
+        (&[n, c], _) if c > 0 => Err(format!("the target must be [{n}] class indices (class probabilities are not supported)")),
+        _ => Err("the input must be [N, C] logits with C ≥ 1".into()),
+    }
+}
+
+/// The reference's answer, or a panic naming the bad row (the trait's reference cannot fail).
+fn or_panic(v: Result<Vec<f64>>) -> Vec<f64> {
+    v.unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Op for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
+        let rows = classes(x)?.rows;
+        Ok(vec![if self.reduction == Reduction::None { vec![rows] } else { vec![] }])
+    }
+    fn scratch(&self, x: &[&[usize]]) -> Vec<usize> {
+        k::scratch_lens(self.reduction, x[1][0])
+    }
+    fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
+        let shape = classes(&io.input_shapes).map_err(crate::Error::Shape)?;
+        k::cross_entropy(gpu, self.reduction, shape, io.inputs[0], io.inputs[1], io.outputs[0], &io.scratch)
+    }
+    fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
+        let c = x[0].0[1];
+        let shape = if self.reduction == Reduction::None { x[1].0.clone() } else { vec![] };
+        vec![(shape, or_panic(r::cross_entropy(&x[0].1, &x[1].1, c, self.reduction)))]
+    }
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (x, t, dy) = (n.inputs[0], n.inputs[1], dys[0].expect("gradient"));
+        let dx = g.apply1(CrossEntropyGrad { reduction: self.reduction }, &[x, t, dy], &n.layer)?;
+        // Class indices are not differentiable: the target gets no gradient.
+        Ok(vec![Some(dx), None])
+    }
+}
+
+/// Gradient of [`CrossEntropy`]: inputs (logits, target, dy) → d(logits), dy shaped like the
+/// loss.
+#[derive(Debug)]
+pub struct CrossEntropyGrad {
+    pub reduction: Reduction,
+}
+
+impl Op for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross_entropy_backward"
+    }
+    fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
+        let rows = classes(x)?.rows;
+        let loss_len = self.reduction.output_len(rows);
+        if n_of(x[2]) != loss_len {
+            return Err(format!("upstream gradient has shape {:?}, the loss has {loss_len} elements", x[2]));
+        }
+        Ok(vec![x[0].to_vec()])
+    }
+    fn scratch(&self, x: &[&[usize]]) -> Vec<usize> {
+        vec![k::cross_entropy_row_stats_len(x[1][0])]
+    }
+    fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
+        let shape = classes(&io.input_shapes).map_err(crate::Error::Shape)?;
+        let (x, t, dy) = (io.inputs[0], io.inputs[1], io.inputs[2]);
+        k::cross_entropy_backward(gpu, self.reduction, shape, x, t, dy, &io.scratch[0], io.outputs[0])
+    }
+    fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
+        let c = x[0].0[1];
+        vec![(x[0].0.clone(), or_panic(r::cross_entropy_backward(&x[0].1, &x[1].1, c, &x[2].1, self.reduction)))]
+    }
+    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    }
+}
