@@ -38,14 +38,16 @@ enum Command {
     Check(CheckArgs),
     /// Measure the adapter's peak (FMA, copy bandwidth) and kernel throughput
     Bench(BenchArgs),
-    /// Train a model: `gan` (DCGAN) or `vae`
+    /// Train a model: `gan` (DCGAN), `vae`, or `classifier` (labelled images)
     Train(TrainArgs),
     /// Time every kernel of a training step on the GPU
     Profile(ProfileArgs),
     /// Generate images from a checkpoint (GAN: G(z); VAE: decode(z)), z ~ N(0, 1); for a VAE
     /// and a .png --out, also reconstructions and a latent interpolation of test images
     Sample(SampleArgs),
-    /// Evaluate a checkpoint on held-out data (VAE: nats per image, MSE; GAN: mean D outputs)
+    /// Evaluate a checkpoint on held-out data (VAE: nats per image, IWAE bound, MSE; GAN: mean D
+    /// outputs; classifier: accuracy), score samples with --metrics (FID, KID, precision/recall),
+    /// or score --data against --reference
     Eval(EvalArgs),
     /// Encode a data set's training images with a VAE checkpoint to "mu" and "logvar" tensors
     Encode(EncodeArgs),
@@ -79,8 +81,9 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct EvalArgs {
+    /// A GAN, VAE or classifier checkpoint (without it: --data scored against --reference)
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
     /// synthetic (built in), mnist, fashion-mnist, or a folder of IDX files or images
@@ -97,6 +100,22 @@ struct EvalArgs {
     /// the ELBO (0: none). Costs k decoder passes per test image
     #[arg(long, default_value_t = 64)]
     iwae_k: usize,
+    /// Sample-quality metrics, comma-separated: fid, kid, pr (precision/recall, k = 3),
+    /// classes (the backbone's confidence and class balance on the scored images), or all.
+    /// With a GAN or VAE checkpoint: --n generated images against --n test images of --data
+    #[arg(long)]
+    metrics: Option<String>,
+    /// The feature network of --metrics: lenet-mnist (built in; 28x28 grey images), or a
+    /// classifier checkpoint from `kiln train classifier`
+    #[arg(long, default_value = "lenet-mnist")]
+    backbone: String,
+    /// Images scored on each side (the literature's 10,000 generated vs 10,000 test images)
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Without --checkpoint: score the images of --data against these. Either is a data spec
+    /// with an optional :train, :test or :all (default: the test split, or all of a folder)
+    #[arg(long)]
+    reference: Option<String>,
     /// VAE: score dynamically binarized test images (each pixel 1 with probability its
     /// intensity, drawn from --seed), as the binarized-MNIST likelihoods in the literature
     #[arg(long)]
@@ -154,7 +173,7 @@ struct ProfileArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// gan or vae
+    /// gan, vae, or classifier (on labelled images: the feature backbone of `eval --metrics`)
     model: String,
     #[command(flatten)]
     device: DeviceArgs,
@@ -471,7 +490,17 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             vae_test = Some(test);
             Box::new(vae)
         }
-        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
+        "classifier" => {
+            use kiln::train::classifier::{ClassifierConfig, ClassifierTrainer};
+            let Some(classes) = splits.train.num_classes() else {
+                return Err(kiln::Error::Invalid(format!("{}: a classifier needs labelled images (IDX label files, or one sub-folder per class)", args.data)));
+            };
+            let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
+            let config = ClassifierConfig { image, classes, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed };
+            println!("classes: {classes}");
+            Box::new(ClassifierTrainer::new(&gpu, config, &data, &splits.test)?)
+        }
+        other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or classifier"))),
     };
     println!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
     let summary = run::run(&gpu, trainer.as_ref(), &data, &opts)?;
@@ -484,6 +513,10 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
         summary.checkpoint.display(),
         out.join("samples").display()
     );
+    if let Some(classifier) = trainer.as_any().downcast_ref::<kiln::train::classifier::ClassifierTrainer>() {
+        let (accuracy, loss) = classifier.evaluate(&gpu, &splits.test)?;
+        println!("test set: accuracy {:.2}% on {} images, cross-entropy {loss:.4}", 100.0 * accuracy, splits.test.len());
+    }
     if let (Some(test), Some(vae)) = (&vae_test, trainer.as_any().downcast_ref::<kiln::train::vae::VaeTrainer>()) {
         let (nats, mse) = vae.evaluate(&gpu, test)?;
         println!("test set: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel");
@@ -545,10 +578,54 @@ fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
 }
 
 fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
+    use kiln::train::score::{score, take, Backbone, Wanted};
     let gpu = kiln::Gpu::new(&args.device.options())?;
-    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
-    let splits = data_for(&args.data, model.image())?;
+    let report = |scores: kiln::train::score::Scores| {
+        if args.json {
+            println!("{}", scores.json());
+        } else {
+            scores.lines().iter().for_each(|l| println!("{l}"));
+        }
+    };
+    let Some(checkpoint) = &args.checkpoint else {
+        let Some(reference) = &args.reference else {
+            return Err(kiln::Error::Invalid("eval needs --checkpoint, or --data with --reference to score one image set against another".into()));
+        };
+        let backbone = Backbone::open(&gpu, &args.backbone)?;
+        let wanted: Wanted = args.metrics.as_deref().unwrap_or("fid,kid,pr").parse()?;
+        let set = |spec: &str| {
+            let data = image_set(spec, backbone.image)?;
+            if data.shape()[1..] != backbone.image {
+                return Err(kiln::Error::Invalid(format!("{spec}: images of {:?}, the backbone {} takes {:?}", &data.shape()[1..], backbone.id, backbone.image)));
+            }
+            Ok(data)
+        };
+        let (scored, reference_set) = (set(&args.data)?, set(reference)?);
+        let seed = args.seed.unwrap_or(0);
+        let (a, b) = (take(&scored, args.n.min(scored.len()), seed)?, take(&reference_set, args.n.min(reference_set.len()), seed ^ 1)?);
+        report(score(&gpu, &backbone, wanted, (&args.data, &a), (reference, &b), seed)?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    if args.reference.is_some() {
+        return Err(kiln::Error::Invalid("--reference is for scoring --data without a checkpoint; a checkpoint's samples are scored against --data's test split".into()));
+    }
+    let mut model = kiln::train::infer::load(&gpu, checkpoint)?;
     let seed = args.seed.unwrap_or(model.seed);
+    let splits = data_for(&args.data, model.image())?;
+    if let Some(metrics) = &args.metrics {
+        if model.kind() == "classifier" {
+            return Err(kiln::Error::Invalid(format!("{}: --metrics scores a GAN's or VAE's samples; a classifier is evaluated by its accuracy (drop --metrics)", checkpoint.display())));
+        }
+        let backbone = Backbone::open(&gpu, &args.backbone)?;
+        if backbone.image != model.image() {
+            return Err(kiln::Error::Invalid(format!("{}: the model makes {:?} images, the backbone {} takes {:?}", checkpoint.display(), model.image(), backbone.id, backbone.image)));
+        }
+        let reference = take(&splits.test, args.n, seed)?;
+        let generated = model.sample(&gpu, args.n, seed)?;
+        let name = format!("{} samples", checkpoint.display());
+        report(score(&gpu, &backbone, metrics.parse()?, (&name, &generated), (&format!("{} test", args.data), &reference), seed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let test = if args.binarize { splits.test.binarized(seed)? } else { splits.test };
     let result = model.evaluate(&gpu, &test, seed, args.iwae_k)?;
     if args.json {
@@ -557,6 +634,13 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         println!("{}", result.line());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One set of images (`SPEC[:train|:test|:all]`), image folders read at the given shape.
+fn image_set(spec: &str, image: [usize; 3]) -> kiln::Result<kiln::data::Dataset> {
+    use kiln::data::folder::{Color, FolderOptions};
+    let color = if image[0] == 1 { Color::Gray } else { Color::Rgb };
+    kiln::data::source::image_set(spec, &FolderOptions { size: image[1] as u32, color, recursive: true })
 }
 
 fn encode(args: &EncodeArgs) -> kiln::Result<ExitCode> {

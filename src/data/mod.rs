@@ -135,6 +135,17 @@ impl Dataset {
         })
     }
 
+    /// This set's images followed by `other`'s (of the same shape), labels kept when both have them.
+    pub fn concat(&self, other: &Dataset, name: impl Into<String>) -> Result<Dataset> {
+        if self.shape[1..] != other.shape[1..] {
+            return Err(Error::Invalid(format!("{:?} has images {:?}, {:?} has {:?}", self.name, &self.shape[1..], other.name, &other.shape[1..])));
+        }
+        let images = [self.images.as_slice(), other.images.as_slice()].concat();
+        let labels = self.labels.as_ref().zip(other.labels.as_ref()).map(|(a, b)| [a.as_slice(), b.as_slice()].concat());
+        let [n, c, h, w] = self.shape;
+        Dataset::new(name, images, [n + other.len(), c, h, w], labels)
+    }
+
     /// Dynamic binarization (as for binarized-MNIST likelihoods): each pixel becomes 255 with
     /// probability pixel / 255, else 0, from a generator seeded by `seed`, so the same seed gives
     /// the same images.

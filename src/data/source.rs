@@ -5,7 +5,7 @@ use super::download::{cache_dir, Remote};
 use super::folder::{self, FolderOptions};
 use super::idx::{self, IdxOptions};
 use super::synthetic::{self, DigitsOptions};
-use super::Splits;
+use super::{Dataset, Splits};
 use crate::{Error, Result};
 use std::path::PathBuf;
 
@@ -54,4 +54,24 @@ impl Source {
             Source::Folder(dir, opts) => folder::load(dir, opts)?.split(0.1, 0),
         }
     }
+}
+
+/// `SPEC[:train|:test|:all]`: one set of images from a source, for scoring. Without a suffix:
+/// the test split of a source that has one (IDX files, the built-in digits, downloads), every
+/// image of a folder of images.
+pub fn image_set(spec: &str, folder: &FolderOptions) -> Result<Dataset> {
+    let (base, which) = match spec.rsplit_once(':') {
+        Some((base, which @ ("train" | "test" | "all"))) => (base, Some(which)),
+        _ => (spec, None),
+    };
+    let source = Source::parse(base, folder)?;
+    if let (Source::Folder(dir, opts), None | Some("all")) = (&source, which) {
+        return folder::load(dir, opts);
+    }
+    let Splits { train, test } = source.load()?;
+    Ok(match which {
+        Some("train") => train,
+        Some("all") => train.concat(&test, spec)?,
+        _ => test,
+    })
 }

@@ -1,4 +1,6 @@
-//! The models kiln trains: the TensorFlow tutorial's DCGAN and the VAEs of PyTorch's example.
+//! The models kiln trains: the TensorFlow tutorial's DCGAN, the VAEs of PyTorch's example, and
+//! the classifier whose features score generated images.
 
+pub mod classifier;
 pub mod dcgan;
 pub mod vae;

@@ -12,6 +12,9 @@ pub struct GpuData {
     per_chunk: usize,
     chunks: Vec<Buffer>,
     order: Buffer,
+    /// The class labels, one byte per image (so the image gather gathers them too, through
+    /// the same order); `Err` says why there are none.
+    labels: std::result::Result<Buffer, String>,
 }
 
 impl GpuData {
@@ -48,7 +51,14 @@ impl GpuData {
             .collect::<Result<Vec<_>>>()?;
         let order: Vec<u32> = (0..data.len() as u32).collect();
         let order = gpu.upload(&format!("{} order", data.name), &order)?;
-        Ok(GpuData { len: data.len(), image_len: data.image_len(), per_chunk, chunks, order })
+        let labels = match data.labels() {
+            None => Err(format!("dataset {:?} has no labels", data.name)),
+            Some(l) => match l.iter().max().filter(|&&top| top > 255) {
+                Some(top) => Err(format!("dataset {:?} has class {top}; labels are gathered on the GPU as bytes, classes 0-255", data.name)),
+                None => Ok(gpu.upload(&format!("{} labels", data.name), &pack_bytes(&l.iter().map(|&c| c as u8).collect::<Vec<_>>()))?),
+            },
+        };
+        Ok(GpuData { len: data.len(), image_len: data.image_len(), per_chunk, chunks, order, labels })
     }
 
     /// How many buffers hold the images.
@@ -62,7 +72,15 @@ impl GpuData {
         gather(gpu, &g, &self.chunks, &self.order, 0, y)
     }
 
-    /// Points a recorded gather at batch `index` of the current epoch.
+    /// A recorded gather of the class labels of the same `batch` images as [`gather`](Self::gather)
+    /// (as f32 class indices into `y`); an error naming the dataset when it has no labels.
+    pub fn gather_labels(&self, gpu: &Gpu, batch: usize, y: &Buffer) -> Result<Dispatch> {
+        let labels = self.labels.as_ref().map_err(|why| Error::Invalid(why.clone()))?;
+        let g = Gather { images: self.len, per_chunk: self.len.next_multiple_of(4), image_len: 1, batch, scale: 1.0, offset: 0.0 };
+        gather(gpu, &g, std::slice::from_ref(labels), &self.order, 0, y)
+    }
+
+    /// Points a recorded gather (of images or labels) at batch `index` of the current epoch.
     pub fn select(&self, gpu: &Gpu, gather: &Dispatch, batch: usize, index: usize) {
         set_first(gpu, gather, index * batch);
     }

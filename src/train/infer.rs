@@ -4,11 +4,13 @@
 //! mode throughout.
 
 use super::checkpoint::{load_weights, Checkpoint};
+use super::classifier::{accuracy, ClassifierEval};
 use super::data::GpuData;
 use super::vae::{shown_layout, IwaeEval, VaeEval};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
 use crate::graph::{Graph, Program, Store, Tensor};
+use crate::models::classifier::Classifier;
 use crate::models::dcgan::{self, ImageShape, LATENT};
 use crate::models::vae::{Kind, Vae};
 use crate::nn::{self, InitRng, Mode, Sequential};
@@ -21,6 +23,7 @@ pub const BATCH: usize = 64;
 pub enum Model {
     Gan { image: ImageShape, generator: Sequential, discriminator: Sequential },
     Vae(Vae),
+    Classifier(Classifier),
 }
 
 /// A model rebuilt from a checkpoint, its weights on the GPU.
@@ -35,8 +38,15 @@ pub struct Loaded {
 /// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights. Every
 /// error names the file.
 pub fn load(gpu: &Gpu, path: &Path) -> Result<Loaded> {
-    let ckpt = Checkpoint::load(path)?;
-    let origin = path.display().to_string();
+    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string())
+}
+
+/// [`load`] from a checkpoint's bytes (a built-in backbone); `origin` names it in errors.
+pub fn load_bytes(gpu: &Gpu, bytes: &[u8], origin: &str) -> Result<Loaded> {
+    from_checkpoint(gpu, Checkpoint::from_bytes(bytes, origin)?, origin.to_string())
+}
+
+fn from_checkpoint(gpu: &Gpu, ckpt: Checkpoint, origin: String) -> Result<Loaded> {
     let named = |e: Error| match e {
         Error::Io { .. } => e,
         e if e.to_string().starts_with(&origin) => e,
@@ -76,7 +86,14 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
             nn::register_models(gpu, &mut store, "vae", &vae.parts(), &mut rng)?;
             Model::Vae(vae)
         }
-        other => crate::bail!(Invalid, "checkpoint kind {other:?} is neither \"gan\" nor \"vae\""),
+        "classifier" => {
+            let image: Vec<usize> = config["image"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
+            let image: [usize; 3] = image.try_into().map_err(|_| Error::Invalid("checkpoint config has no [c, h, w] \"image\"".into()))?;
+            let classifier = Classifier::new(image, field("classes")?)?;
+            nn::register_models(gpu, &mut store, "classifier", &classifier.parts(), &mut rng)?;
+            Model::Classifier(classifier)
+        }
+        other => crate::bail!(Invalid, "checkpoint kind {other:?} is not \"gan\", \"vae\" or \"classifier\""),
     };
     load_weights(gpu, &store, ckpt)?;
     Ok((model, store, seed))
@@ -87,6 +104,7 @@ impl Loaded {
         match self.model {
             Model::Gan { .. } => "gan",
             Model::Vae(_) => "vae",
+            Model::Classifier(_) => "classifier",
         }
     }
 
@@ -95,20 +113,22 @@ impl Loaded {
         match &self.model {
             Model::Gan { image, .. } => [image.channels, image.size, image.size],
             Model::Vae(v) => v.image,
+            Model::Classifier(c) => c.image,
         }
     }
 
     fn vae(&self, what: &str) -> Result<&Vae> {
         match &self.model {
             Model::Vae(v) => Ok(v),
-            Model::Gan { .. } => crate::bail!(Invalid, "{}: {what} needs a VAE checkpoint, this one is a GAN", self.origin),
+            _ => crate::bail!(Invalid, "{}: {what} needs a VAE checkpoint, this one is a {}", self.origin, self.kind()),
         }
     }
 
-    fn latent(&self) -> usize {
+    fn latent(&self) -> Result<usize> {
         match &self.model {
-            Model::Gan { .. } => LATENT,
-            Model::Vae(v) => v.latent,
+            Model::Gan { .. } => Ok(LATENT),
+            Model::Vae(v) => Ok(v.latent),
+            Model::Classifier(_) => crate::bail!(Invalid, "{}: generating images needs a GAN or VAE checkpoint, this one is a classifier", self.origin),
         }
     }
 
@@ -118,13 +138,13 @@ impl Loaded {
         if n == 0 {
             crate::bail!(Invalid, "cannot sample 0 images: ask for at least 1");
         }
-        let z = InitRng::new(seed).normal(n * self.latent(), 0.0, 1.0);
+        let z = InitRng::new(seed).normal(n * self.latent()?, 0.0, 1.0);
         self.generate(gpu, &z)
     }
 
     /// Decodes (VAE) or generates (GAN) one image per row of `z` ([n, latent]), in [0, 1].
     pub fn generate(&mut self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
-        let latent = self.latent();
+        let latent = self.latent()?;
         if z.is_empty() || !z.len().is_multiple_of(latent) {
             crate::bail!(Shape, "{}: latents of {} values are not rows of {latent}", self.origin, z.len());
         }
@@ -136,6 +156,7 @@ impl Loaded {
         let (out, tanh) = match &self.model {
             Model::Gan { generator, .. } => (generator.forward(&mut g, input, Mode::eval())?, true),
             Model::Vae(v) => (v.decode(&mut g, input)?, false),
+            Model::Classifier(_) => unreachable!("latent() refuses a classifier"),
         };
         let program = Program::compile(gpu, &g, &mut self.store, &[out], &[])?;
         let [rows] = batches(gpu, &self.store, &program, &name, [out], z, latent)?;
@@ -186,6 +207,11 @@ impl Loaded {
                     k => Some((k, IwaeEval::new(gpu, vae, &mut self.store, k, seed)?.run(gpu, &self.store, &test.to_f32(0.0, 1.0))?)),
                 };
                 return Ok(Evaluation::Vae { images: test.len(), nats, mse, iwae });
+            }
+            Model::Classifier(classifier) => {
+                let eval = ClassifierEval::new(gpu, classifier, &mut self.store)?;
+                let (accuracy, loss) = accuracy(&eval.logits(gpu, &self.store, test)?, test, classifier.classes)?;
+                return Ok(Evaluation::Classifier { images: test.len(), accuracy, loss });
             }
             Model::Gan { image, generator, discriminator } => (*image, generator, discriminator),
         };
@@ -341,6 +367,8 @@ pub enum Evaluation {
     Vae { images: usize, nats: f64, mse: f64, iwae: Option<(usize, f64)> },
     /// The discriminator's mean sigmoid output on real test images and on as many generated.
     Gan { images: usize, d_real: f64, d_fake: f64 },
+    /// Share of test images classified as their label, and the mean cross-entropy (nats).
+    Classifier { images: usize, accuracy: f64, loss: f64 },
 }
 
 impl Evaluation {
@@ -351,6 +379,7 @@ impl Evaluation {
                 format!("vae on {images} test images: {nats:.2} nats per image (BCE(sum) + KL){bound}, reconstruction MSE {mse:.5} per pixel")
             }
             Evaluation::Gan { images, d_real, d_fake } => format!("gan on {images} test images: mean D(real) {d_real:.4}, mean D(G(z)) {d_fake:.4}"),
+            Evaluation::Classifier { images, accuracy, loss } => format!("classifier on {images} test images: accuracy {:.2}%, cross-entropy {loss:.4}", 100.0 * accuracy),
         }
     }
 
@@ -365,6 +394,7 @@ impl Evaluation {
                 v
             }
             Evaluation::Gan { images, d_real, d_fake } => serde_json::json!({ "kind": "gan", "images": images, "d_real": d_real, "d_fake": d_fake }),
+            Evaluation::Classifier { images, accuracy, loss } => serde_json::json!({ "kind": "classifier", "images": images, "accuracy": accuracy, "loss": loss }),
         }
     }
 }

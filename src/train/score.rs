@@ -1,0 +1,184 @@
+//! Scoring image sets with the sample-quality metrics (crate::metrics) in a backbone's feature
+//! space: generated images against reference images, or any two sets. A backbone is named
+//! with a short hash of its weights beside every number, so numbers from different feature
+//! spaces are never confused.
+
+use super::classifier::ClassifierEval;
+use super::infer::{self, Loaded, Model};
+use crate::data::Dataset;
+use crate::gpu::Gpu;
+use crate::metrics::{self, ClassStats, Features, Kid, PrecisionRecall};
+use crate::{bail, Error, Result};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The backbones shipped in the binary: (name, classifier weights, what they were trained on).
+const BUILTIN: &[(&str, &[u8], &str)] = &[];
+
+/// A classifier whose penultimate activations are the feature space.
+pub struct Backbone {
+    /// `name@hash`: the name, and the first 8 hex digits of the weights' SHA-256.
+    pub id: String,
+    pub image: [usize; 3],
+    pub classes: usize,
+    loaded: Loaded,
+    eval: ClassifierEval,
+}
+
+impl Backbone {
+    /// A built-in backbone by name, or a classifier checkpoint (`kiln train classifier`) by path.
+    pub fn open(gpu: &Gpu, spec: &str) -> Result<Backbone> {
+        if let Some((name, bytes, _)) = BUILTIN.iter().find(|b| b.0 == spec) {
+            return Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"));
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            let names: Vec<&str> = BUILTIN.iter().map(|b| b.0).collect();
+            bail!(Invalid, "backbone {spec:?} is neither built in ({}) nor a file", names.join(", "));
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: spec.to_string(), source })?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("classifier");
+        Backbone::from_bytes(gpu, name, &bytes, spec)
+    }
+
+    fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], origin: &str) -> Result<Backbone> {
+        let hash = Sha256::digest(bytes);
+        let id = format!("{name}@{}", hash.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>());
+        let mut loaded = infer::load_bytes(gpu, bytes, origin)?;
+        let Model::Classifier(classifier) = &loaded.model else {
+            bail!(Invalid, "{origin}: a backbone is a classifier checkpoint (kiln train classifier), this one is a {}", loaded.kind());
+        };
+        let (image, classes) = (classifier.image, classifier.classes);
+        let eval = ClassifierEval::new(gpu, classifier, &mut loaded.store)?;
+        Ok(Backbone { id, image, classes, loaded, eval })
+    }
+
+    /// (features, logits) of `images` ([0, 1] pixels of the backbone's image shape); `what`
+    /// names the set in errors.
+    pub fn features(&self, gpu: &Gpu, what: &str, images: &[f32]) -> Result<(Features, Vec<f32>)> {
+        let pixels: usize = self.image.iter().product();
+        if images.is_empty() || !images.len().is_multiple_of(pixels) {
+            bail!(Shape, "{what}: {} values are not whole {:?} images for the backbone {}", images.len(), self.image, self.id);
+        }
+        let (f, logits) = self.eval.run(gpu, &self.loaded.store, images)?;
+        let n = images.len() / pixels;
+        Ok((Features::new(what, n, f.len() / n, f)?, logits))
+    }
+}
+
+/// Which metrics to compute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub fid: bool,
+    pub kid: bool,
+    pub pr: bool,
+    /// The backbone's classifier confidence and class balance on the generated images.
+    pub classes: bool,
+}
+
+impl std::str::FromStr for Wanted {
+    type Err = Error;
+    /// A comma-separated list of fid, kid, pr, classes (or all).
+    fn from_str(s: &str) -> Result<Wanted> {
+        let mut w = Wanted::default();
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "fid" => w.fid = true,
+                "kid" => w.kid = true,
+                "pr" => w.pr = true,
+                "classes" => w.classes = true,
+                "all" => w = Wanted { fid: true, kid: true, pr: true, classes: true },
+                other => bail!(Invalid, "unknown metric {other:?}: expected fid, kid, pr, classes or all"),
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// KID's subsets and subset size (torch-fidelity's defaults), and precision/recall's k.
+pub const KID_SUBSETS: usize = 100;
+pub const KID_SUBSET_SIZE: usize = 1000;
+pub const PR_K: usize = 3;
+
+#[derive(Clone, Debug)]
+pub struct Scores {
+    pub backbone: String,
+    /// What was scored and against what, with their counts.
+    pub scored: (String, usize),
+    pub reference: (String, usize),
+    pub fid: Option<f64>,
+    pub kid: Option<Kid>,
+    pub pr: Option<PrecisionRecall>,
+    pub classes: Option<ClassStats>,
+}
+
+/// Scores `scored` against `reference` (both [0, 1] images, named for errors and reports).
+pub fn score(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f32]), reference: (&str, &[f32]), seed: u64) -> Result<Scores> {
+    let (a, logits) = backbone.features(gpu, scored.0, scored.1)?;
+    let (b, _) = backbone.features(gpu, reference.0, reference.1)?;
+    Ok(Scores {
+        backbone: backbone.id.clone(),
+        scored: (scored.0.to_string(), a.n),
+        reference: (reference.0.to_string(), b.n),
+        fid: if wanted.fid { Some(metrics::fid(&b, &a)?) } else { None },
+        kid: if wanted.kid { Some(metrics::kid(&b, &a, KID_SUBSETS, KID_SUBSET_SIZE, seed)?) } else { None },
+        pr: if wanted.pr { Some(metrics::precision_recall(&b, &a, PR_K)?) } else { None },
+        classes: if wanted.classes { Some(metrics::class_stats(&logits, backbone.classes)?) } else { None },
+    })
+}
+
+/// `n` images of `data` in [0, 1]: all of them when `n` is its size, else a seeded choice
+/// without replacement; fewer images than `n` is an error naming the set.
+pub fn take(data: &Dataset, n: usize, seed: u64) -> Result<Vec<f32>> {
+    if data.len() < n {
+        bail!(Invalid, "{:?} holds {} images, fewer than the {n} asked for (--n)", data.name, data.len());
+    }
+    let picked = if n == data.len() { data.clone() } else { data.subset(data.name.clone(), &infer::pick(data.len(), seed)[..n])? };
+    Ok(picked.to_f32(0.0, 1.0))
+}
+
+impl Scores {
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "backbone": self.backbone,
+            "scored": { "name": self.scored.0, "images": self.scored.1 },
+            "reference": { "name": self.reference.0, "images": self.reference.1 },
+        });
+        if let Some(fid) = self.fid {
+            v["fid"] = fid.into();
+        }
+        if let Some(k) = self.kid {
+            v["kid"] = serde_json::json!({ "mean": k.mean, "std": k.std, "stderr": k.stderr, "subsets": k.subsets, "subset_size": k.subset_size });
+        }
+        if let Some(pr) = self.pr {
+            v["precision"] = pr.precision.into();
+            v["recall"] = pr.recall.into();
+            v["pr_k"] = pr.k.into();
+        }
+        if let Some(c) = &self.classes {
+            v["confident"] = c.confident.into();
+            v["class_balance"] = c.balance.into();
+            v["class_histogram"] = c.histogram.clone().into();
+        }
+        v
+    }
+
+    /// One line per number, each naming the backbone and the sets.
+    pub fn lines(&self) -> Vec<String> {
+        let on = format!("[{}; {} images of {:?} vs {} of {:?}]", self.backbone, self.scored.1, self.scored.0, self.reference.1, self.reference.0);
+        let mut out = Vec::new();
+        if let Some(fid) = self.fid {
+            out.push(format!("FID {fid:.3} {on}"));
+        }
+        if let Some(k) = self.kid {
+            out.push(format!("KID {:.5} ± {:.5} (std over {} subsets of {}) {on}", k.mean, k.std, k.subsets, k.subset_size));
+        }
+        if let Some(pr) = self.pr {
+            out.push(format!("precision {:.4}, recall {:.4} (k = {}) {on}", pr.precision, pr.recall, pr.k));
+        }
+        if let Some(c) = &self.classes {
+            out.push(format!("classifier confidence {:.4} (share with max softmax ≥ 0.9), class balance {:.4} (normalised entropy) {on}", c.confident, c.balance));
+        }
+        out
+    }
+}

@@ -1,0 +1,124 @@
+//! The classifier, its use as a feature backbone, and scoring image sets with it: accuracy as
+//! `kiln eval` reports it, metrics that must be 0 or 1 on identical sets, and clear errors
+//! for bad backbones and mismatched sets.
+
+use kiln::data::synthetic::{digits, DigitsOptions};
+use kiln::gpu::{Gpu, GpuOptions};
+use kiln::train::classifier::{ClassifierConfig, ClassifierTrainer};
+use kiln::train::data::GpuData;
+use kiln::train::infer::{self, Evaluation};
+use kiln::train::run::{checkpoint_path, run, RunOptions};
+use kiln::train::score::{score, take, Backbone, Wanted};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn kiln_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A classifier trained for 40 steps on the built-in digits (10 classes), once per test run.
+fn classifier() -> &'static (PathBuf, f64) {
+    static TRAINED: OnceLock<(PathBuf, f64)> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("kiln-test-{}-classifier", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let splits = digits(&DigitsOptions { seed: 4, train: 1280, test: 300 }).unwrap();
+        let data = GpuData::upload(gpu(), &splits.train).unwrap();
+        let config = ClassifierConfig { image: [1, 28, 28], classes: 10, batch: 32, lr: 2e-3, seed: 1 };
+        let trainer = ClassifierTrainer::new(gpu(), config, &data, &splits.test).unwrap();
+        let opts = RunOptions { out: out.clone(), steps: Some(40), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 10, resume: false, seed: 1 };
+        run(gpu(), &trainer, &data, &opts).unwrap();
+        let (accuracy, _) = trainer.evaluate(gpu(), &splits.test).unwrap();
+        (checkpoint_path(&out), accuracy)
+    })
+}
+
+#[test]
+fn a_trained_classifier_learns_the_digits_and_kiln_eval_repeats_its_accuracy() {
+    let (path, accuracy) = classifier();
+    assert!(*accuracy > 0.6, "40 steps on 10 classes: test accuracy {accuracy} (chance 0.1)");
+    let mut model = infer::load(gpu(), path).unwrap();
+    let test = digits(&DigitsOptions { seed: 4, train: 1280, test: 300 }).unwrap().test;
+    match model.evaluate(gpu(), &test, 0, 0).unwrap() {
+        Evaluation::Classifier { images, accuracy: got, .. } => assert_eq!((images, got), (300, *accuracy)),
+        other => panic!("a classifier checkpoint evaluates as a classifier: {other:?}"),
+    }
+    // Generating from a classifier is refused by name.
+    let err = model.sample(gpu(), 4, 0).err().expect("must fail").to_string();
+    assert!(err.contains("checkpoint.safetensors") && err.contains("classifier"), "{err}");
+}
+
+#[test]
+fn a_set_scored_against_itself_has_fid_zero_and_full_precision_and_recall() {
+    let backbone = Backbone::open(gpu(), classifier().0.to_str().unwrap()).unwrap();
+    assert!(backbone.id.starts_with("checkpoint@") && backbone.id.len() == "checkpoint@".len() + 8, "{}", backbone.id);
+    let splits = digits(&DigitsOptions { seed: 9, train: 400, test: 400 }).unwrap();
+    let wanted: Wanted = "all".parse().unwrap();
+    let test = take(&splits.test, 400, 0).unwrap();
+    let same = score(gpu(), &backbone, wanted, ("test", &test), ("test", &test), 0).unwrap();
+    assert!(same.fid.unwrap().abs() < 1e-3, "{same:?}");
+    let pr = same.pr.unwrap();
+    assert_eq!((pr.precision, pr.recall), (1.0, 1.0));
+    // Another draw of the same digits is close; one digit class alone is far, and its class
+    // balance is 0 where every class is drawn equally often in the test set.
+    let train = take(&splits.train, 400, 0).unwrap();
+    let other = score(gpu(), &backbone, wanted, ("train", &train), ("test", &test), 0).unwrap();
+    let sevens: Vec<usize> = (0..splits.train.len()).filter(|&i| splits.train.labels().unwrap()[i] == 7).collect();
+    let only7 = splits.train.subset("sevens", &sevens).unwrap().to_f32(0.0, 1.0);
+    let collapsed = score(gpu(), &backbone, wanted, ("sevens", &only7), ("test", &test), 0).unwrap();
+    eprintln!("FID train/test {:.3}, sevens/test {:.3}", other.fid.unwrap(), collapsed.fid.unwrap());
+    assert!(other.fid.unwrap() > 0.0 && collapsed.fid.unwrap() > 5.0 * other.fid.unwrap(), "{other:?} {collapsed:?}");
+    assert!(collapsed.pr.unwrap().recall < 0.5 * other.pr.unwrap().recall, "one class covers little: {collapsed:?}");
+    assert!(collapsed.classes.as_ref().unwrap().balance < 0.3 && other.classes.as_ref().unwrap().balance > 0.9);
+    // The report names the backbone and the sets beside every number.
+    assert!(other.lines().iter().all(|l| l.contains(&backbone.id) && l.contains("\"train\"")), "{:?}", other.lines());
+}
+
+#[test]
+fn bad_backbones_mismatched_sets_and_short_sets_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("kiln-test-{}-bad-backbone", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A classifier checkpoint with one weight of the wrong shape.
+    let mut ckpt = kiln::train::Checkpoint::load(&classifier().0).unwrap();
+    ckpt.tensors.insert("features.0.weight".into(), (vec![16, 1, 3, 3], vec![0.0; 144]));
+    let bad = dir.join("bad.safetensors");
+    ckpt.save(&bad).unwrap();
+    let err = Backbone::open(gpu(), bad.to_str().unwrap()).err().expect("must fail").to_string();
+    assert!(err.contains("bad.safetensors") && err.contains("features.0.weight"), "{err}");
+    // A VAE is no backbone; a name that is neither built in nor a file.
+    let err = Backbone::open(gpu(), "no-such-backbone").err().expect("must fail").to_string();
+    assert!(err.contains("no-such-backbone") && err.contains("built in"), "{err}");
+
+    // The CLI: a reference of another image size (IDX files of 32x32; a folder of images
+    // would be resized to the backbone's input), and fewer images than --n.
+    let ckpt = classifier().0.to_str().unwrap();
+    let idx = dir.join("idx32");
+    std::fs::create_dir_all(&idx).unwrap();
+    for split in ["train", "t10k"] {
+        let images = kiln::data::idx::encode_images(&[7u8; 5 * 32 * 32], [5, 1, 32, 32]).unwrap();
+        std::fs::write(idx.join(format!("{split}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(idx.join(format!("{split}-labels-idx1-ubyte")), kiln::data::idx::encode_labels(&[1; 5])).unwrap();
+    }
+    let (ok, _, stderr) = kiln_cli(&["eval", "--data", "synthetic", "--reference", idx.to_str().unwrap(), "--backbone", ckpt, "--n", "5"]);
+    assert!(!ok && stderr.contains("idx32") && stderr.contains("[1, 32, 32]") && stderr.contains("[1, 28, 28]"), "{stderr}");
+    let (ok, _, stderr) = kiln_cli(&["eval", "--data", "synthetic", "--reference", "synthetic:train", "--backbone", ckpt, "--metrics", "fid", "--n", "500"]);
+    assert!(ok, "{stderr}");
+    let gan_dir = dir.join("gan");
+    let (ok, _, stderr) = kiln_cli(&["train", "gan", "--steps", "1", "--batch-size", "2", "--out", gan_dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let gan = checkpoint_path(&gan_dir);
+    let (ok, _, stderr) = kiln_cli(&["eval", "--checkpoint", gan.to_str().unwrap(), "--metrics", "fid", "--backbone", ckpt, "--n", "20000"]);
+    assert!(!ok && stderr.contains("test") && stderr.contains("20000"), "{stderr}");
+    let (ok, stdout, stderr) = kiln_cli(&["eval", "--checkpoint", gan.to_str().unwrap(), "--metrics", "fid,pr", "--backbone", ckpt, "--n", "200", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["fid"].as_f64().unwrap() > 0.0 && v["scored"]["images"] == 200 && v["backbone"].as_str().unwrap().starts_with("checkpoint@"), "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
