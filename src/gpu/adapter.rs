@@ -13,6 +13,16 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Open the device without timestamp queries (to exercise the profiler's fallback).
     pub without_timestamps: bool,
+    /// Open the device without subgroups, as DX12 exposes it when shaders are compiled by FXC
+    /// (no dxcompiler.dll: shader model 5.1), or Metal on GPUs before Apple7/Mac2; the kernels
+    /// that need them are then never chosen.
+    pub without_subgroups: bool,
+    /// Open the device with these limits instead of the adapter's own, each clamped to what the
+    /// adapter offers. `wgpu::Limits::default()` is WebGPU's guaranteed minimum (16 KiB
+    /// workgroup storage, 256 invocations, 8 storage and 12 uniform buffers per stage, 128 MiB
+    /// storage bindings), about what small integrated and mobile GPUs offer: kiln runs under it
+    /// or refuses by naming the limit. Default: `KILN_LIMITS=webgpu`, else the adapter's.
+    pub limits: Option<wgpu::Limits>,
     /// Read WGSL from this folder instead of the embedded copies (default: `KILN_SHADERS`).
     pub shaders: Option<std::path::PathBuf>,
 }
@@ -20,6 +30,27 @@ pub struct GpuOptions {
 impl GpuOptions {
     pub fn backend(name: &str) -> GpuOptions {
         GpuOptions { backend: Some(name.to_string()), ..Default::default() }
+    }
+
+    /// The default adapter opened with `limits` (see [`GpuOptions::limits`]).
+    pub fn with_limits(limits: wgpu::Limits) -> GpuOptions {
+        GpuOptions { limits: Some(limits), ..Default::default() }
+    }
+
+    /// The limits to open `adapter` with: [`GpuOptions::limits`], else `KILN_LIMITS`, else the
+    /// adapter's own; never better than the adapter's.
+    pub(super) fn limits_for(&self, adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
+        let asked = match &self.limits {
+            Some(l) => Some(l.clone()),
+            None => match std::env::var("KILN_LIMITS").unwrap_or_default().to_ascii_lowercase().as_str() {
+                "" | "adapter" => None,
+                "webgpu" => Some(wgpu::Limits::default()),
+                other => {
+                    return Err(Error::Invalid(format!("KILN_LIMITS={other:?}: expected webgpu (WebGPU's default limits) or adapter")))
+                }
+            },
+        };
+        Ok(asked.map_or_else(|| adapter.clone(), |l| l.or_worse_values_from(adapter)))
     }
 }
 
