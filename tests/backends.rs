@@ -282,3 +282,47 @@ fn the_spirv_writer_refuses_subgroup_operations_without_their_capabilities() {
     let err = translate(Level::Spv((1, 3)), &m, &i, "forward", Features::empty()).unwrap_err();
     assert!(err.contains("GroupNonUniform"), "{err}");
 }
+
+
+/// Entry points that need more than WebGPU's default limits, and the launcher check that keeps
+/// kiln from choosing them on a device without it.
+const OVER_WEBGPU_LIMITS: &[(&str, &str)] = &[("conv_window.weight_grad", "has_windows(gpu, 15): 7 x and 7 dy windows and the params")];
+
+#[test]
+fn every_entry_point_fits_webgpus_default_limits_or_its_launcher_checks_them() {
+    // Per stage (auto layouts: one entry point per pipeline): storage and uniform buffers,
+    // workgroup invocations and workgroup memory, against wgpu::Limits::default().
+    let limits = wgpu::Limits::default();
+    let info = |m: &naga::Module| naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all()).validate(m).unwrap();
+    let mut over = Vec::new();
+    for (name, source) in SHADER_FILES {
+        let module = validate_wgsl(source, name).unwrap();
+        let module_info = info(&module);
+        for ep in &module.entry_points {
+            let (m, _) = naga::back::pipeline_constants::process_overrides(&module, &module_info, Some((ep.stage, &ep.name)), &PipelineConstants::default()).unwrap();
+            let buffers = bindings(&m);
+            let uniform = buffers.iter().filter(|b| b.uniform).count() as u32;
+            let storage = buffers.len() as u32 - uniform;
+            let invocations = m.entry_points[0].workgroup_size.iter().product::<u32>();
+            let shared: u32 = m.global_variables.iter().filter(|(_, v)| v.space == AddressSpace::WorkGroup).map(|(_, v)| m.types[v.ty].inner.size(m.to_ctx())).sum();
+            let needs = [
+                (storage, limits.max_storage_buffers_per_shader_stage, "storage buffers"),
+                (uniform, limits.max_uniform_buffers_per_shader_stage, "uniform buffers"),
+                (invocations, limits.max_compute_invocations_per_workgroup, "invocations per workgroup"),
+                (shared, limits.max_compute_workgroup_storage_size, "bytes of workgroup storage"),
+            ];
+            for (need, limit, what) in needs {
+                if need > limit {
+                    over.push((format!("{name}.{}", ep.name), format!("{need} {what}, over {limit}")));
+                }
+            }
+        }
+    }
+    let unexplained: Vec<String> = over.iter().filter(|(k, _)| !OVER_WEBGPU_LIMITS.iter().any(|(e, _)| e == k)).map(|(k, why)| format!("{k}: {why}")).collect();
+    for (kernel, why) in &over {
+        println!("{kernel}: {why}");
+    }
+    assert!(unexplained.is_empty(), "entry points over WebGPU's default limits with no launcher check listed in OVER_WEBGPU_LIMITS:\n{}", unexplained.join("\n"));
+    let gone: Vec<&str> = OVER_WEBGPU_LIMITS.iter().map(|(k, _)| *k).filter(|k| !over.iter().any(|(o, _)| o == k)).collect();
+    assert!(gone.is_empty(), "listed in OVER_WEBGPU_LIMITS but within the limits now: {gone:?}");
+}
