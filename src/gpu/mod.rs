@@ -7,7 +7,7 @@ mod dispatch;
 mod readback;
 mod shaders;
 
-pub use adapter::{describe_adapters, AdapterReport, GpuOptions};
+pub use adapter::{describe_adapters, skipped_gpus_warning, AdapterReport, GpuOptions};
 pub use buffer::Buffer;
 pub use readback::Readback;
 pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};

@@ -12,7 +12,8 @@ pub fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| {
         let options: GpuOptions = crate::options();
         let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("testing on {}", gpu.describe());
+        let subgroups = gpu.has(wgpu::Features::SUBGROUP).then(|| format!(", subgroups of {}-{} lanes", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size));
+        eprintln!("testing on {}{}", gpu.describe(), subgroups.unwrap_or_default());
         gpu
     })
 }
