@@ -191,9 +191,44 @@ fn translate(level: Level, module: &naga::Module, info: &naga::valid::ModuleInfo
                 ..Default::default()
             };
             let pipeline = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.to_string() };
-            spv::write_vec(module, info, &options, Some(&pipeline)).map(|_| ()).map_err(|e| format!("{e} ({e:?})"))
+            let words = spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| format!("{e} ({e:?})"))?;
+            spirv_val(&words, lang_version)
         }
     }
+}
+
+/// SPIR-V from naga checked by SPIRV-Tools' validator for the Vulkan version that takes it, where
+/// `spirv-val` is installed (.ci/run installs it); `Ok` without it, as the summary says.
+fn spirv_val(words: &[u32], (major, minor): (u8, u8)) -> Result<(), String> {
+    if !has_spirv_val() {
+        return Ok(());
+    }
+    let env = match (major, minor) {
+        (1, 0) => "vulkan1.0",
+        (1, 3) => "vulkan1.1",
+        (1, 5) => "vulkan1.2",
+        _ => "vulkan1.3",
+    };
+    let mut child = std::process::Command::new("spirv-val")
+        .args(["--target-env", env, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spirv-val: {e}"))?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &bytes).map_err(|e| format!("spirv-val: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("spirv-val: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("spirv-val --target-env {env}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn has_spirv_val() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| std::process::Command::new("spirv-val").arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 /// What one target made of every module: translations passed, modules it cannot create.
@@ -257,6 +292,7 @@ fn every_entry_point_translates_to_msl_hlsl_and_spirv_as_wgpu_does() {
     }
     println!("{}", lines.join("\n"));
     println!("translations passed: {}", totals.iter().map(|(b, n)| format!("{b} {n}")).collect::<Vec<_>>().join(", "));
+    println!("SPIR-V {}", if has_spirv_val() { "also passed spirv-val for its Vulkan version" } else { "checked by naga only: spirv-val (SPIRV-Tools) is not installed" });
     assert!(failures.is_empty(), "{} translations failed:\n{}", failures.len(), failures.join("\n\n"));
 }
 
@@ -293,11 +329,10 @@ fn every_entry_point_fits_webgpus_default_limits_or_its_launcher_checks_them() {
     // Per stage (auto layouts: one entry point per pipeline): storage and uniform buffers,
     // workgroup invocations and workgroup memory, against wgpu::Limits::default().
     let limits = wgpu::Limits::default();
-    let info = |m: &naga::Module| naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all()).validate(m).unwrap();
     let mut over = Vec::new();
     for (name, source) in SHADER_FILES {
         let module = validate_wgsl(source, name).unwrap();
-        let module_info = info(&module);
+        let module_info = wgpu_naga_bridge::create_validator(Features::all(), wgpu::DownlevelFlags::all(), naga::valid::ValidationFlags::all()).validate(&module).unwrap();
         for ep in &module.entry_points {
             let (m, _) = naga::back::pipeline_constants::process_overrides(&module, &module_info, Some((ep.stage, &ep.name)), &PipelineConstants::default()).unwrap();
             let buffers = bindings(&m);
