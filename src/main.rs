@@ -301,10 +301,11 @@ fn check(args: &CheckArgs) -> kiln::Result<ExitCode> {
 }
 
 fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
-    let adapters = describe_adapters(&dev.options())?;
+    let options = dev.options();
+    let adapters = describe_adapters(&options)?;
     if adapters.is_empty() {
         // Let the chooser produce its explanation of how to get an adapter.
-        kiln::Gpu::new(&dev.options())?;
+        kiln::Gpu::new(&options)?;
     }
     for a in &adapters {
         let mark = if a.chosen { "*" } else { " " };
@@ -320,22 +321,40 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
         let features: Vec<&str> = interesting.iter().filter(|(f, _)| a.features.contains(*f)).map(|(_, n)| *n).collect();
         println!("    compute shaders: {}", if a.compute { "yes" } else { "no" });
         println!("    features: {}", if features.is_empty() { "none of interest".to_string() } else { features.join(", ") });
-        let l = &a.limits;
-        println!(
-            "    limits: storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, \
-             invocations/workgroup {}, workgroups/dim {}, storage buffers/stage {}",
-            l.max_storage_buffer_binding_size as u64 >> 20,
-            l.max_buffer_size >> 20,
-            l.max_compute_workgroup_storage_size >> 10,
-            l.max_compute_invocations_per_workgroup,
-            l.max_compute_workgroups_per_dimension,
-            l.max_storage_buffers_per_shader_stage
-        );
+        if a.features.contains(wgpu::Features::SUBGROUP) {
+            println!("    subgroups: {}-{} lanes", i.subgroup_min_size, i.subgroup_max_size);
+        }
+        println!("    limits: {}", limits_line(&a.limits));
+        if a.chosen {
+            let opened = options.limits_for(&a.limits)?;
+            if opened != a.limits {
+                println!("    opened with (KILN_LIMITS): {}", limits_line(&opened));
+            }
+            if let Some(warning) = kiln::gpu::skipped_gpus_warning(i) {
+                eprintln!("warning: {warning}");
+            }
+        }
     }
     if !adapters.iter().any(|a| a.chosen) {
-        kiln::Gpu::new(&dev.options())?;
+        kiln::Gpu::new(&options)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The limits kiln's kernels depend on, as `kiln info` shows them.
+fn limits_line(l: &wgpu::Limits) -> String {
+    format!(
+        "storage binding {} MiB, buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}, \
+         workgroups/dim {}, storage buffers/stage {}, uniform buffers/stage {} of {} KiB",
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_buffer_size >> 20,
+        l.max_compute_workgroup_storage_size >> 10,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroups_per_dimension,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_uniform_buffers_per_shader_stage,
+        l.max_uniform_buffer_binding_size >> 10
+    )
 }
 
 fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {

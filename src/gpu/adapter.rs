@@ -13,6 +13,16 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Open the device without timestamp queries (to exercise the profiler's fallback).
     pub without_timestamps: bool,
+    /// Open the device without subgroups, as DX12 exposes it when shaders are compiled by FXC
+    /// (no dxcompiler.dll: shader model 5.1), or Metal on GPUs before Apple7/Mac2; the kernels
+    /// that need them are then never chosen.
+    pub without_subgroups: bool,
+    /// Open the device with these limits instead of the adapter's own, each clamped to what the
+    /// adapter offers. `wgpu::Limits::default()` is WebGPU's guaranteed minimum (16 KiB
+    /// workgroup storage, 256 invocations, 8 storage and 12 uniform buffers per stage, 128 MiB
+    /// storage bindings), about what small integrated and mobile GPUs offer: kiln runs under it
+    /// or refuses by naming the limit. Default: `KILN_LIMITS=webgpu`, else the adapter's.
+    pub limits: Option<wgpu::Limits>,
     /// Read WGSL from this folder instead of the embedded copies (default: `KILN_SHADERS`).
     pub shaders: Option<std::path::PathBuf>,
 }
@@ -20,6 +30,27 @@ pub struct GpuOptions {
 impl GpuOptions {
     pub fn backend(name: &str) -> GpuOptions {
         GpuOptions { backend: Some(name.to_string()), ..Default::default() }
+    }
+
+    /// The default adapter opened with `limits` (see [`GpuOptions::limits`]).
+    pub fn with_limits(limits: wgpu::Limits) -> GpuOptions {
+        GpuOptions { limits: Some(limits), ..Default::default() }
+    }
+
+    /// The limits to open `adapter` with: [`GpuOptions::limits`], else `KILN_LIMITS`, else the
+    /// adapter's own; never better than the adapter's.
+    pub fn limits_for(&self, adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
+        let asked = match &self.limits {
+            Some(l) => Some(l.clone()),
+            None => match std::env::var("KILN_LIMITS").unwrap_or_default().to_ascii_lowercase().as_str() {
+                "" | "adapter" => None,
+                "webgpu" => Some(wgpu::Limits::default()),
+                other => {
+                    return Err(Error::Invalid(format!("KILN_LIMITS={other:?}: expected webgpu (WebGPU's default limits) or adapter")))
+                }
+            },
+        };
+        Ok(asked.map_or_else(|| adapter.clone(), |l| l.or_worse_values_from(adapter)))
     }
 }
 
@@ -89,9 +120,51 @@ fn enumerate(options: &GpuOptions) -> Result<(Vec<wgpu::Adapter>, Option<usize>)
 pub(super) fn choose(options: &GpuOptions) -> Result<(wgpu::Adapter, usize)> {
     let (mut adapters, chosen) = enumerate(options)?;
     match chosen {
-        Some(i) => Ok((adapters.swap_remove(i), i)),
+        Some(i) => {
+            let adapter = adapters.swap_remove(i);
+            // Only a backend or name filter can pass over a GPU for a CPU driver (unfiltered,
+            // the ranking puts every GPU first), so only then is it worth a second look.
+            let filtered = options.backend.is_some() || name_filter(options).is_some() || std::env::var_os("WGPU_BACKEND").is_some();
+            if filtered {
+                if let Some(warning) = skipped_gpus_warning(&adapter.get_info()) {
+                    log::warn!("{warning}");
+                }
+            }
+            Ok((adapter, i))
+        }
         None => Err(Error::NoAdapter(no_adapter_help(options, &adapters))),
     }
+}
+
+/// When `chosen` is a CPU driver while a GPU that can run compute shaders exists on some
+/// backend (skipped by `--backend`, `--adapter`, `WGPU_BACKEND` or `WGPU_ADAPTER_NAME`), a
+/// warning naming them.
+pub fn skipped_gpus_warning(chosen: &wgpu::AdapterInfo) -> Option<String> {
+    if chosen.device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::all();
+    let everything = pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(wgpu::Backends::all()));
+    let gpus: Vec<wgpu::AdapterInfo> = everything
+        .iter()
+        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .map(|a| a.get_info())
+        .collect();
+    skipped_warning(chosen, &gpus)
+}
+
+fn skipped_warning(chosen: &wgpu::AdapterInfo, seen: &[wgpu::AdapterInfo]) -> Option<String> {
+    let gpus: Vec<String> = seen.iter().filter(|i| i.device_type != wgpu::DeviceType::Cpu).map(describe_info).collect();
+    (chosen.device_type == wgpu::DeviceType::Cpu && !gpus.is_empty()).then(|| {
+        format!(
+            "kiln is using a CPU driver, {}, but skipped {} that could run it: {}. Drop --backend \
+             and --adapter (and WGPU_BACKEND, WGPU_ADAPTER_NAME), or name the GPU's backend.",
+            describe_info(chosen),
+            if gpus.len() == 1 { "a GPU" } else { "GPUs" },
+            gpus.join("; ")
+        )
+    })
 }
 
 fn no_adapter_help(options: &GpuOptions, seen: &[wgpu::Adapter]) -> String {
@@ -143,4 +216,27 @@ pub fn describe_adapters(options: &GpuOptions) -> Result<Vec<AdapterReport>> {
             compute: a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skipped_warning;
+    use wgpu::{AdapterInfo, Backend, DeviceType};
+
+    fn info(name: &str, device_type: DeviceType, backend: Backend) -> AdapterInfo {
+        AdapterInfo { name: name.into(), ..AdapterInfo::new(device_type, backend) }
+    }
+
+    #[test]
+    fn a_cpu_driver_chosen_over_a_skipped_gpu_is_warned_about_by_name() {
+        let gl = info("llvmpipe", DeviceType::Cpu, Backend::Gl);
+        let gpu = info("NVIDIA GeForce RTX 4090", DeviceType::DiscreteGpu, Backend::Vulkan);
+        let lavapipe = info("llvmpipe", DeviceType::Cpu, Backend::Vulkan);
+        let warning = skipped_warning(&gl, &[gl.clone(), lavapipe.clone(), gpu.clone()]).unwrap();
+        assert!(warning.contains("RTX 4090 (Vulkan, DiscreteGpu") && warning.contains("llvmpipe (Gl") && warning.contains("--backend"), "{warning}");
+        assert!(!warning.contains("llvmpipe (Vulkan"), "only GPUs are listed: {warning}");
+        // Nothing to say when a GPU is in use, or when there is none to use.
+        assert_eq!(skipped_warning(&gpu, &[gl.clone(), gpu.clone()]), None);
+        assert_eq!(skipped_warning(&gl, &[gl.clone(), lavapipe]), None);
+    }
 }

@@ -7,11 +7,11 @@ mod dispatch;
 mod readback;
 mod shaders;
 
-pub use adapter::{describe_adapters, AdapterReport, GpuOptions};
+pub use adapter::{describe_adapters, skipped_gpus_warning, AdapterReport, GpuOptions};
 pub use buffer::Buffer;
 pub use readback::Readback;
 pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};
-pub use shaders::{validate_wgsl, ShaderSet, SHADER_FILES};
+pub use shaders::{check_capabilities, validate_wgsl, ShaderSet, SHADER_FILES};
 
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -52,8 +52,9 @@ impl Created {
 }
 
 impl Gpu {
-    /// Opens the adapter chosen by `options` (see [`GpuOptions`]) with its own limits and the
-    /// optional features kiln can use (timestamps, subgroups, f16) where offered.
+    /// Opens the adapter chosen by `options` (see [`GpuOptions`]) with its own limits (or those
+    /// `options` asks for) and the optional features kiln can use (timestamps, subgroups, f16)
+    /// where offered.
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
         let (adapter, _) = adapter::choose(options)?;
         let info = adapter.get_info();
@@ -70,7 +71,10 @@ impl Gpu {
                     | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             );
         }
-        let limits = adapter.limits();
+        if options.without_subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
+        let limits = options.limits_for(&adapter.limits())?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -151,7 +155,8 @@ impl Gpu {
         if let Some(m) = self.modules.lock().unwrap().get(shader) {
             return Ok(m.clone());
         }
-        let source = self.shaders.validated_source(shader)?;
+        let downlevel = self.adapter.get_downlevel_capabilities().flags;
+        let source = self.shaders.validated_source(shader, self.features, downlevel)?;
         let module = self.scoped(shader, || {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader),

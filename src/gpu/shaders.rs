@@ -42,11 +42,26 @@ impl ShaderSet {
             .ok_or_else(|| Error::Invalid(format!("no shader named {shader:?}")))
     }
 
-    pub fn validated_source(&self, shader: &str) -> Result<String> {
+    /// The source of `shader` once naga has validated it, and found it needs no capability
+    /// beyond those `features` give (see [`check_capabilities`]).
+    pub fn validated_source(&self, shader: &str, features: wgpu::Features, downlevel: wgpu::DownlevelFlags) -> Result<String> {
         let (text, path) = self.source(shader)?;
-        validate_wgsl(&text, &path)?;
+        let module = validate_wgsl(&text, &path)?;
+        check_capabilities(&module, &text, &path, features, downlevel)?;
         Ok(text)
     }
+}
+
+/// Refuses a valid module that needs a shader capability `features` do not give (subgroup
+/// operations on DX12 under FXC, say), with naga's message naming it, file and line. The
+/// mapping is wgpu's own (`wgpu_naga_bridge`), so this is the check wgpu would make when the
+/// module is created; the backend translation tests decide with it which modules a target
+/// cannot create.
+pub fn check_capabilities(module: &naga::Module, source: &str, path: &str, features: wgpu::Features, downlevel: wgpu::DownlevelFlags) -> Result<()> {
+    wgpu_naga_bridge::create_validator(features, downlevel, naga::valid::ValidationFlags::all())
+        .validate(module)
+        .map(|_| ())
+        .map_err(|e| Error::Limit(format!("shader {path} needs a feature the device lacks:\n{}", e.emit_to_string_with_path(source, path))))
 }
 
 /// Parses and validates WGSL with naga; the error carries naga's message with file and line.

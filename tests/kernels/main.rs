@@ -3,6 +3,11 @@
 
 mod support;
 
+/// The adapter's own limits (or `KILN_LIMITS`).
+fn options() -> kiln::gpu::GpuOptions {
+    kiln::gpu::GpuOptions::default()
+}
+
 mod activation;
 mod bench;
 mod batchnorm;

@@ -4,13 +4,16 @@
 use kiln::gpu::{Buffer, Gpu, GpuOptions};
 use std::sync::OnceLock;
 
-/// The device every test uses: wgpu's `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` pick it
-/// (`WGPU_BACKEND=gl cargo test` runs the suite on llvmpipe).
+/// The device every test uses, opened with the test binary's `options()` (the kernel suite:
+/// the adapter's own limits; tests/small_limits.rs: WebGPU's defaults). wgpu's `WGPU_BACKEND`
+/// / `WGPU_ADAPTER_NAME` pick it (`WGPU_BACKEND=gl cargo test` runs the suite on llvmpipe).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("testing on {}", gpu.describe());
+        let options: GpuOptions = crate::options();
+        let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
+        let subgroups = gpu.has(wgpu::Features::SUBGROUP).then(|| format!(", subgroups of {}-{} lanes", gpu.info.subgroup_min_size, gpu.info.subgroup_max_size));
+        eprintln!("testing on {}{}", gpu.describe(), subgroups.unwrap_or_default());
         gpu
     })
 }
