@@ -34,6 +34,8 @@ mod loss;
 mod matmul;
 #[path = "kernels/optim.rs"]
 mod optim;
+#[path = "kernels/pool.rs"]
+mod pool;
 #[path = "kernels/random.rs"]
 mod random;
 #[path = "kernels/reduce.rs"]
