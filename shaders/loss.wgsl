@@ -1,5 +1,6 @@
-// Losses, PyTorch semantics. Forward entries write per-element terms: reduction="none"'s
-// output itself, or what reduce.wgsl sums (times 1/n for a mean). Backward entries read the
+// Losses, PyTorch semantics. Forward entries write per-element terms (per-row for
+// cross_entropy): reduction="none"'s output itself, or what reduce.wgsl sums (times 1/n for a
+// mean). Backward entries read the
 // upstream gradient g from a buffer, so the graph can chain it without a CPU round trip.
 
 struct Params {

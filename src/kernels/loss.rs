@@ -1,5 +1,6 @@
 //! shaders/loss.wgsl: binary_cross_entropy(_with_logits), mse_loss and the VAE's KL term over
-//! `n` elements, each with PyTorch's `reduction` (kl_normal always sums), plus their gradients.
+//! `n` elements, each with PyTorch's `reduction` (kl_normal always sums), cross_entropy over
+//! rows of logits (below), plus their gradients.
 //!
 //! Forward with reduction mean or sum is several dispatches: one writes the per-element terms,
 //! then [`reduce`](super::reduce) sums them hierarchically (accurate for long inputs) into a

@@ -146,7 +146,7 @@ pub struct CrossEntropy {
 }
 
 /// `[N, C]` logits as the kernels' rows, after checking the target is `[N]`.
-fn classes(x: &[&[usize]]) -> std::result::Result<crate::kernels::reduce::Rows, String> {
+fn logit_rows(x: &[&[usize]]) -> std::result::Result<crate::kernels::reduce::Rows, String> {
     match (x[0], x[1]) {
         (&[n, c], &[t]) if t == n && c > 0 => Ok(crate::kernels::reduce::Rows { rows: n, cols: c }),
         (&[n, c], _) if c > 0 => Err(format!("the target must be [{n}] class indices (class probabilities are not supported)")),
@@ -164,14 +164,14 @@ impl Op for CrossEntropy {
         "cross_entropy"
     }
     fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
-        let rows = classes(x)?.rows;
+        let rows = logit_rows(x)?.rows;
         Ok(vec![if self.reduction == Reduction::None { vec![rows] } else { vec![] }])
     }
     fn scratch(&self, x: &[&[usize]]) -> Vec<usize> {
         k::scratch_lens(self.reduction, x[1][0])
     }
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
-        let shape = classes(&io.input_shapes).map_err(crate::Error::Shape)?;
+        let shape = logit_rows(&io.input_shapes).map_err(crate::Error::Shape)?;
         k::cross_entropy(gpu, self.reduction, shape, io.inputs[0], io.inputs[1], io.outputs[0], &io.scratch)
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
@@ -199,7 +199,7 @@ impl Op for CrossEntropyGrad {
         "cross_entropy_backward"
     }
     fn infer(&self, x: &[&[usize]]) -> std::result::Result<Vec<Vec<usize>>, String> {
-        let rows = classes(x)?.rows;
+        let rows = logit_rows(x)?.rows;
         let loss_len = self.reduction.output_len(rows);
         if n_of(x[2]) != loss_len {
             return Err(format!("upstream gradient has shape {:?}, the loss has {loss_len} elements", x[2]));
@@ -210,7 +210,7 @@ impl Op for CrossEntropyGrad {
         vec![k::cross_entropy_row_stats_len(x[1][0])]
     }
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
-        let shape = classes(&io.input_shapes).map_err(crate::Error::Shape)?;
+        let shape = logit_rows(&io.input_shapes).map_err(crate::Error::Shape)?;
         let (x, t, dy) = (io.inputs[0], io.inputs[1], io.inputs[2]);
         k::cross_entropy_backward(gpu, self.reduction, shape, x, t, dy, &io.scratch[0], io.outputs[0])
     }
