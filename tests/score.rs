@@ -122,3 +122,20 @@ fn bad_backbones_mismatched_sets_and_short_sets_are_clear_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+
+#[test]
+fn the_built_in_lenet_mnist_backbone_loads_hashed_and_reads_digits() {
+    let backbone = Backbone::open(gpu(), "lenet-mnist").unwrap();
+    // Its id carries the hash of the file shipped in backbones/.
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/backbones/lenet-mnist.safetensors")).unwrap();
+    let hash: String = <sha2::Sha256 as sha2::Digest>::digest(&shipped).iter().take(4).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(backbone.id, format!("lenet-mnist@{hash}"));
+    assert_eq!((backbone.image, backbone.classes), ([1, 28, 28], 10));
+    // Trained on MNIST (99.13% on its test set, docs/METRICS.md), it also reads the built-in
+    // procedurally drawn digits, which it never saw.
+    let test = digits(&DigitsOptions { seed: 11, train: 10, test: 1000 }).unwrap().test;
+    let (features, logits) = backbone.features(gpu(), "digits", &test.to_f32(0.0, 1.0)).unwrap();
+    assert_eq!((features.n, features.dim), (1000, 128));
+    let (accuracy, _) = kiln::train::classifier::accuracy(&logits, &test, 10).unwrap();
+    assert!(accuracy > 0.9, "lenet-mnist on the built-in digits: {accuracy}");
+}
