@@ -227,6 +227,17 @@ struct TrainArgs {
     sample_every: u64,
     #[arg(long, default_value_t = 50)]
     log_every: u64,
+    /// GAN, VAE: log the FID of --eval-n generated images against as many test images every N
+    /// steps (and at the end) into metrics.jsonl and the loss curve (0: never)
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Images on each side of --eval-every's FID (fewer than the 10,000 of `kiln eval`, so
+    /// the number is biased upwards and comparable only at the same count)
+    #[arg(long, default_value_t = 2000)]
+    eval_n: usize,
+    /// The feature network of --eval-every (see `kiln eval --backbone`)
+    #[arg(long, default_value = "lenet-mnist")]
+    backbone: String,
 }
 
 #[derive(Args)]
@@ -465,6 +476,15 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
         log_every: args.log_every.max(1),
         resume: args.resume,
         seed: args.seed,
+        eval: match args.eval_every {
+            0 => None,
+            every => {
+                let backbone = kiln::train::score::Backbone::open(&gpu, &args.backbone)?;
+                let eval = kiln::train::score::SampleEval::new(&gpu, backbone, &splits.test, every, args.eval_n, args.seed)?;
+                println!("FID every {every} steps: {} generated vs {} test images, backbone {}", eval.n, eval.reference.n, eval.backbone.id);
+                Some(std::sync::Arc::new(eval))
+            }
+        },
     };
     let mut vae_test = None;
     let trainer: Box<dyn run::Trainer> = match args.model.as_str() {

@@ -49,7 +49,7 @@ fn a_short_vae_run_draws_every_loss_into_loss_curve_png() {
     let out = out_dir("loss-curve");
     // A killed earlier run left half a line; this run's lines must stay whole after it.
     std::fs::write(out.join("metrics.jsonl"), "{\"step\":0,\"epo").unwrap();
-    let opts = RunOptions { out: out.clone(), steps: Some(24), epochs: None, checkpoint_every: 1000, sample_every: 10, log_every: 1, resume: false, seed: 3 };
+    let opts = RunOptions { out: out.clone(), steps: Some(24), epochs: None, checkpoint_every: 1000, sample_every: 10, log_every: 1, resume: false, seed: 3, eval: None };
     run(&gpu, &vae, &train, &opts).unwrap();
 
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

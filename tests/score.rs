@@ -32,7 +32,7 @@ fn classifier() -> &'static (PathBuf, f64) {
         let data = GpuData::upload(gpu(), &splits.train).unwrap();
         let config = ClassifierConfig { image: [1, 28, 28], classes: 10, batch: 32, lr: 2e-3, seed: 1 };
         let trainer = ClassifierTrainer::new(gpu(), config, &data, &splits.test).unwrap();
-        let opts = RunOptions { out: out.clone(), steps: Some(40), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 10, resume: false, seed: 1 };
+        let opts = RunOptions { out: out.clone(), steps: Some(40), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 10, resume: false, seed: 1, eval: None };
         run(gpu(), &trainer, &data, &opts).unwrap();
         let (accuracy, _) = trainer.evaluate(gpu(), &splits.test).unwrap();
         (checkpoint_path(&out), accuracy)
@@ -138,4 +138,41 @@ fn the_built_in_lenet_mnist_backbone_loads_hashed_and_reads_digits() {
     assert_eq!((features.n, features.dim), (1000, 128));
     let (accuracy, _) = kiln::train::classifier::accuracy(&logits, &test, 10).unwrap();
     assert!(accuracy > 0.9, "lenet-mnist on the built-in digits: {accuracy}");
+}
+
+#[test]
+fn eval_every_logs_fid_beside_the_losses_without_changing_the_training() {
+    use kiln::train::gan::{Gan, GanConfig, Recipe};
+    use kiln::train::score::SampleEval;
+    let splits = digits(&DigitsOptions { seed: 5, train: 64, test: 100 }).unwrap();
+    let data = GpuData::upload(gpu(), &splits.train).unwrap();
+    let config = GanConfig { image: kiln::models::dcgan::ImageShape { channels: 1, size: 28 }, batch: 8, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 2 };
+    let train = |name: &str, eval: Option<std::sync::Arc<SampleEval>>| {
+        let out = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let gan = Gan::new(gpu(), config.clone(), &data).unwrap();
+        let opts = RunOptions { out: out.clone(), steps: Some(4), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 1, resume: false, seed: 2, eval };
+        run(gpu(), &gan, &data, &opts).unwrap();
+        out
+    };
+    let eval = SampleEval::new(gpu(), Backbone::open(gpu(), "lenet-mnist").unwrap(), &splits.test, 2, 40, 0).unwrap();
+    let (with, without) = (train("eval-every", Some(std::sync::Arc::new(eval))), train("no-eval", None));
+    let names = ["d_loss", "g_loss", "fid"];
+    let read = |out: &std::path::Path| kiln::train::plot::read_metrics(&out.join("metrics.jsonl"), &names).unwrap();
+    let (a, b) = (read(&with), read(&without));
+    // FID after steps 2 and 4 (0-based 1 and 3), merged into those steps' rows.
+    let fid: Vec<(f64, f64)> = a[2].points.clone();
+    assert_eq!(fid.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 3.0], "{fid:?}");
+    assert!(fid.iter().all(|p| p.1 > 0.0 && p.1.is_finite()));
+    // Sampling for the FID leaves the training alone: the same losses at every step.
+    assert_eq!((a[0].points.clone(), a[1].points.clone()), (b[0].points.clone(), b[1].points.clone()));
+    assert!(b[2].points.is_empty());
+    let text = std::fs::read_to_string(with.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.contains("fid")).unwrap()).unwrap();
+    assert_eq!((line["fid_generated"].as_u64(), line["fid_reference"].as_u64()), (Some(40), Some(40)));
+    assert!(line["fid_backbone"].as_str().unwrap().starts_with("lenet-mnist@"));
+    assert!(with.join("loss_curve.png").exists());
+    for out in [with, without] {
+        std::fs::remove_dir_all(out).unwrap();
+    }
 }

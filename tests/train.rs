@@ -24,7 +24,7 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 fn options(out: &Path, steps: u64) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), steps: Some(steps), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 1, resume: false, seed: 3 }
+    RunOptions { out: out.to_path_buf(), steps: Some(steps), epochs: None, checkpoint_every: 1000, sample_every: 1000, log_every: 1, resume: false, seed: 3, eval: None }
 }
 
 fn small_digits() -> kiln::data::Splits {

@@ -196,6 +196,9 @@ impl super::run::Trainer for Gan {
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         Gan::prepare(self, gpu, data, step, batch_index)
     }
+    fn generate(&self, gpu: &Gpu, n: usize, seed: u64) -> Option<Result<Vec<f32>>> {
+        Some(super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| Ok(self.sample(gpu, z)?.into_iter().map(|v| (v + 1.0) / 2.0).collect())))
+    }
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
         let images = self.sample(gpu, &fixed_noise(self.config.seed))?;
         let unit: Vec<f32> = images.iter().map(|v| (v + 1.0) / 2.0).collect();

@@ -46,15 +46,21 @@ pub struct Series {
 
 /// Reads `names` by step from a metrics.jsonl file. Lines that do not parse, such as the
 /// partial last line of a killed run, are skipped. A resumed run logs again from its
-/// checkpoint's step on; its lines replace what the killed run logged from that step on.
+/// checkpoint's step on; its lines replace what the killed run logged from that step on
+/// (a line's values replace those of earlier lines of its step, the others stay).
 pub fn read_metrics(path: &Path, names: &[&str]) -> Result<Vec<Series>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
     let mut rows: Vec<(u64, Vec<Option<f64>>)> = Vec::new();
     for line in String::from_utf8_lossy(&bytes).lines() {
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) else { continue };
         let Some(step) = fields.get("step").and_then(|s| s.as_u64()) else { continue };
-        rows.truncate(rows.partition_point(|(s, _)| *s < step));
-        rows.push((step, names.iter().map(|n| fields.get(*n).and_then(|v| v.as_f64()).filter(|v| v.is_finite())).collect()));
+        // Lines of one step merge (the losses and a FID logged after them).
+        rows.truncate(rows.partition_point(|(s, _)| *s <= step));
+        let values: Vec<Option<f64>> = names.iter().map(|n| fields.get(*n).and_then(|v| v.as_f64()).filter(|v| v.is_finite())).collect();
+        match rows.last_mut() {
+            Some((s, old)) if *s == step => old.iter_mut().zip(values).for_each(|(o, v)| *o = v.or(*o)),
+            _ => rows.push((step, values)),
+        }
     }
     let series = |(i, name): (usize, &&str)| Series {
         name: name.to_string(),

@@ -36,6 +36,11 @@ pub trait Trainer {
     fn save_samples(&self, gpu: &Gpu, dir: &Path, step: u64) -> Result<()>;
     /// The run's configuration as JSON, stored in checkpoints.
     fn config_json(&self) -> String;
+    /// `n` generated images in [0, 1] from z ~ N(0, 1) drawn from `seed`, for `--eval-every`;
+    /// `None` for a model that generates nothing.
+    fn generate(&self, _gpu: &Gpu, _n: usize, _seed: u64) -> Option<Result<Vec<f32>>> {
+        None
+    }
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
@@ -50,6 +55,8 @@ pub struct RunOptions {
     pub log_every: u64,
     pub resume: bool,
     pub seed: u64,
+    /// FID of generated samples every so many steps, into metrics.jsonl and the curve.
+    pub eval: Option<std::sync::Arc<super::score::SampleEval>>,
 }
 
 pub struct Summary {
@@ -91,7 +98,10 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
     let samples = opts.out.join("samples");
     std::fs::create_dir_all(&samples).map_err(io(&samples))?;
 
-    let names: Vec<&'static str> = trainer.logged().iter().map(|(n, _)| *n).collect();
+    let mut names: Vec<&'static str> = trainer.logged().iter().map(|(n, _)| *n).collect();
+    if opts.eval.is_some() {
+        names.push("fid");
+    }
     let mut ring = Readback::new(gpu, trainer.logged().into_iter().map(|(_, b)| b).collect(), 4)?;
     let mut log = Log {
         names,
@@ -127,6 +137,13 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
             log.record(ring.collect(gpu, true)?)?;
             save(gpu, trainer, opts, finished, &ckpt_path)?;
             log.last_good = Some(finished);
+        }
+        if let Some(eval) = opts.eval.as_ref().filter(|e| finished % e.every == 0 || finished == total) {
+            if let Some(images) = trainer.generate(gpu, eval.n, eval.seed) {
+                // Losses up to this step first, so metrics.jsonl stays in step order.
+                log.record(ring.collect(gpu, true)?)?;
+                log.record_fid(step, eval, eval.fid(gpu, &images?)?)?;
+            }
         }
         let sample = finished % opts.sample_every == 0 || finished == total;
         if sample {
@@ -166,6 +183,21 @@ struct Log {
 }
 
 impl Log {
+    /// A metrics line with the FID after `step`, naming its sample counts and backbone.
+    fn record_fid(&mut self, step: u64, eval: &super::score::SampleEval, fid: f64) -> Result<()> {
+        let line = serde_json::json!({
+            "step": step, "epoch": step / self.per_epoch, "fid": fid, "fid_generated": eval.n,
+            "fid_reference": eval.reference.n, "fid_backbone": eval.backbone.id,
+        });
+        self.metrics.write_all(format!("{line}\n").as_bytes()).map_err(|source| Error::Io { path: self.metrics_path.display().to_string(), source })?;
+        let text = format!("step {} FID {fid:.3} ({} generated vs {} reference images, {})", step + 1, eval.n, eval.reference.n, eval.backbone.id);
+        match &self.bar {
+            Some(bar) => bar.0.println(text),
+            None => println!("{text}"),
+        }
+        Ok(())
+    }
+
     fn record(&mut self, results: Vec<(u64, Vec<Vec<f32>>)>) -> Result<()> {
         for (step, values) in results {
             let values: Vec<f32> = values.iter().map(|v| v[0] * self.scale).collect();

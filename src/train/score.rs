@@ -186,3 +186,48 @@ impl Scores {
         out
     }
 }
+
+/// The FID that `kiln train --eval-every` logs: `n` generated images against the features of a
+/// fixed reference set, in one backbone's space.
+pub struct SampleEval {
+    pub every: u64,
+    pub n: usize,
+    pub seed: u64,
+    pub backbone: Backbone,
+    pub reference: Features,
+}
+
+impl std::fmt::Debug for SampleEval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SampleEval {{ every: {}, n: {}, reference: {}, backbone: {} }}", self.every, self.n, self.reference.n, self.backbone.id)
+    }
+}
+
+impl SampleEval {
+    /// `n` generated against `n` images of `reference` (seeded choice), every `every` steps.
+    pub fn new(gpu: &Gpu, backbone: Backbone, reference: &Dataset, every: u64, n: usize, seed: u64) -> Result<SampleEval> {
+        if reference.shape()[1..] != backbone.image {
+            bail!(Invalid, "--eval-every: the data's images are {:?}, the backbone {} takes {:?}", &reference.shape()[1..], backbone.id, backbone.image);
+        }
+        let (reference, _) = backbone.features(gpu, &reference.name, &take(reference, n, seed)?)?;
+        Ok(SampleEval { every: every.max(1), n, seed, backbone, reference })
+    }
+
+    pub fn fid(&self, gpu: &Gpu, generated: &[f32]) -> Result<f64> {
+        let (features, _) = self.backbone.features(gpu, "generated", generated)?;
+        metrics::fid(&self.reference, &features)
+    }
+}
+
+/// `n` images from a generator that maps `batch` rows of z ([batch, latent], N(0, 1) drawn
+/// from `seed`) to [0, 1] images at a time.
+pub fn generate_in_batches(n: usize, batch: usize, latent: usize, seed: u64, mut run: impl FnMut(&[f32]) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+    let z = crate::nn::InitRng::new(seed).normal(n.div_ceil(batch) * batch * latent, 0.0, 1.0);
+    let mut images = Vec::new();
+    for rows in z.chunks(batch * latent) {
+        images.extend(run(rows)?);
+    }
+    let pixels = images.len() / (n.div_ceil(batch) * batch).max(1);
+    images.truncate(n * pixels);
+    Ok(images)
+}

@@ -224,6 +224,9 @@ impl super::run::Trainer for VaeTrainer {
         data.select(gpu, &self.gather, self.config.batch, batch_index);
         self.step.set_step(gpu, step)
     }
+    fn generate(&self, gpu: &Gpu, n: usize, seed: u64) -> Option<Result<Vec<f32>>> {
+        Some(super::score::generate_in_batches(n, SAMPLES, self.config.latent, seed, |z| self.decode(gpu, z)))
+    }
     /// The grid of decoded z ~ N(0, 1) (the same z every time) and, beside it, the first test
     /// images above their reconstructions decode(mu), so epochs compare.
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
