@@ -50,7 +50,7 @@ fn a_trained_classifier_learns_the_digits_and_kiln_eval_repeats_its_accuracy() {
         other => panic!("a classifier checkpoint evaluates as a classifier: {other:?}"),
     }
     // Generating from a classifier is refused by name.
-    let err = model.sample(gpu(), 4, 0).err().expect("must fail").to_string();
+    let err = model.sample(gpu(), 4, 0).expect_err("must fail").to_string();
     assert!(err.contains("checkpoint.safetensors") && err.contains("classifier"), "{err}");
 }
 
