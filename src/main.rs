@@ -641,7 +641,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         };
         let (scored, reference_set) = (set(&args.data)?, set(reference)?);
         let seed = args.seed.unwrap_or(0);
-        let (a, b) = (take(&scored, args.n.min(scored.len()), seed)?, take(&reference_set, args.n.min(reference_set.len()), seed ^ 1)?);
+        let (a, b) = (take(&scored, args.n, seed)?, take(&reference_set, args.n, seed ^ 1)?);
         report(score(&gpu, &backbone, wanted, (&args.data, &a), (reference, &b), seed)?);
         return Ok(ExitCode::SUCCESS);
     };

@@ -109,6 +109,8 @@ fn bad_backbones_mismatched_sets_and_short_sets_are_clear_errors() {
     assert!(!ok && stderr.contains("idx32") && stderr.contains("[1, 32, 32]") && stderr.contains("[1, 28, 28]"), "{stderr}");
     let (ok, _, stderr) = kiln_cli(&["eval", "--data", "synthetic", "--reference", "synthetic:train", "--backbone", ckpt, "--metrics", "fid", "--n", "500"]);
     assert!(ok, "{stderr}");
+    let (ok, _, stderr) = kiln_cli(&["eval", "--data", "synthetic", "--reference", "synthetic:train", "--backbone", ckpt, "--n", "10001"]);
+    assert!(!ok && stderr.contains("test") && stderr.contains("10000 images") && stderr.contains("10001"), "{stderr}");
     let gan_dir = dir.join("gan");
     let (ok, _, stderr) = kiln_cli(&["train", "gan", "--steps", "1", "--batch-size", "2", "--out", gan_dir.to_str().unwrap()]);
     assert!(ok, "{stderr}");
