@@ -62,3 +62,22 @@ fn a_dataset_split_across_buffers_gathers_from_every_chunk() {
     let err = GpuData::upload_in_chunks(gpu, &data, 4 * image_len).err().expect("6 chunks are too many").to_string();
     assert!(err.contains("split") && err.contains("GPU buffers"), "{err}");
 }
+
+#[test]
+fn gather_folds_grids_over_65535_workgroups() {
+    // 21,400 images of 784 pixels: 16.8M values, over 65,535 workgroups of 256, in reverse
+    // order so every image lands somewhere else.
+    let gpu = gpu();
+    let (images, image_len) = (21_400, 784);
+    let bytes: Vec<u8> = (0..images * image_len).map(|i| (i * 131 % 251) as u8).collect();
+    let pixels = gpu.upload("pixels", &pack_bytes(&bytes)).unwrap();
+    let order: Vec<u32> = (0..images as u32).rev().collect();
+    let order_buf = gpu.upload("order", &order).unwrap();
+    let y = zeros("batch", images * image_len);
+    let g = Gather { images, per_chunk: images, image_len, batch: images, scale: 1.0, offset: 0.0 };
+    let d = gather(gpu, &g, std::slice::from_ref(&pixels), &order_buf, 0, &y).unwrap();
+    assert!(d.workgroups[1] > 1, "grid {:?} is not folded", d.workgroups);
+    gpu.run(std::slice::from_ref(&d)).unwrap();
+    let want: Vec<f64> = (0..images * image_len).map(|i| bytes[order[i / image_len] as usize * image_len + i % image_len] as f64).collect();
+    assert_close("gather of 16.8M values", &read(&y), &want, 1e-7);
+}
