@@ -589,9 +589,14 @@ fn profile(args: &ProfileArgs) -> kiln::Result<ExitCode> {
 
 /// Loads data for a checkpoint's model: image folders are resized to its image side.
 fn data_for(spec: &str, image: [usize; 3]) -> kiln::Result<kiln::data::Splits> {
-    use kiln::data::{folder::{Color, FolderOptions}, source::Source};
+    kiln::data::source::Source::parse(spec, &folder_options(image))?.load()
+}
+
+/// Image folders are read (resized, centre-cropped) to `image` = [channels, side, side].
+fn folder_options(image: [usize; 3]) -> kiln::data::folder::FolderOptions {
+    use kiln::data::folder::{Color, FolderOptions};
     let color = if image[0] == 1 { Color::Gray } else { Color::Rgb };
-    Source::parse(spec, &FolderOptions { size: image[1] as u32, color, recursive: true })?.load()
+    FolderOptions { size: image[1] as u32, color, recursive: true }
 }
 
 fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
@@ -677,9 +682,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
 
 /// One set of images (`SPEC[:train|:test|:all]`), image folders read at the given shape.
 fn image_set(spec: &str, image: [usize; 3]) -> kiln::Result<kiln::data::Dataset> {
-    use kiln::data::folder::{Color, FolderOptions};
-    let color = if image[0] == 1 { Color::Gray } else { Color::Rgb };
-    kiln::data::source::image_set(spec, &FolderOptions { size: image[1] as u32, color, recursive: true })
+    kiln::data::source::image_set(spec, &folder_options(image))
 }
 
 fn encode(args: &EncodeArgs) -> kiln::Result<ExitCode> {

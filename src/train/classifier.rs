@@ -99,19 +99,7 @@ impl ClassifierEval {
         if images.is_empty() || !images.len().is_multiple_of(pixels) {
             bail!(Shape, "classifier: {} values are not whole {:?} images", images.len(), self.image);
         }
-        let input = &store.input_buffer("classify_x").expect("compiled").buffer;
-        let (mut features, mut logits) = (Vec::new(), Vec::new());
-        for chunk in images.chunks(EVAL_BATCH * pixels) {
-            let n = chunk.len() / pixels;
-            let mut batch = chunk.to_vec();
-            batch.resize(EVAL_BATCH * pixels, 0.0);
-            gpu.write(input, &batch)?;
-            self.program.run(gpu)?;
-            for (out, acc) in self.outs.iter().zip([&mut features, &mut logits]) {
-                let y = gpu.read(self.program.buffer(*out))?;
-                acc.extend_from_slice(&y[..y.len() / EVAL_BATCH * n]);
-            }
-        }
+        let [features, logits] = super::infer::batches(gpu, store, &self.program, "classify_x", self.outs, images, pixels)?;
         Ok((features, logits))
     }
 

@@ -343,7 +343,7 @@ fn gan_eval_program(gpu: &Gpu, image: ImageShape, generator: &Sequential, discri
 
 /// Runs `program` over `rows` of `width` values fed to `input` in batches of the input's
 /// size (the last padded with zeros) and returns each output's rows for the real inputs only.
-fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &str, outs: [Tensor; K], rows: &[f32], width: usize) -> Result<[Vec<f32>; K]> {
+pub(super) fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &str, outs: [Tensor; K], rows: &[f32], width: usize) -> Result<[Vec<f32>; K]> {
     let input = &store.input_buffer(input).expect("compiled").buffer;
     let b = input.len / width;
     let mut result: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
