@@ -33,27 +33,40 @@ pub struct Loaded {
     pub model: Model,
     pub store: Store,
     pub seed: u64,
+    /// The generator holds the checkpoint's moving average (`ema.*`), not its live weights.
+    pub averaged: bool,
 }
 
-/// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights. Every
-/// error names the file.
+/// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights: a
+/// GAN's generator from its moving average where the run kept one (`--ema`). Every error
+/// names the file.
 pub fn load(gpu: &Gpu, path: &Path) -> Result<Loaded> {
-    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string())
+    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string(), true)
+}
+
+/// [`load`] with the generator's live weights even where the checkpoint has an average
+/// (`--no-ema`).
+pub fn load_live(gpu: &Gpu, path: &Path) -> Result<Loaded> {
+    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string(), false)
 }
 
 /// [`load`] from a checkpoint's bytes (a built-in backbone); `origin` names it in errors.
 pub fn load_bytes(gpu: &Gpu, bytes: &[u8], origin: &str) -> Result<Loaded> {
-    from_checkpoint(gpu, Checkpoint::from_bytes(bytes, origin)?, origin.to_string())
+    from_checkpoint(gpu, Checkpoint::from_bytes(bytes, origin)?, origin.to_string(), true)
 }
 
-fn from_checkpoint(gpu: &Gpu, ckpt: Checkpoint, origin: String) -> Result<Loaded> {
+fn from_checkpoint(gpu: &Gpu, ckpt: Checkpoint, origin: String, ema: bool) -> Result<Loaded> {
     let named = |e: Error| match e {
         Error::Io { .. } => e,
         e if e.to_string().starts_with(&origin) => e,
         Error::Shape(m) => Error::Shape(format!("{origin}: {m}")),
         e => Error::Invalid(format!("{origin}: {e}")),
     };
-    build(gpu, &ckpt).map(|(model, store, seed)| Loaded { origin: origin.clone(), model, store, seed }).map_err(named)
+    let built = build(gpu, &ckpt).and_then(|(model, store, seed)| {
+        let averaged = ema && matches!(model, Model::Gan { .. }) && super::checkpoint::load_averages_as_params(gpu, &store, "generator", &ckpt)?;
+        Ok(Loaded { origin: origin.clone(), model, store, seed, averaged })
+    });
+    built.map_err(named)
 }
 
 fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
