@@ -77,6 +77,10 @@ struct SampleArgs {
     /// Draws z and the test images shown: the same seed gives the same files
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Conditional GAN: images of this class only. Without it a .png grid has one row of 8
+    /// per class (the same 8 z in every row) and a folder gets class i mod classes for image i
+    #[arg(long)]
+    class: Option<usize>,
     /// GAN: sample from the generator's live weights even where the run kept a moving
     /// average (--ema)
     #[arg(long)]
@@ -229,6 +233,10 @@ struct TrainArgs {
     /// PyTorch) or mlp (PyTorch's example, 784-400-20; 105.3 nats)
     #[arg(long, default_value = "conv")]
     vae_model: String,
+    /// GAN: class-conditional (an embedding into G, a projection discriminator), on labelled
+    /// data: IDX label files or one sub-folder per class
+    #[arg(long)]
+    conditional: bool,
     /// VAE: the KL term's weight in the training objective (β-VAE; 1 trains on the ELBO).
     /// `kiln eval` reports the ELBO and IWAE bound whatever it was
     #[arg(long, default_value_t = 1.0)]
@@ -537,6 +545,13 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
                 n_critic: args.n_critic,
                 betas: args.betas.as_ref().map(|b| (b[0], b[1])),
                 ema: args.ema,
+                conditional: match (args.conditional, splits.train.num_classes()) {
+                    (false, _) => None,
+                    (true, Some(classes)) => Some(kiln::models::dcgan::Conditioning { classes }),
+                    (true, None) => {
+                        return Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data)))
+                    }
+                },
             };
             let gan = Gan::new(&gpu, config, &data)?;
             let (planned, naive) = gan.memory();
@@ -642,10 +657,28 @@ fn load_generator(gpu: &kiln::Gpu, checkpoint: &std::path::Path, no_ema: bool) -
 fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
     let gpu = kiln::Gpu::new(&args.device.options())?;
     let mut model = load_generator(&gpu, &args.checkpoint, args.no_ema)?;
-    let images = model.sample(&gpu, args.n, args.seed)?;
-    kiln::train::infer::save_images(&images, model.image(), &args.out)?;
-    println!("{} {} samples written to {}", args.n, model.kind(), args.out.display());
+    model.set_class(args.class)?;
     let grid = args.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let images = match model.classes() {
+        Some(classes) if grid && args.class.is_none() => {
+            let mut rows = Vec::new();
+            for class in 0..classes {
+                model.set_class(Some(class))?;
+                rows.extend(model.sample(&gpu, 8, args.seed)?);
+            }
+            println!("one row of 8 per class (0 to {}), the same z in every row", classes - 1);
+            let [c, h, w] = model.image();
+            kiln::data::images::save_grid(&rows, [classes * 8, c, h, w], 8, &args.out)?;
+            rows
+        }
+        _ => {
+            let images = model.sample(&gpu, args.n, args.seed)?;
+            kiln::train::infer::save_images(&images, model.image(), &args.out)?;
+            images
+        }
+    };
+    let count = images.len() / model.image().iter().product::<usize>();
+    println!("{count} {} samples written to {}", model.kind(), args.out.display());
     if model.kind() == "vae" && grid {
         let splits = data_for(&args.data, model.image())?;
         let views = model.vae_views(&gpu, &splits.test, args.seed)?;

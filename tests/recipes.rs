@@ -4,7 +4,8 @@
 use kiln::data::synthetic::{digits, DigitsOptions};
 use kiln::graph::{Graph, Program, Store};
 use kiln::gpu::{Gpu, GpuOptions};
-use kiln::models::{dcgan::ImageShape, vae::Kind};
+use kiln::models::dcgan::{self, Conditioning, ImageShape, Labels};
+use kiln::models::vae::Kind;
 use kiln::train::checkpoint::Checkpoint;
 use kiln::train::data::GpuData;
 use kiln::train::gan::{Gan, GanConfig, GanLoss, Losses, Recipe};
@@ -185,7 +186,8 @@ fn gan_run(out: &Path, steps: u64, resume: bool) -> Checkpoint {
     let gpu = gpu();
     let splits = small_digits();
     let train = GpuData::upload(gpu, &splits.train).unwrap();
-    let gan = Gan::new(gpu, gan_config(GanLoss::Hinge, 2, Some(0.9)), &train).unwrap();
+    let config = GanConfig { conditional: Some(Conditioning { classes: 10 }), ..gan_config(GanLoss::Hinge, 2, Some(0.9)) };
+    let gan = Gan::new(gpu, config, &train).unwrap();
     run(gpu, &gan, &train, &RunOptions { resume, ..options(out, steps) }).unwrap();
     Checkpoint::load(&checkpoint_path(out)).unwrap()
 }
@@ -259,4 +261,106 @@ fn the_beta_vae_objective_weights_the_kl_term_and_trains() {
         assert!(err.contains("--beta"), "{err}");
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_projection_discriminator_adds_the_label_embeddings_inner_product_with_the_features() {
+    // D = flatten → linear(6 → 1): logit = w·φ + b + ⟨E[y], φ⟩, φ the flattened input.
+    let gpu = gpu();
+    let (b, classes) = (5, 3);
+    let d = kiln::nn::Sequential::new("discriminator.", vec![kiln::nn::Layer::Flatten(kiln::nn::Flatten), kiln::nn::linear(6, 1)]);
+    let mut g = Graph::new();
+    let x = g.input("x", &[b, 1, 2, 3]);
+    let y = g.input("y", &[b]);
+    let labels = Labels { conditioning: Conditioning { classes }, labels: y };
+    let logits = dcgan::discriminate(&mut g, &d, x, Some(labels), kiln::nn::Mode::eval()).unwrap();
+    let params = d.params(&g);
+    let total = logits_sum(&mut g, logits);
+    let grads = g.gradients(total, &params).unwrap();
+    let xs: Vec<f64> = (0..b * 6).map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0).collect();
+    let ys = vec![2.0, 0.0, 1.0, 2.0, 2.0];
+    let w: Vec<f64> = (0..6).map(|i| 0.1 * i as f64 - 0.2).collect();
+    let e: Vec<f64> = (0..classes * 6).map(|i| ((i * 5 % 7) as f64 - 3.0) / 10.0).collect();
+    let bias = 0.25;
+    let want: Vec<f64> = (0..b)
+        .map(|r| {
+            let phi = &xs[r * 6..(r + 1) * 6];
+            let class = ys[r] as usize;
+            (0..6).map(|j| phi[j] * (w[j] + e[class * 6 + j])).sum::<f64>() + bias
+        })
+        .collect();
+    let by_name = |name: &str| params.iter().copied().find(|&t| g.info(t).name == name).unwrap();
+    let leaves = [(x, xs.clone()), (y, ys.clone()), (by_name("discriminator.1.weight"), w.clone()), (by_name("discriminator.1.bias"), vec![bias]), (by_name(dcgan::D_EMBED), e.clone())];
+    let values = g.evaluate_reference(&leaves).unwrap();
+    let got = &values[logits.index()].as_ref().unwrap().1;
+    for (r, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert!((got - want).abs() < 1e-12, "row {r}: {got} vs {want}");
+    }
+    // d(Σ logits)/dE[c] = Σ of φ over rows of class c; class-less rows of E get zeros.
+    let (_, de) = grads.iter().find(|(p, _)| g.info(*p).name == dcgan::D_EMBED).unwrap();
+    let got = &values[de.index()].as_ref().unwrap().1;
+    for c in 0..classes {
+        for j in 0..6 {
+            let want: f64 = (0..b).filter(|&r| ys[r] as usize == c).map(|r| xs[r * 6 + j]).sum();
+            assert!((got[c * 6 + j] - want).abs() < 1e-12, "dE[{c}][{j}] = {} vs {want}", got[c * 6 + j]);
+        }
+    }
+    // The GPU agrees.
+    let mut store = Store::new();
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    store.add_group(gpu, "discriminator", vec![("discriminator.1.weight".into(), vec![1, 6], f32s(&w)), ("discriminator.1.bias".into(), vec![1], vec![bias as f32]), (dcgan::D_EMBED.into(), vec![classes, 6], f32s(&e))]).unwrap();
+    let program = Program::compile(gpu, &g, &mut store, &[logits], &grads).unwrap();
+    gpu.write(&store.input_buffer("x").unwrap().buffer, &f32s(&xs)).unwrap();
+    gpu.write(&store.input_buffer("y").unwrap().buffer, &f32s(&ys)).unwrap();
+    program.run(gpu).unwrap();
+    let got = gpu.read(program.buffer(logits)).unwrap();
+    for (r, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert!((*got as f64 - want).abs() < 1e-5, "GPU row {r}: {got} vs {want}");
+    }
+}
+
+fn logits_sum(g: &mut Graph, logits: kiln::graph::Tensor) -> kiln::graph::Tensor {
+    g.apply1(kiln::graph::ops::Sum { all: true, mean: false }, &[logits], "sum").unwrap()
+}
+
+#[test]
+fn a_conditional_gan_trains_its_embeddings_and_samples_by_class() {
+    let gpu = gpu();
+    let splits = small_digits();
+    let train = GpuData::upload(gpu, &splits.train).unwrap();
+    let config = GanConfig { conditional: Some(Conditioning { classes: 10 }), ..gan_config(GanLoss::Bce, 1, None) };
+    let gan = Gan::new(gpu, config, &train).unwrap();
+    let before = gpu.read(&gan.store.param(dcgan::G_EMBED).unwrap().buffer).unwrap();
+    let d_before = gpu.read(&gan.store.param(dcgan::D_EMBED).unwrap().buffer).unwrap();
+    let out = out_dir("conditional");
+    run(gpu, &gan, &train, &options(&out, 3)).unwrap();
+    let ckpt = Checkpoint::load(&checkpoint_path(&out)).unwrap();
+    assert_eq!(ckpt.tensor(dcgan::G_EMBED).unwrap().0, vec![10, 7 * 7 * 256]);
+    assert_eq!(ckpt.tensor(dcgan::D_EMBED).unwrap().0, vec![10, 128 * 7 * 7]);
+    assert_ne!(ckpt.tensor(dcgan::G_EMBED).unwrap().1, before, "G's embedding was trained");
+    assert_ne!(ckpt.tensor(dcgan::D_EMBED).unwrap().1, d_before, "D's embedding was trained");
+    // The sample grid has one row of 8 per class.
+    let grid = image::open(out.join("samples/step_0000003.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (8 * 30 + 2, 10 * 30 + 2));
+
+    // Sampling by class: the same z gives different images for different classes, and the
+    // same images for the same class whatever the count.
+    let mut model = kiln::train::infer::load(gpu, &checkpoint_path(&out)).unwrap();
+    assert_eq!(model.classes(), Some(10));
+    model.set_class(Some(3)).unwrap();
+    let three = model.sample(gpu, 5, 7).unwrap();
+    assert_eq!(model.sample(gpu, 2, 7).unwrap(), three[..2 * 784].to_vec());
+    model.set_class(Some(4)).unwrap();
+    assert_ne!(model.sample(gpu, 5, 7).unwrap(), three);
+    let err = model.set_class(Some(10)).unwrap_err().to_string();
+    assert!(err.contains("--class 10") && err.contains("0 to 9"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let plain_out = out_dir("unconditional");
+    let plain = Gan::new(gpu, gan_config(GanLoss::Bce, 1, None), &train).unwrap();
+    run(gpu, &plain, &train, &options(&plain_out, 1)).unwrap();
+    let mut plain_model = kiln::train::infer::load(gpu, &checkpoint_path(&plain_out)).unwrap();
+    let err = plain_model.set_class(Some(0)).unwrap_err().to_string();
+    assert!(err.contains("--class") && err.contains("unconditional"), "{err}");
+    std::fs::remove_dir_all(&plain_out).unwrap();
 }

@@ -9,7 +9,7 @@ use crate::gpu::{Dispatch, Gpu};
 use crate::graph::ops::{Act, Activation, Add, Fill, Loss, LossKind, RandomFill, Scale, Sum};
 use crate::graph::{Graph, Program, Store, Tensor};
 use crate::kernels::loss::Reduction;
-use crate::models::dcgan::{self, ImageShape, LATENT};
+use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, LATENT};
 use crate::nn::{self, InitRng, Mode, Sequential};
 use crate::optim::{Adam, Config, Ema, Optimizer};
 use crate::Result;
@@ -83,6 +83,9 @@ pub struct GanConfig {
     /// Decay of the generator's moving average (`--ema`), which sample grids, `--eval-every`,
     /// `kiln sample` and `kiln eval` use; None trains without one.
     pub ema: Option<f32>,
+    /// A class-conditional GAN over this many classes (`--conditional`; see
+    /// [`Conditioning`]); G's fakes take the real batch's labels.
+    pub conditional: Option<Conditioning>,
 }
 
 impl Default for GanConfig {
@@ -100,6 +103,7 @@ impl Default for GanConfig {
             n_critic: 1,
             betas: None,
             ema: None,
+            conditional: None,
         }
     }
 }
@@ -142,7 +146,8 @@ pub struct Gan {
     pub store: Store,
     pub generator: Sequential,
     pub discriminator: Sequential,
-    gather: Dispatch,
+    /// The batch's images, and its labels when conditional.
+    gather: Vec<Dispatch>,
     program: Program,
     /// The paper recipe's first node of G's half, where D's update runs.
     d_update_before: Option<usize>,
@@ -239,11 +244,23 @@ impl Gan {
         let discriminator = dcgan::discriminator(config.image)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
-        for (model, group) in [(&generator, "generator"), (&discriminator, "discriminator")] {
-            let (mut params, states) = model.init(&mut rng);
-            if config.recipe == Recipe::Paper {
-                dcgan::paper_init(&mut params, &mut rng);
+        let paper = config.recipe == Recipe::Paper;
+        let mut inits: Vec<_> = [&generator, &discriminator]
+            .into_iter()
+            .map(|model| {
+                let (mut params, states) = model.init(&mut rng);
+                if paper {
+                    dcgan::paper_init(&mut params, &mut rng);
+                }
+                (params, states)
+            })
+            .collect();
+        if let Some(c) = config.conditional {
+            for (init, embedding) in inits.iter_mut().zip(c.init(&generator, &discriminator, paper, &mut rng)) {
+                init.0.push(embedding);
             }
+        }
+        for ((params, states), group) in inits.into_iter().zip(["generator", "discriminator"]) {
             nn::register(gpu, &mut store, group, params, states)?;
         }
         let b = config.batch;
@@ -255,10 +272,11 @@ impl Gan {
         // Discriminator: real batch → real, G(z) → fake.
         let mut g = Graph::new();
         let real = g.input("real", &[b, c, s, s]);
+        let labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("labels", &[b]) });
         let z = g.apply1(noise, &[], "noise")?;
-        let fake = generator.forward(&mut g, z, Mode::train(0))?;
-        let d_real = discriminator.forward(&mut g, real, Mode::train(seed ^ DROPOUT_REAL))?;
-        let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE))?;
+        let fake = dcgan::generate(&mut g, &generator, z, labels, Mode::train(0))?;
+        let d_real = dcgan::discriminate(&mut g, &discriminator, real, labels, Mode::train(seed ^ DROPOUT_REAL))?;
+        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_FAKE))?;
         let d_loss = losses.discriminator(&mut g, d_real, d_fake)?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
@@ -270,7 +288,7 @@ impl Gan {
             // G's half: the same G(z) through D once D's update has run.
             Recipe::Paper => {
                 let split = g.nodes.len();
-                let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
+                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_G_STEP))?;
                 (losses.generator(&mut g, d_fake)?, Some(split))
             }
         };
@@ -284,11 +302,15 @@ impl Gan {
         // hundreds of steps to settle, and grids of early steps would show only grey.
         let mut g = Graph::new();
         let sample_z = g.input("sample_z", &[SAMPLES, LATENT]);
-        let sample_images = generator.forward(&mut g, sample_z, Mode { update_running: false, ..Mode::train(0) })?;
+        let sample_labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("sample_labels", &[SAMPLES]) });
+        let sample_images = dcgan::generate(&mut g, &generator, sample_z, sample_labels, Mode { update_running: false, ..Mode::train(0) })?;
         let sampler = Program::compile(gpu, &g, &mut store, &[sample_images], &[])?;
 
         let real_buffer = store.input_buffer("real").expect("compiled").buffer.clone();
-        let gather = data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?;
+        let mut gather = vec![data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?];
+        if config.conditional.is_some() {
+            gather.push(data.gather_labels(gpu, b, &store.input_buffer("labels").expect("compiled").buffer)?);
+        }
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
         let ema = config.ema.map(|decay| Ema::new(gpu, &store, &opt_g, decay)).transpose()?;
@@ -302,7 +324,7 @@ impl Gan {
 
     /// Everything one training step that updates both networks submits, in order.
     pub fn step_dispatches(&self) -> Vec<&[Dispatch]> {
-        let gather = std::slice::from_ref(&self.gather);
+        let gather = &self.gather[..];
         let mut list = match self.d_update_before {
             Some(node) => {
                 let (d_half, g_half) = self.program.split_at_node(node);
@@ -322,7 +344,7 @@ impl Gan {
         match self.d_update_before {
             Some(node) if step % n != n - 1 => {
                 let (d_half, _) = self.program.split_at_node(node);
-                vec![std::slice::from_ref(&self.gather), d_half, &self.opt_d.dispatches]
+                vec![&self.gather[..], d_half, &self.opt_d.dispatches]
             }
             _ => self.step_dispatches(),
         }
@@ -343,15 +365,56 @@ impl Gan {
     /// Points the recorded step at training step `step` (noise and dropout streams) and batch
     /// `batch_index` of the epoch's order.
     pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
-        data.select(gpu, &self.gather, self.config.batch, batch_index);
+        for gather in &self.gather {
+            data.select(gpu, gather, self.config.batch, batch_index);
+        }
         self.program.set_step(gpu, step)
     }
 
-    /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]).
-    pub fn sample(&self, gpu: &Gpu, noise: &[f32]) -> Result<Vec<f32>> {
+    /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]) and, when conditional,
+    /// `labels` ([SAMPLES] class indices; required then).
+    pub fn sample(&self, gpu: &Gpu, noise: &[f32], labels: Option<&[f32]>) -> Result<Vec<f32>> {
         gpu.write(&self.store.input_buffer("sample_z").expect("compiled").buffer, noise)?;
+        match (self.config.conditional, labels) {
+            (Some(_), Some(labels)) => gpu.write(&self.store.input_buffer("sample_labels").expect("compiled").buffer, labels)?,
+            (None, None) => {}
+            (Some(c), None) => crate::bail!(Invalid, "this GAN is conditional on {} classes: sampling needs labels", c.classes),
+            (None, Some(_)) => crate::bail!(Invalid, "this GAN is unconditional: it takes no labels"),
+        }
         self.sampler.run(gpu)?;
         gpu.read(self.sampler.buffer(self.sample_images))
+    }
+
+    /// `n` images in [0, 1] from z drawn from `seed` (as [`generate_in_batches`]); a
+    /// conditional GAN draws image i of class i mod classes, so every class is as common.
+    ///
+    /// [`generate_in_batches`]: super::score::generate_in_batches
+    pub fn generate_balanced(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
+        let mut first = 0;
+        super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| {
+            let labels: Option<Vec<f32>> = self.config.conditional.map(|c| (first..first + SAMPLES).map(|i| (i % c.classes) as f32).collect());
+            first += SAMPLES;
+            Ok(self.sample(gpu, z, labels.as_deref())?.into_iter().map(|v| (v + 1.0) / 2.0).collect())
+        })
+    }
+
+    /// The grid of sample images: 8 × 8 from the run's fixed noise, or for a conditional GAN
+    /// one row of 8 per class, the same 8 noise vectors in every row.
+    pub fn sample_grid(&self, gpu: &Gpu) -> Result<(Vec<f32>, usize)> {
+        let noise = fixed_noise(self.config.seed);
+        let Some(c) = self.config.conditional else {
+            return Ok((self.sample(gpu, &noise, None)?.iter().map(|v| (v + 1.0) / 2.0).collect(), SAMPLES));
+        };
+        let per_image = noise.len() / SAMPLES;
+        let mut images = Vec::new();
+        for first in (0..c.classes * 8).step_by(SAMPLES) {
+            let z: Vec<f32> = (first..first + SAMPLES).flat_map(|i| noise[(i % 8) * per_image..(i % 8 + 1) * per_image].to_vec()).collect();
+            let labels: Vec<f32> = (first..first + SAMPLES).map(|i| (i / 8).min(c.classes - 1) as f32).collect();
+            images.extend(self.sample(gpu, &z, Some(&labels))?);
+        }
+        let ImageShape { channels, size } = self.config.image;
+        images.truncate(c.classes * 8 * channels * size * size);
+        Ok((images.iter().map(|v| (v + 1.0) / 2.0).collect(), c.classes * 8))
     }
 }
 
@@ -384,15 +447,12 @@ impl super::run::Trainer for Gan {
         Gan::prepare(self, gpu, data, step, batch_index)
     }
     fn generate(&self, gpu: &Gpu, n: usize, seed: u64) -> Option<Result<Vec<f32>>> {
-        Some(self.with_averaged_weights(gpu, || {
-            super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| Ok(self.sample(gpu, z)?.into_iter().map(|v| (v + 1.0) / 2.0).collect()))
-        }))
+        Some(self.with_averaged_weights(gpu, || self.generate_balanced(gpu, n, seed)))
     }
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
-        let images = self.with_averaged_weights(gpu, || self.sample(gpu, &fixed_noise(self.config.seed)))?;
-        let unit: Vec<f32> = images.iter().map(|v| (v + 1.0) / 2.0).collect();
+        let (unit, count) = self.with_averaged_weights(gpu, || self.sample_grid(gpu))?;
         let ImageShape { channels, size } = self.config.image;
-        crate::data::images::save_grid(&unit, [SAMPLES, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
+        crate::data::images::save_grid(&unit, [count, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -404,6 +464,7 @@ impl super::run::Trainer for Gan {
             "recipe": format!("{:?}", c.recipe).to_lowercase(), "lr_g": c.lr_g, "lr_d": c.lr_d,
             "real_label": c.real_label, "seed": c.seed, "loss": c.loss.name(), "n_critic": c.n_critic,
             "betas": c.betas.map(|(b1, b2)| [b1, b2]), "ema": c.ema,
+            "classes": c.conditional.map(|c| c.classes),
         })
         .to_string()
     }
