@@ -740,7 +740,10 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         let reference = take(&splits.test, args.n, seed)?;
         let generated = model.sample(&gpu, args.n, seed)?;
         let name = format!("{} samples", checkpoint.display());
-        report(score(&gpu, &backbone, metrics.parse()?, (&name, &generated), (&format!("{} test", args.data), &reference), seed)?);
+        // A conditional GAN's image i is of class i mod classes.
+        let intended: Option<Vec<usize>> = model.classes().filter(|&k| k == backbone.classes).map(|k| (0..args.n).map(|i| i % k).collect());
+        let reference = (&format!("{} test", args.data)[..], &reference[..]);
+        report(kiln::train::score::score_labelled(&gpu, &backbone, metrics.parse()?, (&name, &generated), intended.as_deref(), reference, seed)?);
         return Ok(ExitCode::SUCCESS);
     }
     let test = if args.binarize { splits.test.binarized(seed)? } else { splits.test };

@@ -10,7 +10,7 @@ mod iwae;
 mod kid;
 mod pr;
 
-pub use classes::{class_stats, ClassStats};
+pub use classes::{class_agreement, class_stats, ClassStats};
 pub use fid::{fid, frechet_distance, sqrtm_psd, trace_sqrt_product, Gaussian};
 pub use iwae::{iwae_bound, log_weight};
 pub use kid::{kid, Kid};

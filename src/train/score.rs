@@ -114,10 +114,19 @@ pub struct Scores {
     pub kid: Option<Kid>,
     pub pr: Option<PrecisionRecall>,
     pub classes: Option<ClassStats>,
+    /// For images generated as known classes (a conditional GAN's), the share of each
+    /// class's images the backbone assigns to it.
+    pub agreement: Option<Vec<f64>>,
 }
 
 /// Scores `scored` against `reference` (both [0, 1] images, named for errors and reports).
 pub fn score(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f32]), reference: (&str, &[f32]), seed: u64) -> Result<Scores> {
+    score_labelled(gpu, backbone, wanted, scored, None, reference, seed)
+}
+
+/// [`score`] for images generated as the classes `intended` (one per image): with the
+/// `classes` metric it also gives each class's agreement.
+pub fn score_labelled(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f32]), intended: Option<&[usize]>, reference: (&str, &[f32]), seed: u64) -> Result<Scores> {
     let (a, logits) = backbone.features(gpu, scored.0, scored.1)?;
     let (b, _) = backbone.features(gpu, reference.0, reference.1)?;
     Ok(Scores {
@@ -128,6 +137,10 @@ pub fn score(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f3
         kid: if wanted.kid { Some(metrics::kid(&b, &a, KID_SUBSETS, KID_SUBSET_SIZE, seed)?) } else { None },
         pr: if wanted.pr { Some(metrics::precision_recall(&b, &a, PR_K)?) } else { None },
         classes: if wanted.classes { Some(metrics::class_stats(&logits, backbone.classes)?) } else { None },
+        agreement: match intended.filter(|_| wanted.classes) {
+            Some(intended) => Some(metrics::class_agreement(&logits, backbone.classes, intended)?),
+            None => None,
+        },
     })
 }
 
@@ -164,6 +177,9 @@ impl Scores {
             v["class_balance"] = c.balance.into();
             v["class_histogram"] = c.histogram.clone().into();
         }
+        if let Some(a) = &self.agreement {
+            v["class_agreement"] = a.iter().map(|&x| if x.is_nan() { serde_json::Value::Null } else { x.into() }).collect();
+        }
         v
     }
 
@@ -182,6 +198,11 @@ impl Scores {
         }
         if let Some(c) = &self.classes {
             out.push(format!("classifier confidence {:.4} (share with max softmax ≥ 0.9), class balance {:.4} (normalised entropy) {on}", c.confident, c.balance));
+        }
+        if let Some(a) = &self.agreement {
+            let per_class: Vec<String> = a.iter().enumerate().map(|(k, x)| format!("{k}: {:.1}%", 100.0 * x)).collect();
+            let mean = a.iter().filter(|x| !x.is_nan()).sum::<f64>() / a.iter().filter(|x| !x.is_nan()).count().max(1) as f64;
+            out.push(format!("class agreement (share of class-K samples classified as K) {:.1}% mean; {} {on}", 100.0 * mean, per_class.join(", ")));
         }
         out
     }
