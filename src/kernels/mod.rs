@@ -9,6 +9,7 @@ pub mod data;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;
+pub mod spectral;
 pub mod optim;
 pub mod pool;
 pub mod random;

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod reduce;
+pub mod spectral;
 pub mod optim;
 pub mod pool;
 pub mod random;
