@@ -17,6 +17,7 @@ mod elementwise;
 mod gpu;
 mod loss;
 mod reduce;
+mod spectral;
 mod optim;
 mod pool;
 mod random;
