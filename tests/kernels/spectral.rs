@@ -64,6 +64,8 @@ fn spectral_norm_splits_rows_and_columns_past_the_loop_limit() {
     check(&[70_000, 2], 0);
     // A transposed conv whose rows (out_channels) pass 65,536 too.
     check(&[2, 66_000, 1, 1], 1);
+    // The largest weight of a DCGAN-sized discriminator's linear layer, [1024, 12800].
+    check(&[1024, 12_800], 0);
 }
 
 #[test]
@@ -115,3 +117,4 @@ fn spectral_norm_refuses_weights_it_cannot_normalize() {
     let err = spectral::power_iteration(gpu, &sn, &w, &u, &v, &s[..2]).err().expect("must fail").to_string();
     assert!(err.contains("scratch"), "{err}");
 }
+
