@@ -36,6 +36,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read> gw: array<f32>;
 
 const WG: u32 = 256u;
+// Elements per invocation of divide_by_sigma and backward (a constant-bound, unrolled loop).
+const PER: u32 = 8u;
 
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
@@ -86,25 +88,47 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     y[i] = x[i] / max(sqrt(scalar[0]), p.eps);
 }
 
-// Forward: W_sn = W / σ.
+// Forward: W_sn = W / σ. Each invocation does PER elements, so that σ is loaded once per PER
+// (a storage load costs as much as a hundred FMAs on CPU adapters, the same address or not).
 @compute @workgroup_size(WG)
 fn divide_by_sigma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat(wid, nwg, lid);
-    if (i >= p.n) { return; }
-    y[i] = w[i] / scalar[0];
+    let first = flat(wid, nwg, lid) * PER;
+    if (first >= p.n) { return; }
+    let sigma = scalar[0];
+    for (var k = 0u; k < PER; k++) {
+        let i = first + k;
+        if (i < p.n) {
+            y[i] = w[i] / sigma;
+        }
+    }
 }
 
 // Backward with u, v constant (PyTorch computes them under no_grad): σ = uᵀ W_mat v gives
 // dσ/dW_mat = u vᵀ, so dL/dW = G/σ − (Σ G∘W)/σ² · u vᵀ, G = dL/dW_sn (bound as `w`).
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat(wid, nwg, lid);
-    if (i >= p.n) { return; }
-    // Element i of W is W[a, r, b], the matrix's (r, a·inner + b).
-    let b = i % p.inner;
-    let ar = i / p.inner;
-    let r = ar % p.rows;
-    let a = ar / p.rows;
+    let first = flat(wid, nwg, lid) * PER;
+    if (first >= p.n) { return; }
     let sigma = scalar[0];
-    y[i] = w[i] / sigma - gw[0] / (sigma * sigma) * u[r] * v[a * p.inner + b];
+    let correction = gw[0] / (sigma * sigma);
+    // Element i of W is W[a, r, b], the matrix's (r, a·inner + b): divided out once, then
+    // stepped along with i (integer division is slow on CPU adapters).
+    var b = first % p.inner;
+    var r = (first / p.inner) % p.rows;
+    var a = first / p.inner / p.rows;
+    for (var k = 0u; k < PER; k++) {
+        let i = first + k;
+        if (i < p.n) {
+            y[i] = w[i] / sigma - correction * u[r] * v[a * p.inner + b];
+        }
+        b += 1u;
+        if (b == p.inner) {
+            b = 0u;
+            r += 1u;
+            if (r == p.rows) {
+                r = 0u;
+                a += 1u;
+            }
+        }
+    }
 }

@@ -12,6 +12,8 @@ use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{bail, Result};
 
 const WG: u32 = 256;
+/// Elements per invocation of divide_by_sigma and backward (PER in WGSL).
+const PER: usize = 8;
 /// Longest run one matvec invocation sums: far inside the loop budget, and short enough that a
 /// [1024, 12800] weight's products spread over thousands of invocations.
 pub const SLICE: usize = 1024;
@@ -180,16 +182,18 @@ fn matvec(gpu: &Gpu, op: &str, m: Mat, transposed: bool, w: &Buffer, x: &Buffer,
     Ok(dispatches)
 }
 
-fn elementwise(gpu: &Gpu, op: &str, entry: &'static str, p: Params, bindings: &[(u32, &Buffer)], n: usize, reads: u64) -> Result<Dispatch> {
+/// An elementwise entry over n elements, `per` of them per invocation.
+#[allow(clippy::too_many_arguments)]
+fn elementwise(gpu: &Gpu, op: &str, entry: &'static str, p: Params, bindings: &[(u32, &Buffer)], n: usize, per: usize, reads: u64) -> Result<Dispatch> {
     let kernel = KernelId { shader: "spectral", entry };
-    gpu.dispatch(kernel, op, &p, bindings, workgroups_1d(n, WG), Cost::elementwise(n, 3, reads, 1))
+    gpu.dispatch(kernel, op, &p, bindings, workgroups_1d(n.div_ceil(per), WG), Cost::elementwise(n, 3, reads, 1))
 }
 
 /// out = x / max(‖x‖, eps) for x of length n held in the vector scratch.
 fn normalize(gpu: &Gpu, op: &str, n: usize, eps: f32, out: &Buffer, s: &Scratch) -> Result<Vec<Dispatch>> {
     let mut dispatches = matvec(gpu, op, row_vector(n), false, s.vector, s.vector, s.scalar, s)?;
     let p = params(row_vector(n), false, 1, 0, n, eps);
-    dispatches.push(elementwise(gpu, op, "normalize", p, &[(2, s.vector), (3, out), (4, s.scalar)], n, 1)?);
+    dispatches.push(elementwise(gpu, op, "normalize", p, &[(2, s.vector), (3, out), (4, s.scalar)], n, 1, 1)?);
     Ok(dispatches)
 }
 
@@ -223,7 +227,7 @@ pub fn forward(gpu: &Gpu, sn: &Spectral, w: &Buffer, u: &Buffer, v: &Buffer, sig
     let mut dispatches = matvec(gpu, op, sn.into(), false, w, v, s.vector, &s)?;
     dispatches.extend(matvec(gpu, op, row_vector(sn.rows), false, u, s.vector, sigma, &s)?);
     let p = params(sn.into(), false, 1, 0, sn.len(), 0.0);
-    dispatches.push(elementwise(gpu, op, "divide_by_sigma", p, &[(1, w), (3, w_sn), (4, sigma)], sn.len(), 1)?);
+    dispatches.push(elementwise(gpu, op, "divide_by_sigma", p, &[(1, w), (3, w_sn), (4, sigma)], sn.len(), PER, 1)?);
     Ok(dispatches)
 }
 
@@ -239,6 +243,6 @@ pub fn backward(gpu: &Gpu, sn: &Spectral, dw_sn: &Buffer, w: &Buffer, u: &Buffer
     let mut dispatches = matvec(gpu, op, row_vector(sn.len()), false, dw_sn, w, s.scalar, &s)?;
     let p = params(sn.into(), false, 1, 0, sn.len(), 0.0);
     let bindings = [(1, dw_sn), (3, dw), (4, sigma), (5, u), (6, v), (7, s.scalar)];
-    dispatches.push(elementwise(gpu, op, "backward", p, &bindings, sn.len(), 3)?);
+    dispatches.push(elementwise(gpu, op, "backward", p, &bindings, sn.len(), PER, 3)?);
     Ok(dispatches)
 }
