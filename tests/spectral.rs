@@ -344,3 +344,41 @@ fn only_layers_with_a_weight_can_be_spectral_normed() {
     let err = g.backward(sigma, &[w]).unwrap_err().to_string();
     assert!(err.contains("\"sn\"") && err.contains("σ"), "{err}");
 }
+
+#[test]
+fn a_spectral_normed_dcgan_discriminator_steps_as_the_reference_does() {
+    use kiln::graph::ops::{Fill, Loss, LossKind, Reduction};
+    let gpu = gpu();
+    let model = kiln::models::dcgan::discriminator(kiln::models::dcgan::ImageShape { channels: 1, size: 28 }).unwrap().spectral_normed();
+    let mut store = Store::new();
+    model.register(gpu, &mut store, "discriminator", &mut InitRng::new(7)).unwrap();
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 1, 28, 28]);
+    let logits = model.forward(&mut g, x, Mode { seed: 1, ..Mode::train(0) }).unwrap();
+    let ones = g.apply1(Fill { value: 1.0, shape: vec![2, 1] }, &[], "label").unwrap();
+    let loss = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, ones], "loss").unwrap();
+    let params = model.params(&g);
+    let grads = g.gradients(loss, &params).unwrap();
+    let x_values = rand(3, 2 * 28 * 28);
+    let states: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == Role::State).collect();
+    assert_eq!(states.len(), 6, "u and v of two convolutions and the linear layer");
+    let mut leaves: Vec<(Tensor, Vec<f64>)> = Vec::new();
+    for &t in params.iter().chain(&states) {
+        let info = g.info(t);
+        let b = if info.role == Role::Param { store.param(&info.name).unwrap().buffer.clone() } else { store.state(gpu, &info.name, &info.shape).unwrap().buffer.clone() };
+        leaves.push((t, f64s(&gpu.read(&b).unwrap())));
+    }
+    leaves.push((x, f64s(&x_values)));
+    let values = g.evaluate_reference(&leaves).unwrap();
+    let program = Program::compile(gpu, &g, &mut store, &[loss], &grads).unwrap();
+    gpu.write(&store.input_buffer("x").unwrap().buffer, &x_values).unwrap();
+    program.run(gpu).unwrap();
+    for &t in &states {
+        let name = g.info(t).name.clone();
+        assert_close(&format!("{name} after the step"), &read_state(&mut store, &name), &values[t.index()].as_ref().unwrap().1, 1e-5);
+    }
+    for (&p, &(_, grad)) in params.iter().zip(&grads) {
+        let name = g.info(p).name.clone();
+        assert_close(&format!("gradient of {name}"), &gpu.read(store.grad(&name).unwrap()).unwrap(), &values[grad.index()].as_ref().unwrap().1, 1e-4);
+    }
+}

@@ -88,20 +88,14 @@ pub fn spectral_names(name: &str) -> [String; 3] {
 /// the singular vectors.
 const REGISTRATION_ITERATIONS: usize = 15;
 
-/// The states u, v [rows], [cols] of a spectral-normed weight: `start` (drawn from N(0, 1)
-/// when None) normalized, then [`REGISTRATION_ITERATIONS`] power iterations, as PyTorch's
-/// `_SpectralNorm.__init__` (in f64 on the CPU, once).
-fn spectral_states(weight: &[f32], shape: &[usize], dim: usize, start: Option<(&[f32], &[f32])>, rng: &mut InitRng) -> (Vec<f32>, Vec<f32>) {
+/// The states u, v of a spectral-normed weight as PyTorch's `_SpectralNorm.__init__` leaves
+/// them: the starting vectors normalized, then [`REGISTRATION_ITERATIONS`] power iterations
+/// against the weight (in f64 on the CPU, once).
+fn registered_vectors(weight: &[f32], shape: &[usize], dim: usize, u: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
     use crate::reference::spectral as r;
     let f64s = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
-    let eps = ops::SpectralNorm::new(dim, true).eps as f64;
-    let rows = shape[dim];
-    let cols = weight.len() / rows;
-    let (u, v) = match start {
-        Some((u, v)) => (f64s(u), f64s(v)),
-        None => (f64s(&rng.normal(rows, 0.0, 1.0)), f64s(&rng.normal(cols, 0.0, 1.0))),
-    };
-    let (mut u, mut v) = (r::normalize(&u, eps), r::normalize(&v, eps));
+    let eps = ops::SpectralNorm::EPS as f64;
+    let (mut u, mut v) = (r::normalize(&f64s(u), eps), r::normalize(&f64s(v), eps));
     r::power_iteration(&r::to_matrix(&f64s(weight), shape, dim), &mut u, &mut v, REGISTRATION_ITERATIONS, eps);
     let f32s = |x: Vec<f64>| -> Vec<f32> { x.into_iter().map(|v| v as f32).collect() };
     (f32s(u), f32s(v))
@@ -158,7 +152,9 @@ impl Layer {
                 if let (Some((shape, dim)), Some(weight)) = (inner.weight_shape(), params.iter_mut().find(|p| p.name == weight_name)) {
                     let [original, u_name, v_name] = spectral_names(name);
                     weight.name = original;
-                    let (u, v) = spectral_states(&weight.values, &shape, dim, None, rng);
+                    let (rows, cols) = (shape[dim], weight.values.len() / shape[dim]);
+                    let (u, v) = (rng.normal(rows, 0.0, 1.0), rng.normal(cols, 0.0, 1.0));
+                    let (u, v) = registered_vectors(&weight.values, &shape, dim, &u, &v);
                     states.push(Init { name: u_name, shape: vec![u.len()], values: u });
                     states.push(Init { name: v_name, shape: vec![v.len()], values: v });
                 }
@@ -178,8 +174,7 @@ impl Layer {
         let u = states.iter().position(|s| s.name == u_name);
         let v = states.iter().position(|s| s.name == v_name);
         if let (Some(weight), Some(u), Some(v)) = (weight, u, v) {
-            let start = (states[u].values.as_slice(), states[v].values.as_slice());
-            let (new_u, new_v) = spectral_states(&weight.values, &shape, dim, Some(start), &mut InitRng::new(0));
+            let (new_u, new_v) = registered_vectors(&weight.values, &shape, dim, &states[u].values, &states[v].values);
             (states[u].values, states[v].values) = (new_u, new_v);
         }
     }

@@ -21,9 +21,12 @@ pub struct SpectralNorm {
 }
 
 impl SpectralNorm {
-    /// PyTorch's defaults (eps 1e-12) along `dim`.
+    /// PyTorch's default eps of F.normalize in the power iteration.
+    pub const EPS: f32 = 1e-12;
+
+    /// PyTorch's defaults along `dim`.
     pub fn new(dim: usize, power_iteration: bool) -> SpectralNorm {
-        SpectralNorm { dim, eps: 1e-12, power_iteration }
+        SpectralNorm { dim, eps: Self::EPS, power_iteration }
     }
 
     fn matrix(&self, w: &[usize]) -> std::result::Result<Spectral, String> {
