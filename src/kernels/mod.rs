@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod reduce;
+pub mod spectral;
 pub mod optim;
 pub mod pool;
 pub mod random;

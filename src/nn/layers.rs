@@ -71,6 +71,34 @@ pub enum Layer {
     MaxPool2d(ops::MaxPool2d),
     /// nn.AvgPool2d: the graph op's attributes as they are.
     AvgPool2d(ops::AvgPool2d),
+    /// torch.nn.utils.parametrizations.spectral_norm of a Linear, Conv2d or ConvTranspose2d
+    /// layer: its weight is trained as `{name}.parametrizations.weight.original`, and the power
+    /// iteration's vectors are the states `{name}.parametrizations.weight.0._u` and `._v`
+    /// (PyTorch's state_dict names). Made by [`super::spectral_norm`].
+    SpectralNorm(Box<Layer>),
+}
+
+/// (weight, u, v) names of a spectral-normed layer, as PyTorch's state_dict has them.
+pub fn spectral_names(name: &str) -> [String; 3] {
+    let at = format!("{name}.parametrizations.weight");
+    [format!("{at}.original"), format!("{at}.0._u"), format!("{at}.0._v")]
+}
+
+/// Power iterations PyTorch runs when it registers spectral norm, so u and v start close to
+/// the singular vectors.
+const REGISTRATION_ITERATIONS: usize = 15;
+
+/// The states u, v of a spectral-normed weight as PyTorch's `_SpectralNorm.__init__` leaves
+/// them: the starting vectors normalized, then [`REGISTRATION_ITERATIONS`] power iterations
+/// against the weight (in f64 on the CPU, once).
+fn registered_vectors(weight: &[f32], shape: &[usize], dim: usize, u: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    use crate::reference::spectral as r;
+    let f64s = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
+    let eps = ops::SpectralNorm::EPS as f64;
+    let (mut u, mut v) = (r::normalize(&f64s(u), eps), r::normalize(&f64s(v), eps));
+    r::power_iteration(&r::to_matrix(&f64s(weight), shape, dim), &mut u, &mut v, REGISTRATION_ITERATIONS, eps);
+    let f32s = |x: Vec<f64>| -> Vec<f32> { x.into_iter().map(|v| v as f32).collect() };
+    (f32s(u), f32s(v))
 }
 
 fn param(name: &str, which: &str, shape: Vec<usize>, values: Vec<f32>) -> Init {
@@ -117,34 +145,98 @@ impl Layer {
             Layer::Activation(_) | Layer::Dropout(_) | Layer::Flatten(_) | Layer::Reshape(_) | Layer::MaxPool2d(_) | Layer::AvgPool2d(_) => {
                 (vec![], vec![])
             }
+            Layer::SpectralNorm(inner) => {
+                let (mut params, mut states) = inner.init(name, rng);
+                let weight_name = format!("{name}.weight");
+                // A layer without a weight is refused by forward, which can say so.
+                if let (Some((shape, dim)), Some(weight)) = (inner.weight_shape(), params.iter_mut().find(|p| p.name == weight_name)) {
+                    let [original, u_name, v_name] = spectral_names(name);
+                    weight.name = original;
+                    let (rows, cols) = (shape[dim], weight.values.len() / shape[dim]);
+                    let (u, v) = (rng.normal(rows, 0.0, 1.0), rng.normal(cols, 0.0, 1.0));
+                    let (u, v) = registered_vectors(&weight.values, &shape, dim, &u, &v);
+                    states.push(Init { name: u_name, shape: vec![u.len()], values: u });
+                    states.push(Init { name: v_name, shape: vec![v.len()], values: v });
+                }
+                (params, states)
+            }
+        }
+    }
+
+    /// Reruns registration's power iterations for this layer (if spectral-normed) against its
+    /// weight in `params`, from u, v in `states`: for an init that replaces the weights after
+    /// [`Layer::init`] (the DCGAN paper's).
+    pub fn refresh_spectral_states(&self, name: &str, params: &[Init], states: &mut [Init]) {
+        let Layer::SpectralNorm(inner) = self else { return };
+        let Some((shape, dim)) = inner.weight_shape() else { return };
+        let [original, u_name, v_name] = spectral_names(name);
+        let weight = params.iter().find(|p| p.name == original);
+        let u = states.iter().position(|s| s.name == u_name);
+        let v = states.iter().position(|s| s.name == v_name);
+        if let (Some(weight), Some(u), Some(v)) = (weight, u, v) {
+            let (new_u, new_v) = registered_vectors(&weight.values, &shape, dim, &states[u].values, &states[v].values);
+            (states[u].values, states[v].values) = (new_u, new_v);
+        }
+    }
+
+    /// The weight's shape and the dim spectral norm takes as W_mat's rows (PyTorch's: 1 for
+    /// transposed convolutions, else 0); None for layers without a weight matrix.
+    pub fn weight_shape(&self) -> Option<(Vec<usize>, usize)> {
+        match self {
+            Layer::Linear(l) => Some((vec![l.out_features, l.in_features], 0)),
+            Layer::Conv2d(c) => Some((vec![c.out_channels, c.in_channels, c.kernel, c.kernel], 0)),
+            Layer::ConvTranspose2d(c) => Some((vec![c.in_channels, c.out_channels, c.kernel, c.kernel], 1)),
+            _ => None,
+        }
+    }
+
+    /// A Linear or convolution applied with `weight` (the parameter, or its spectral norm).
+    fn apply_weighted(&self, g: &mut Graph, name: &str, x: Tensor, weight: Tensor) -> Result<Tensor> {
+        let mut inputs = vec![x, weight];
+        let bias = |g: &mut Graph, n: usize| g.param(&format!("{name}.bias"), &[n]);
+        match self {
+            Layer::Linear(l) => {
+                if l.bias {
+                    inputs.push(bias(g, l.out_features));
+                }
+                g.apply1(ops::Linear, &inputs, name)
+            }
+            Layer::Conv2d(c) => {
+                if c.bias {
+                    inputs.push(bias(g, c.out_channels));
+                }
+                let op = ops::Conv2d { stride: [c.stride; 2], padding: [c.padding; 2], dilation: [1, 1] };
+                g.apply1(op, &inputs, name)
+            }
+            Layer::ConvTranspose2d(c) => {
+                if c.bias {
+                    inputs.push(bias(g, c.out_channels));
+                }
+                let op = ops::ConvTranspose2d { stride: [c.stride; 2], padding: [c.padding; 2], output_padding: [c.output_padding; 2], dilation: [1, 1] };
+                g.apply1(op, &inputs, name)
+            }
+            _ => crate::bail!(Invalid, "layer {name:?} has no weight to apply"),
         }
     }
 
     pub fn forward(&self, g: &mut Graph, name: &str, x: Tensor, mode: Mode) -> Result<Tensor> {
         let p = |g: &mut Graph, which: &str, shape: Vec<usize>| g.param(&format!("{name}.{which}"), &shape);
         match self {
-            Layer::Linear(l) => {
-                let mut inputs = vec![x, p(g, "weight", vec![l.out_features, l.in_features])];
-                if l.bias {
-                    inputs.push(p(g, "bias", vec![l.out_features]));
-                }
-                g.apply1(ops::Linear, &inputs, name)
+            Layer::Linear(_) | Layer::Conv2d(_) | Layer::ConvTranspose2d(_) => {
+                let (shape, _) = self.weight_shape().expect("a layer with a weight");
+                let weight = p(g, "weight", shape);
+                self.apply_weighted(g, name, x, weight)
             }
-            Layer::Conv2d(c) => {
-                let mut inputs = vec![x, p(g, "weight", vec![c.out_channels, c.in_channels, c.kernel, c.kernel])];
-                if c.bias {
-                    inputs.push(p(g, "bias", vec![c.out_channels]));
-                }
-                let op = ops::Conv2d { stride: [c.stride; 2], padding: [c.padding; 2], dilation: [1, 1] };
-                g.apply1(op, &inputs, name)
-            }
-            Layer::ConvTranspose2d(c) => {
-                let mut inputs = vec![x, p(g, "weight", vec![c.in_channels, c.out_channels, c.kernel, c.kernel])];
-                if c.bias {
-                    inputs.push(p(g, "bias", vec![c.out_channels]));
-                }
-                let op = ops::ConvTranspose2d { stride: [c.stride; 2], padding: [c.padding; 2], output_padding: [c.output_padding; 2], dilation: [1, 1] };
-                g.apply1(op, &inputs, name)
+            Layer::SpectralNorm(inner) => {
+                let Some((shape, dim)) = inner.weight_shape() else {
+                    crate::bail!(Invalid, "spectral_norm {name:?}: wraps {inner:?}, which has no weight; only Linear, Conv2d and ConvTranspose2d layers can be normalized");
+                };
+                let [original, u, v] = spectral_names(name);
+                let (rows, cols) = (shape[dim], shape.iter().product::<usize>() / shape[dim].max(1));
+                let (weight, u, v) = (g.param(&original, &shape), g.state(&u, &[rows]), g.state(&v, &[cols]));
+                let op = ops::SpectralNorm::new(dim, mode.training && mode.power_iteration);
+                let normalized = g.apply(op, &[weight, u, v], name)?[0];
+                inner.apply_weighted(g, name, x, normalized)
             }
             Layer::BatchNorm(b) => {
                 let c = b.channels;

@@ -6,7 +6,7 @@ mod init;
 mod layers;
 
 pub use init::InitRng;
-pub use layers::{BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, Layer, Linear, Reshape};
+pub use layers::{spectral_names, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, Layer, Linear, Reshape};
 
 use crate::graph::ops::Act;
 use crate::graph::{Graph, Store, Tensor};
@@ -29,17 +29,21 @@ pub struct Mode {
     /// Whether batch norm updates its running statistics in this forward (off when a step
     /// runs the same forward twice, as a GAN's generator update does).
     pub update_running: bool,
+    /// Whether spectral norm runs its power iteration (training only): once per step, so off
+    /// for a step's later forwards through the same layers (D on the fake batch, D in G's
+    /// update), which then read the u, v the first one updated.
+    pub power_iteration: bool,
     /// Base of the dropout streams; each dropout layer derives its own from its name.
     pub seed: u64,
 }
 
 impl Mode {
     pub fn train(seed: u64) -> Mode {
-        Mode { training: true, update_running: true, seed }
+        Mode { training: true, update_running: true, power_iteration: true, seed }
     }
 
     pub fn eval() -> Mode {
-        Mode { training: false, update_running: false, seed: 0 }
+        Mode { training: false, update_running: false, power_iteration: false, seed: 0 }
     }
 }
 
@@ -98,6 +102,22 @@ impl Sequential {
         Ok(h)
     }
 
+    /// This model with every Linear, Conv2d and ConvTranspose2d layer spectral-normed
+    /// (`--spectral-norm`); layers already wrapped stay as they are.
+    pub fn spectral_normed(mut self) -> Sequential {
+        self.layers = self.layers.into_iter().map(|l| if l.weight_shape().is_some() { Layer::SpectralNorm(Box::new(l)) } else { l }).collect();
+        self
+    }
+
+    /// Reruns spectral norm's registration power iterations against the weights in `params`:
+    /// call after replacing the initial weights [`init`](Self::init) drew (the DCGAN paper's
+    /// init), so u and v fit the weights the run starts from.
+    pub fn refresh_spectral_states(&self, params: &[Init], states: &mut [Init]) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.refresh_spectral_states(&self.name(i), params, states);
+        }
+    }
+
     /// The graph's parameter tensors of this model, in registration order.
     pub fn params(&self, g: &Graph) -> Vec<Tensor> {
         let prefix = &self.prefix;
@@ -128,6 +148,15 @@ pub fn register_models(gpu: &Gpu, store: &mut Store, group: &str, models: &[&Seq
         states.extend(s);
     }
     register(gpu, store, group, params, states)
+}
+
+/// torch.nn.utils.parametrizations.spectral_norm(layer) for a Linear, Conv2d or
+/// ConvTranspose2d layer; other layers are refused, naming them.
+pub fn spectral_norm(layer: Layer) -> Result<Layer> {
+    if layer.weight_shape().is_none() {
+        crate::bail!(Invalid, "spectral_norm: {layer:?} has no weight; only Linear, Conv2d and ConvTranspose2d layers can be normalized");
+    }
+    Ok(Layer::SpectralNorm(Box::new(layer)))
 }
 
 /// Shorthand for activation layers.

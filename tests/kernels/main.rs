@@ -18,6 +18,7 @@ mod embedding;
 mod gpu;
 mod loss;
 mod reduce;
+mod spectral;
 mod optim;
 mod pool;
 mod random;

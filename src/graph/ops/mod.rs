@@ -11,6 +11,7 @@ mod matmul;
 mod pool;
 mod random;
 mod reduce;
+mod spectral;
 
 pub use activation::{Act, Activation, ActivationGrad};
 pub use batchnorm::{BatchNorm, BatchNormGrad};
@@ -22,6 +23,7 @@ pub use matmul::{Linear, LinearGrad, Matmul};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolGrad};
 pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
 pub use reduce::{BroadcastRows, Sum};
+pub use spectral::{SpectralNorm, SpectralNormGrad};
 /// The reduction of a [`Loss`], re-exported so that graph code needs no `kernels` import.
 pub use crate::kernels::loss::Reduction;
 
