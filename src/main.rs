@@ -233,6 +233,10 @@ struct TrainArgs {
     /// PyTorch) or mlp (PyTorch's example, 784-400-20; 105.3 nats)
     #[arg(long, default_value = "conv")]
     vae_model: String,
+    /// GAN: spectral normalization (torch's parametrizations.spectral_norm, one power
+    /// iteration per step) of every Linear and conv layer of d, g, both or none
+    #[arg(long, default_value = "none")]
+    spectral_norm: String,
     /// GAN: class-conditional (an embedding into G, a projection discriminator), on labelled
     /// data: IDX label files or one sub-folder per class
     #[arg(long)]
@@ -545,6 +549,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
                 n_critic: args.n_critic,
                 betas: args.betas.as_ref().map(|b| (b[0], b[1])),
                 ema: args.ema,
+                spectral_norm: kiln::models::dcgan::SpectralNorm::parse(&args.spectral_norm)?,
                 conditional: match (args.conditional, splits.train.num_classes()) {
                     (false, _) => None,
                     (true, Some(classes)) => Some(kiln::models::dcgan::Conditioning { classes }),

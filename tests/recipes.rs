@@ -4,7 +4,7 @@
 use kiln::data::synthetic::{digits, DigitsOptions};
 use kiln::graph::{Graph, Program, Store};
 use kiln::gpu::{Gpu, GpuOptions};
-use kiln::models::dcgan::{self, Conditioning, ImageShape, Labels};
+use kiln::models::dcgan::{self, Conditioning, ImageShape, Labels, SpectralNorm};
 use kiln::models::vae::Kind;
 use kiln::train::checkpoint::Checkpoint;
 use kiln::train::data::GpuData;
@@ -186,7 +186,11 @@ fn gan_run(out: &Path, steps: u64, resume: bool) -> Checkpoint {
     let gpu = gpu();
     let splits = small_digits();
     let train = GpuData::upload(gpu, &splits.train).unwrap();
-    let config = GanConfig { conditional: Some(Conditioning { classes: 10 }), ..gan_config(GanLoss::Hinge, 2, Some(0.9)) };
+    let config = GanConfig {
+        conditional: Some(Conditioning { classes: 10 }),
+        spectral_norm: SpectralNorm { discriminator: true, generator: true },
+        ..gan_config(GanLoss::Hinge, 2, Some(0.9))
+    };
     let gan = Gan::new(gpu, config, &train).unwrap();
     run(gpu, &gan, &train, &RunOptions { resume, ..options(out, steps) }).unwrap();
     Checkpoint::load(&checkpoint_path(out)).unwrap()
@@ -200,7 +204,11 @@ fn a_resumed_gan_with_every_recipe_option_equals_an_uninterrupted_run_bit_for_bi
     let split = out_dir("gan-split");
     gan_run(&split, 33, false);
     let resumed = gan_run(&split, 70, true);
-    assert!(whole.tensors.contains_key("ema.generator.0.weight"), "the average is checkpointed under the parameters' names");
+    let w = "generator.0.parametrizations.weight.original";
+    assert!(whole.tensors.contains_key(&format!("ema.{w}")), "the average is checkpointed under the parameters' names");
+    for state in ["discriminator.0.parametrizations.weight.0._u", "generator.0.parametrizations.weight.0._v"] {
+        assert!(whole.tensors.contains_key(state), "spectral norm's {state} is checkpointed");
+    }
     assert_eq!(whole.tensors.keys().collect::<Vec<_>>(), resumed.tensors.keys().collect::<Vec<_>>());
     for (name, (_, want)) in &whole.tensors {
         assert_eq!(&resumed.tensors[name].1, want, "{name} differs after resuming");
@@ -218,7 +226,6 @@ fn a_resumed_gan_with_every_recipe_option_equals_an_uninterrupted_run_bit_for_bi
     let averaged = kiln::train::infer::load(gpu, &path).unwrap();
     let live = kiln::train::infer::load_live(gpu, &path).unwrap();
     assert!(averaged.averaged && !live.averaged);
-    let w = "generator.0.weight";
     assert_eq!(gpu.read(&averaged.store.param(w).unwrap().buffer).unwrap(), whole.tensors[&format!("ema.{w}")].1);
     assert_eq!(gpu.read(&live.store.param(w).unwrap().buffer).unwrap(), whole.tensors[w].1);
     for dir in [straight, split] {

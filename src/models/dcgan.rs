@@ -83,14 +83,17 @@ pub fn discriminator(image: ImageShape) -> Result<Sequential> {
 }
 
 /// The DCGAN paper's initialisation, overwriting PyTorch's defaults: weights N(0, 0.02), batch
-/// norm γ N(1, 0.02) and β 0, biases 0.
+/// norm γ N(1, 0.02) and β 0, biases 0. A spectral-normed model then needs its u, v
+/// refreshed (`Sequential::refresh_spectral_states`).
 pub fn paper_init(params: &mut [nn::Init], rng: &mut nn::InitRng) {
     for p in params {
         let n = p.values.len();
         let is_bn = p.shape.len() == 1 && p.name.ends_with(".weight");
+        // A spectral-normed layer's weight is `.parametrizations.weight.original`.
+        let is_weight = p.name.ends_with(".weight") || p.name.ends_with(".weight.original");
         p.values = if is_bn {
             rng.normal(n, 1.0, 0.02)
-        } else if p.name.ends_with(".weight") {
+        } else if is_weight {
             rng.normal(n, 0.0, 0.02)
         } else {
             vec![0.0; n]
@@ -109,11 +112,47 @@ pub struct Conditioning {
     pub classes: usize,
 }
 
+/// Which networks are spectral-normed (`--spectral-norm d|g|both`): every Linear and conv
+/// layer of them, as `torch.nn.utils.parametrizations.spectral_norm`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpectralNorm {
+    pub discriminator: bool,
+    pub generator: bool,
+}
+
+impl SpectralNorm {
+    pub fn parse(spec: &str) -> Result<SpectralNorm> {
+        Ok(match spec {
+            "d" => SpectralNorm { discriminator: true, generator: false },
+            "g" => SpectralNorm { discriminator: false, generator: true },
+            "both" => SpectralNorm { discriminator: true, generator: true },
+            "none" => SpectralNorm::default(),
+            other => bail!(Invalid, "unknown --spectral-norm {other:?}: expected d, g, both or none"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match (self.discriminator, self.generator) {
+            (true, true) => "both",
+            (true, false) => "d",
+            (false, true) => "g",
+            (false, false) => "none",
+        }
+    }
+
+    /// The generator and discriminator for `image`, spectral-normed as asked.
+    pub fn networks(self, image: ImageShape) -> Result<(Sequential, Sequential)> {
+        let (g, d) = (generator(image)?, discriminator(image)?);
+        Ok((if self.generator { g.spectral_normed() } else { g }, if self.discriminator { d.spectral_normed() } else { d }))
+    }
+}
+
 pub const G_EMBED: &str = "generator.embed.weight";
 pub const D_EMBED: &str = "discriminator.embed.weight";
 
 fn linear_width(layer: &Layer, input: bool) -> usize {
     match layer {
+        Layer::SpectralNorm(inner) => linear_width(inner, input),
         Layer::Linear(l) if input => l.in_features,
         Layer::Linear(l) => l.out_features,
         _ => unreachable!("the DCGAN's generator starts, and its discriminator ends, with a Linear layer"),

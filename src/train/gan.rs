@@ -9,7 +9,7 @@ use crate::gpu::{Dispatch, Gpu};
 use crate::graph::ops::{Act, Activation, Add, Fill, Loss, LossKind, RandomFill, Scale, Sum};
 use crate::graph::{Graph, Program, Store, Tensor};
 use crate::kernels::loss::Reduction;
-use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, LATENT};
+use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, SpectralNorm, LATENT};
 use crate::nn::{self, InitRng, Mode, Sequential};
 use crate::optim::{Adam, Config, Ema, Optimizer};
 use crate::Result;
@@ -86,6 +86,8 @@ pub struct GanConfig {
     /// A class-conditional GAN over this many classes (`--conditional`; see
     /// [`Conditioning`]); G's fakes take the real batch's labels.
     pub conditional: Option<Conditioning>,
+    /// Spectral normalization of D's and/or G's layers (`--spectral-norm`).
+    pub spectral_norm: SpectralNorm,
 }
 
 impl Default for GanConfig {
@@ -104,6 +106,7 @@ impl Default for GanConfig {
             betas: None,
             ema: None,
             conditional: None,
+            spectral_norm: SpectralNorm::default(),
         }
     }
 }
@@ -240,17 +243,17 @@ impl Gan {
         if config.loss == GanLoss::WganGp {
             crate::bail!(Invalid, "--loss wgan-gp: the gradient penalty is not built yet");
         }
-        let generator = dcgan::generator(config.image)?;
-        let discriminator = dcgan::discriminator(config.image)?;
+        let (generator, discriminator) = config.spectral_norm.networks(config.image)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
         let paper = config.recipe == Recipe::Paper;
         let mut inits: Vec<_> = [&generator, &discriminator]
             .into_iter()
             .map(|model| {
-                let (mut params, states) = model.init(&mut rng);
+                let (mut params, mut states) = model.init(&mut rng);
                 if paper {
                     dcgan::paper_init(&mut params, &mut rng);
+                    model.refresh_spectral_states(&params, &mut states);
                 }
                 (params, states)
             })
@@ -276,7 +279,9 @@ impl Gan {
         let z = g.apply1(noise, &[], "noise")?;
         let fake = dcgan::generate(&mut g, &generator, z, labels, Mode::train(0))?;
         let d_real = dcgan::discriminate(&mut g, &discriminator, real, labels, Mode::train(seed ^ DROPOUT_REAL))?;
-        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_FAKE))?;
+        // Spectral norm's power iteration runs in D's first pass of a step only.
+        let again = |seed| Mode { power_iteration: false, ..Mode::train(seed) };
+        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, again(seed ^ DROPOUT_FAKE))?;
         let d_loss = losses.discriminator(&mut g, d_real, d_fake)?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
@@ -288,7 +293,7 @@ impl Gan {
             // G's half: the same G(z) through D once D's update has run.
             Recipe::Paper => {
                 let split = g.nodes.len();
-                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_G_STEP))?;
+                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, again(seed ^ DROPOUT_G_STEP))?;
                 (losses.generator(&mut g, d_fake)?, Some(split))
             }
         };
@@ -303,7 +308,7 @@ impl Gan {
         let mut g = Graph::new();
         let sample_z = g.input("sample_z", &[SAMPLES, LATENT]);
         let sample_labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("sample_labels", &[SAMPLES]) });
-        let sample_images = dcgan::generate(&mut g, &generator, sample_z, sample_labels, Mode { update_running: false, ..Mode::train(0) })?;
+        let sample_images = dcgan::generate(&mut g, &generator, sample_z, sample_labels, Mode { update_running: false, power_iteration: false, ..Mode::train(0) })?;
         let sampler = Program::compile(gpu, &g, &mut store, &[sample_images], &[])?;
 
         let real_buffer = store.input_buffer("real").expect("compiled").buffer.clone();
@@ -464,7 +469,7 @@ impl super::run::Trainer for Gan {
             "recipe": format!("{:?}", c.recipe).to_lowercase(), "lr_g": c.lr_g, "lr_d": c.lr_d,
             "real_label": c.real_label, "seed": c.seed, "loss": c.loss.name(), "n_critic": c.n_critic,
             "betas": c.betas.map(|(b1, b2)| [b1, b2]), "ema": c.ema,
-            "classes": c.conditional.map(|c| c.classes),
+            "classes": c.conditional.map(|c| c.classes), "spectral_norm": c.spectral_norm.name(),
         })
         .to_string()
     }

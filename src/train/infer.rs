@@ -84,7 +84,8 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
     let model = match ckpt.meta("kind")? {
         "gan" => {
             let image = ImageShape { channels: field("channels")?, size: field("size")? };
-            let (generator, discriminator) = (dcgan::generator(image)?, dcgan::discriminator(image)?);
+            let spectral_norm = dcgan::SpectralNorm::parse(config["spectral_norm"].as_str().unwrap_or("none"))?;
+            let (generator, discriminator) = spectral_norm.networks(image)?;
             let conditioning = match &config["classes"] {
                 serde_json::Value::Null => None,
                 v => Some(Conditioning { classes: v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize }),
