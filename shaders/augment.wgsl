@@ -57,43 +57,60 @@ fn pick(u: f32, m: u32) -> u32 {
     return min(u32(max(floor(u * f32(m)), 0.0)), m - 1u);
 }
 
-// One invocation per pixel (n, i, j): the channel mean there, then every channel written.
-// 2·C loop iterations, which the launcher keeps under llvmpipe's loop limit.
-fn color(pixel: u32, with_brightness: bool) {
+// Pixels per invocation in both families: a storage load costs about 100 FMAs on llvmpipe,
+// so the draws (and color's mean) are loaded once for several pixels. Loops over PIXELS have
+// a constant bound (unrolled).
+const PIXELS: u32 = 4u;
+
+// Invocation t covers pixels PIXELS·(t − n·blocks) .. + PIXELS of sample n (flat within the
+// H·W plane): their channel means, then every channel written. Its C-long loops are the only
+// ones here, and the launcher keeps them under llvmpipe's loop limit.
+fn color(t: u32, with_brightness: bool) {
     let hw = p.h * p.w;
-    let n = pixel / hw;
-    let base = n * p.c * hw + (pixel - n * hw);
+    let blocks = (hw + PIXELS - 1u) / PIXELS;
+    let n = t / blocks;
+    let first = (t - n * blocks) * PIXELS;
+    let count = min(PIXELS, hw - first);
+    let base = n * p.c * hw + first;
     let r = n * DRAWS;
     let b = select(0.0, draws[r + BRIGHTNESS] - 0.5, with_brightness);
     let s = draws[r + SATURATION] * 2.0;
     let k = draws[r + CONTRAST] + 0.5;
     // The mean of x + b is mean(x) + b, and saturation keeps every mean over channels.
     let sample_mean = means[n] + b;
-    var sum = 0.0;
+    var sums = vec4<f32>(0.0);
     for (var c = 0u; c < p.c; c++) {
-        sum += x[base + c * hw];
+        for (var q = 0u; q < PIXELS; q++) {
+            if (q < count) {
+                sums[q] += x[base + c * hw + q];
+            }
+        }
     }
-    let channel_mean = sum / f32(p.c) + b;
+    let channel_means = sums / f32(p.c) + b;
     for (var c = 0u; c < p.c; c++) {
-        let i = base + c * hw;
-        let saturated = (x[i] + b - channel_mean) * s + channel_mean;
-        y[i] = (saturated - sample_mean) * k + sample_mean;
+        for (var q = 0u; q < PIXELS; q++) {
+            if (q < count) {
+                let i = base + c * hw + q;
+                let saturated = (x[i] + b - channel_means[q]) * s + channel_means[q];
+                y[i] = (saturated - sample_mean) * k + sample_mean;
+            }
+        }
     }
 }
 
 @compute @workgroup_size(WG)
 fn color_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let pixel = flat(wid, nwg, lid);
-    if (pixel >= p.n * p.h * p.w) { return; }
-    color(pixel, p.brightness != 0u);
+    let t = flat(wid, nwg, lid);
+    if (t >= p.n * ((p.h * p.w + PIXELS - 1u) / PIXELS)) { return; }
+    color(t, p.brightness != 0u);
 }
 
 // dx = (the linear part of color) dy: `means` holds dy's per-sample means.
 @compute @workgroup_size(WG)
 fn color_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let pixel = flat(wid, nwg, lid);
-    if (pixel >= p.n * p.h * p.w) { return; }
-    color(pixel, false);
+    let t = flat(wid, nwg, lid);
+    if (t >= p.n * ((p.h * p.w + PIXELS - 1u) / PIXELS)) { return; }
+    color(t, false);
 }
 
 // The draws follow DiffAugment_pytorch.py: translation by randint(−s, s + 1) along each axis
@@ -109,51 +126,81 @@ fn translation(n: u32) -> vec2<i32> {
     return vec2<i32>(dx, dy);
 }
 
-// Whether sample n's cutout square covers output pixel q.
-fn cut_away(n: u32, q: vec2<i32>) -> bool {
-    if (p.cutout == 0u) { return false; }
+// Sample n's cutout square as (first row, first column, end row, end column); empty when
+// cutout is off.
+fn cutout_square(n: u32) -> vec4<i32> {
+    if (p.cutout == 0u) { return vec4<i32>(0, 0, 0, 0); }
     let r = n * DRAWS;
     let top = i32(pick(draws[r + CUTOUT_X], p.h + 1u - p.cut_h % 2u)) - i32(p.cut_h / 2u);
     let left = i32(pick(draws[r + CUTOUT_Y], p.w + 1u - p.cut_w % 2u)) - i32(p.cut_w / 2u);
-    return q.x >= top && q.x < top + i32(p.cut_h) && q.y >= left && q.y < left + i32(p.cut_w);
+    return vec4<i32>(top, left, top + i32(p.cut_h), left + i32(p.cut_w));
+}
+
+fn covers(square: vec4<i32>, q: vec2<i32>) -> bool {
+    return q.x >= square.x && q.x < square.z && q.y >= square.y && q.y < square.w;
 }
 
 fn inside(q: vec2<i32>) -> bool {
     return q.x >= 0 && q.x < i32(p.h) && q.y >= 0 && q.y < i32(p.w);
 }
 
-// Element e as (plane n·C + c, pixel (row, column)).
-fn element(e: u32) -> vec3<u32> {
-    return vec3<u32>(e / (p.w * p.h), (e / p.w) % p.h, e % p.w);
+// Invocation t covers row i of plane n·C + c, columns j0 .. j0 + PIXELS (those below W).
+struct Run {
+    plane: u32,
+    n: u32,
+    i: u32,
+    j0: u32,
+}
+
+fn run_of(t: u32) -> Run {
+    let blocks = (p.w + PIXELS - 1u) / PIXELS;
+    let row = t / blocks;
+    let plane = row / p.h;
+    return Run(plane, plane / p.c, row - plane * p.h, (t - row * blocks) * PIXELS);
+}
+
+fn runs() -> u32 {
+    return p.n * p.c * p.h * ((p.w + PIXELS - 1u) / PIXELS);
 }
 
 // y[n, c, q] = x[n, c, q + t], zero past the border or under the cutout square.
 @compute @workgroup_size(WG)
 fn shift_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = flat(wid, nwg, lid);
-    if (e >= p.n * p.c * p.h * p.w) { return; }
-    let at = element(e);
-    let n = at.x / p.c;
-    let q = vec2<i32>(at.yz);
-    let read_at = q + translation(n);
-    var v = 0.0;
-    if (inside(read_at) && !cut_away(n, q)) {
-        v = x[at.x * p.h * p.w + u32(read_at.x) * p.w + u32(read_at.y)];
+    let t = flat(wid, nwg, lid);
+    if (t >= runs()) { return; }
+    let run = run_of(t);
+    let moved = translation(run.n);
+    let square = cutout_square(run.n);
+    for (var k = 0u; k < PIXELS; k++) {
+        let q = vec2<i32>(i32(run.i), i32(run.j0 + k));
+        if (q.y < i32(p.w)) {
+            let read_at = q + moved;
+            var v = 0.0;
+            if (inside(read_at) && !covers(square, q)) {
+                v = x[run.plane * p.h * p.w + u32(read_at.x) * p.w + u32(read_at.y)];
+            }
+            y[run.plane * p.h * p.w + run.i * p.w + run.j0 + k] = v;
+        }
     }
-    y[e] = v;
 }
 
 // The transpose: dx[n, c, q] = dy[n, c, q − t] where that output pixel exists and was kept.
 @compute @workgroup_size(WG)
 fn shift_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = flat(wid, nwg, lid);
-    if (e >= p.n * p.c * p.h * p.w) { return; }
-    let at = element(e);
-    let n = at.x / p.c;
-    let written_at = vec2<i32>(at.yz) - translation(n);
-    var v = 0.0;
-    if (inside(written_at) && !cut_away(n, written_at)) {
-        v = x[at.x * p.h * p.w + u32(written_at.x) * p.w + u32(written_at.y)];
+    let t = flat(wid, nwg, lid);
+    if (t >= runs()) { return; }
+    let run = run_of(t);
+    let moved = translation(run.n);
+    let square = cutout_square(run.n);
+    for (var k = 0u; k < PIXELS; k++) {
+        let q = vec2<i32>(i32(run.i), i32(run.j0 + k));
+        if (q.y < i32(p.w)) {
+            let written_at = q - moved;
+            var v = 0.0;
+            if (inside(written_at) && !covers(square, written_at)) {
+                v = x[run.plane * p.h * p.w + u32(written_at.x) * p.w + u32(written_at.y)];
+            }
+            y[run.plane * p.h * p.w + run.i * p.w + run.j0 + k] = v;
+        }
     }
-    y[e] = v;
 }
