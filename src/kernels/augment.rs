@@ -72,7 +72,7 @@ impl Images {
         if n == 0 || c == 0 || h == 0 || w == 0 {
             return Some(format!("images [{n}, {c}, {h}, {w}] are empty"));
         }
-        if n.checked_mul(c * h * w).is_none_or(|len| len > u32::MAX as usize) {
+        if [n, c, h, w].iter().try_fold(1usize, |len, &d| len.checked_mul(d)).is_none_or(|len| len > u32::MAX as usize) {
             return Some(format!("images [{n}, {c}, {h}, {w}] have more elements than a 32-bit index reaches"));
         }
         if color_loop_iterations(c) > LOOP_BUDGET {

@@ -218,16 +218,30 @@ fn the_graph_matches_its_cpu_reference_through_second_order() {
     }
 }
 
-/// A program augmenting a [4, 3, 12, 12] input with every policy from stream `seed`.
-fn seeded(seed: u64) -> (Program, Store, Tensor) {
-    let gpu = gpu();
+/// A graph augmenting a [4, 3, 12, 12] input `x` with every policy from stream `seed`.
+fn seeded_graph(seed: u64) -> (Graph, Tensor, Tensor) {
     let mut g = Graph::new();
     let x = g.input("x", &[4, 3, 12, 12]);
     let y = diff_augment(&mut g, x, &Policy::ALL, seed).unwrap();
+    (g, x, y)
+}
+
+fn seeded(seed: u64) -> (Program, Store, Tensor) {
+    let gpu = gpu();
+    let (g, _, y) = seeded_graph(seed);
     let mut store = Store::new();
     let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
     gpu.write(&store.input_buffer("x").unwrap().buffer, &rand(110, 4 * 3 * 144)).unwrap();
     (program, store, y)
+}
+
+#[test]
+fn diff_augment_draws_from_its_stream_as_the_cpu_reference_does() {
+    // The reference runs random fills at step 0.
+    let (g, x, y) = seeded_graph(7);
+    let (program, _store, _) = seeded(7);
+    let want = g.evaluate_reference(&[(x, f64s(&rand(110, 4 * 3 * 144)))]).unwrap();
+    assert_close("diff_augment at step 0", &at_step(&program, y, 0), &want[y.index()].as_ref().unwrap().1, 1e-6);
 }
 
 fn at_step(program: &Program, y: Tensor, step: u64) -> Vec<f32> {
