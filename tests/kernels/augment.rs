@@ -62,6 +62,30 @@ fn color_forward_and_backward_match_reference_at_awkward_shapes() {
 }
 
 #[test]
+fn color_means_over_long_rows_take_the_reductions_extra_passes_in_a_program_too() {
+    // Rows of 5,000 (the image rows' means) and samples of 4,500 rows (the samples' means) both
+    // pass reduce.wgsl's 4,096-long chunk, so its scratch buffers come into play.
+    let gpu = gpu();
+    for shape in [[1, 2, 3, 5000], [2, 1, 4500, 3]] {
+        let len = shape.iter().product();
+        let (x, d) = (rand(120, len), draws(121, shape[0]));
+        assert!(!k::color_scratch_lens(images(shape))[2..].is_empty(), "{shape:?} needs no extra pass");
+        let want = reference::color(&f64s(&x), shape, &f64s(&d), true);
+        assert_close(&format!("color {shape:?}"), &gpu_color(shape, false, &x, &d), &want, 1e-6);
+
+        let mut g = Graph::new();
+        let (xt, dt) = (g.input("x", &shape), g.input("draws", &[shape[0], PARAMS_PER_SAMPLE]));
+        let y = diff_augment_with(&mut g, xt, dt, &[Policy::Color]).unwrap();
+        let mut store = Store::new();
+        let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
+        gpu.write(&store.input_buffer("x").unwrap().buffer, &x).unwrap();
+        gpu.write(&store.input_buffer("draws").unwrap().buffer, &d).unwrap();
+        program.run(gpu).unwrap();
+        assert_close(&format!("color {shape:?} in a program"), &gpu.read(program.buffer(y)).unwrap(), &want, 1e-6);
+    }
+}
+
+#[test]
 fn shift_forward_and_backward_match_reference_for_translation_cutout_and_both() {
     for (i, shape) in SHAPES.into_iter().enumerate() {
         let len = shape.iter().product();
