@@ -6,7 +6,7 @@
 
 use crate::support::*;
 use kiln::graph::ops::{AugmentColor, AugmentShift, Mul, Scale, Sum};
-use kiln::graph::{Graph, Op, Program, Store, Tensor};
+use kiln::graph::{Graph, Program, Store, Tensor};
 use kiln::kernels::augment::{self as k, Images, PARAMS_PER_SAMPLE};
 use kiln::kernels::reduce::alloc_scratch;
 use kiln::nn::augment::{diff_augment, diff_augment_with, parse_policy, Policy};
