@@ -7,8 +7,8 @@
 //   (x − mean)·k + mean. Saturation and contrast are symmetric maps (s·I + (1 − s)·P_c and
 //   k·I + (1 − k)·P with P_c, P the channel and per-sample averaging projections), and they
 //   commute (P·P_c = P_c·P = P), so the backward is the same kernel without the brightness
-//   offset. The per-sample mean comes from reduce.wgsl's sums (src/kernels/augment.rs), not
-//   from a loop here.
+//   offset. The per-sample mean comes from reduce.wgsl's means (src/kernels/augment.rs),
+//   not from a loop here.
 // - shift: translation by (tx, ty) with zero fill, then the cutout square zeroed. Its
 //   transpose moves the masked gradient back by (−tx, −ty), zero where it came from outside.
 

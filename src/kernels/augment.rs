@@ -81,6 +81,10 @@ impl Images {
         if [n, c, h, w].iter().try_fold(1usize, |len, &d| len.checked_mul(d)).is_none_or(|len| len > u32::MAX as usize) {
             return Some(format!("images [{n}, {c}, {h}, {w}] have more elements than a 32-bit index reaches"));
         }
+        if h.max(w) > 1 << 30 {
+            // The shift kernel's pixel coordinates are i32 (negative past the border).
+            return Some(format!("images [{n}, {c}, {h}, {w}] are wider or taller than 2^30 pixels"));
+        }
         if color_loop_iterations(c) > LOOP_BUDGET {
             return Some(format!(
                 "{c} channels take {} loop iterations per invocation of the color kernel, over the {LOOP_BUDGET} that CPU adapters (llvmpipe) run before silently stopping",
