@@ -3,6 +3,7 @@
 //! run now (`gpu.run(&[d])`) or recorded into a training step and replayed.
 
 pub mod activation;
+pub mod augment;
 pub mod batchnorm;
 pub mod conv;
 pub mod data;

@@ -2,6 +2,7 @@
 //! (`0.weight`, `1.running_mean`, …), so a PyTorch state_dict saved as safetensors loads by
 //! name. A model is a [`Sequential`] of layers under a prefix (`generator.`).
 
+pub mod augment;
 mod init;
 mod layers;
 

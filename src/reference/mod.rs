@@ -2,6 +2,7 @@
 //! GPU kernels are tested against, and itself tested against finite differences.
 
 pub mod activation;
+pub mod augment;
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;

@@ -9,6 +9,7 @@ fn options() -> kiln::gpu::GpuOptions {
 }
 
 mod activation;
+mod augment;
 mod bench;
 mod batchnorm;
 mod conv;

@@ -2,6 +2,7 @@
 //! rule side by side.
 
 mod activation;
+mod augment;
 mod batchnorm;
 mod conv;
 mod elementwise;
@@ -14,6 +15,7 @@ mod reduce;
 mod spectral;
 
 pub use activation::{Act, Activation, ActivationGrad};
+pub use augment::{AugmentColor, AugmentShift};
 pub use batchnorm::{BatchNorm, BatchNormGrad};
 pub use conv::{Conv2d, ConvGrad, ConvTranspose2d, Geometry};
 pub use embedding::{Embedding, EmbeddingGrad};
