@@ -4,6 +4,7 @@
 
 mod init;
 mod layers;
+pub mod penalty;
 
 pub use init::InitRng;
 pub use layers::{BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, Layer, Linear, Reshape};

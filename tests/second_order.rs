@@ -1,0 +1,342 @@
+//! Second-order gradients: `backward` applied to a graph that already holds a backward pass,
+//! checked by finite differences of the f64 reference, on the GPU against the reference, and
+//! R1 / WGAN-GP parameter gradients against PyTorch's `create_graph=True`.
+
+use kiln::gpu::{Gpu, GpuOptions};
+use kiln::graph::ops::{self, Act, Activation, Add, Conv2d, ConvTranspose2d, Linear, Mul, Sqrt, Sum};
+use kiln::graph::{Graph, Program, Store, Tensor};
+use kiln::nn::penalty::{self, Epsilon};
+use kiln::nn::{self, act, InitRng, Layer, Mode, Sequential};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn rand(seed: u64, n: usize, bound: f64) -> Vec<f32> {
+    InitRng::new(seed).uniform(n, bound)
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// ‖a − b‖ / ‖b‖, with ‖b‖ floored at 1e-6 so that two zero gradients agree.
+fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    diff / norm.max(1e-6)
+}
+
+/// d`loss`/d`p` for each parameter, from the GPU and from the reference, after checking the
+/// reference against central differences of the reference loss and the GPU against the
+/// reference. The parameters are already in `store` (their f32 values are read back, so both
+/// runs start from the same numbers); `inputs` are written before the run.
+struct Gradients {
+    gpu: HashMap<String, Vec<f64>>,
+    loss: f64,
+}
+
+fn check_gradients(g: &mut Graph, store: &mut Store, loss: Tensor, params: &[Tensor], inputs: &[(Tensor, Vec<f32>)]) -> Gradients {
+    let gpu = gpu();
+    let loss_nodes = g.nodes.len();
+    let pairs = g.gradients(loss, params).unwrap();
+
+    let mut leaves: Vec<(Tensor, Vec<f64>)> = Vec::new();
+    for &p in params {
+        leaves.push((p, f64s(&gpu.read(&store.param(&g.info(p).name).expect("registered").buffer).unwrap())));
+    }
+    leaves.extend(inputs.iter().map(|(t, v)| (*t, f64s(v))));
+
+    let program = Program::compile(gpu, g, store, &[loss], &pairs).unwrap();
+    for (t, v) in inputs {
+        gpu.write(&store.input_buffer(&g.info(*t).name).unwrap().buffer, v).unwrap();
+    }
+    program.run(gpu).unwrap();
+
+    let values = g.evaluate_reference(&leaves).unwrap();
+    let want_loss = values[loss.index()].as_ref().unwrap().1[0];
+    let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
+    assert!((got_loss - want_loss).abs() <= 1e-4 * want_loss.abs() + 1e-6, "loss: GPU {got_loss} vs reference {want_loss}");
+
+    // The graph up to the loss (its first-order backward included) for finite differences.
+    let mut to_loss = g.clone();
+    to_loss.nodes.truncate(loss_nodes);
+    let mut got = HashMap::new();
+    for (slot, &(param, grad)) in pairs.iter().enumerate() {
+        let name = g.info(param).name.clone();
+        let reference = &values[grad.index()].as_ref().unwrap().1;
+        let h = 1e-6;
+        let numeric: Vec<f64> = (0..g.info(param).numel())
+            .map(|i| {
+                let at = |delta: f64| {
+                    let mut leaves = leaves.clone();
+                    leaves[slot].1[i] += delta;
+                    to_loss.evaluate_reference(&leaves).unwrap()[loss.index()].as_ref().unwrap().1[0]
+                };
+                (at(h) - at(-h)) / (2.0 * h)
+            })
+            .collect();
+        let fd_err = rel_l2(reference, &numeric);
+        let on_gpu = f64s(&gpu.read(store.grad(&name).unwrap()).unwrap());
+        let gpu_err = rel_l2(&on_gpu, reference);
+        eprintln!("d{name}: reference vs finite differences {fd_err:.2e}, GPU vs reference {gpu_err:.2e}");
+        assert!(fd_err <= 1e-5, "d{name}: reference vs finite differences rel L2 {fd_err:.3e}");
+        assert!(gpu_err <= 1e-4, "d{name}: GPU vs reference rel L2 {gpu_err:.3e}");
+        got.insert(name, on_gpu);
+    }
+    Gradients { gpu: got, loss: got_loss }
+}
+
+/// The double backward of one op: y = build(params), L1 = Σ y·r, g = dL1/d(params),
+/// L2 = Σᵢ Σ gᵢ·sᵢ with fixed random sᵢ, and dL2/d(params, r) checked. Every input of every
+/// gradient op reaches L2, so every second-order rule of the op's backward ops is exercised.
+fn check_double_backward(shapes: &[&[usize]], build: impl Fn(&mut Graph, &[Tensor]) -> Tensor) {
+    check_double_backward_at(shapes, 0.0, build)
+}
+
+/// [`check_double_backward`] with parameter values drawn from U(shift − 1, shift + 1).
+fn check_double_backward_at(shapes: &[&[usize]], shift: f32, build: impl Fn(&mut Graph, &[Tensor]) -> Tensor) {
+    let mut g = Graph::new();
+    let mut params: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| g.param(&format!("p{i}"), s)).collect();
+    let y = build(&mut g, &params);
+    let r = g.param("r", &g.shape(y).to_vec());
+    let weighted = g.apply1(Mul, &[y, r], "l1").unwrap();
+    let l1 = g.apply1(Sum { all: true, mean: false }, &[weighted], "l1").unwrap();
+    let firsts = g.backward(l1, &params).unwrap();
+    let mut inputs = Vec::new();
+    let mut l2 = None;
+    for (i, first) in firsts.into_iter().enumerate() {
+        let first = first.expect("every parameter reaches y");
+        let s = g.input(&format!("s{i}"), &g.shape(first).to_vec());
+        inputs.push((s, rand(100 + i as u64, g.info(s).numel(), 1.0)));
+        let term = g.apply1(Mul, &[first, s], "l2").unwrap();
+        let term = g.apply1(Sum { all: true, mean: false }, &[term], "l2").unwrap();
+        l2 = Some(match l2 {
+            Some(sum) => g.apply1(Add, &[sum, term], "l2").unwrap(),
+            None => term,
+        });
+    }
+    params.push(r);
+    let values: Vec<(String, Vec<usize>, Vec<f32>)> = params
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let n = g.info(p).numel();
+            let v = rand(i as u64 + 1, n, 1.0).into_iter().map(|x| x + shift).collect();
+            (g.info(p).name.clone(), g.shape(p).to_vec(), v)
+        })
+        .collect();
+    let mut store = Store::new();
+    store.add_group(gpu(), "p", values).unwrap();
+    check_gradients(&mut g, &mut store, l2.unwrap(), &params, &inputs);
+}
+
+fn conv(stride: usize, padding: usize) -> Conv2d {
+    Conv2d { stride: [stride; 2], padding: [padding; 2], dilation: [1, 1] }
+}
+
+#[test]
+fn conv2d_gradients_differentiate_again_at_stride_2_with_padding() {
+    for (batch, cin, cout, size, kernel, stride, padding) in [(2, 3, 2, 7, 5, 2, 2), (1, 1, 3, 6, 3, 2, 1), (3, 2, 1, 5, 3, 1, 0)] {
+        eprintln!("conv2d batch {batch}, {cin}→{cout}, {size}×{size}, kernel {kernel}, stride {stride}, padding {padding}");
+        let shapes: [&[usize]; 3] = [&[batch, cin, size, size], &[cout, cin, kernel, kernel], &[cout]];
+        check_double_backward(&shapes, |g, p| g.apply1(conv(stride, padding), p, "conv").unwrap());
+    }
+}
+
+#[test]
+fn conv2d_with_dilation_and_uneven_strides_differentiates_again() {
+    let op = Conv2d { stride: [2, 1], padding: [1, 2], dilation: [2, 1] };
+    check_double_backward(&[&[2, 2, 7, 6], &[3, 2, 3, 3], &[3]], |g, p| g.apply1(op, p, "conv").unwrap());
+}
+
+#[test]
+fn conv_transpose2d_gradients_differentiate_again_with_output_padding() {
+    for (batch, cin, cout, size, kernel, stride, padding, output_padding) in [(2, 3, 2, 3, 5, 2, 2, 1), (1, 2, 3, 4, 4, 2, 1, 0), (1, 1, 2, 3, 3, 3, 1, 2)] {
+        eprintln!("conv_transpose2d batch {batch}, {cin}→{cout}, {size}×{size}, kernel {kernel}, stride {stride}, padding {padding}, output padding {output_padding}");
+        let op = ConvTranspose2d { stride: [stride; 2], padding: [padding; 2], output_padding: [output_padding; 2], dilation: [1, 1] };
+        let shapes: [&[usize]; 3] = [&[batch, cin, size, size], &[cin, cout, kernel, kernel], &[cout]];
+        check_double_backward(&shapes, |g, p| g.apply1(op, p, "convt").unwrap());
+    }
+}
+
+#[test]
+fn linear_gradients_differentiate_again() {
+    check_double_backward(&[&[3, 5], &[4, 5], &[4]], |g, p| g.apply1(Linear, p, "fc").unwrap());
+    // A 3-D input, one output feature, batch 1 rows.
+    check_double_backward(&[&[1, 3, 7], &[1, 7], &[1]], |g, p| g.apply1(Linear, p, "fc").unwrap());
+}
+
+#[test]
+fn matmul_gradients_differentiate_again_with_every_transpose() {
+    for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a: &[usize] = if trans_a { &[5, 3] } else { &[3, 5] };
+        let b: &[usize] = if trans_b { &[2, 5] } else { &[5, 2] };
+        check_double_backward(&[a, b], |g, p| g.apply1(ops::Matmul { trans_a, trans_b }, p, "mm").unwrap());
+    }
+}
+
+#[test]
+fn activation_gradients_differentiate_again() {
+    for a in [Act::Relu, Act::LeakyRelu(0.3), Act::Tanh, Act::Sigmoid] {
+        eprintln!("{a:?}");
+        // x·w so that the activation's input is computed (its gradient flows on to both).
+        check_double_backward(&[&[3, 7], &[3, 7]], |g, p| {
+            let x = g.apply1(Mul, p, "pre").unwrap();
+            g.apply1(Activation(a), &[x], "act").unwrap()
+        });
+    }
+}
+
+#[test]
+fn sqrt_differentiates_twice() {
+    // Values in [1, 3): away from sqrt's singularity at 0.
+    check_double_backward_at(&[&[2, 9]], 2.0, |g, p| g.apply1(Sqrt { eps: 1e-12 }, p, "sqrt").unwrap());
+}
+
+#[test]
+fn row_sums_means_and_reshapes_differentiate_again() {
+    check_double_backward(&[&[3, 5], &[3, 5]], |g, p| {
+        let x = g.apply1(Mul, p, "pre").unwrap();
+        let squares = g.apply1(Mul, &[x, x], "sq").unwrap();
+        let rows = g.apply1(Sum { all: false, mean: false }, &[squares], "rows").unwrap();
+        let rows = g.apply1(Mul, &[rows, rows], "rows2").unwrap();
+        let m = g.apply1(Sum { all: true, mean: true }, &[rows], "mean").unwrap();
+        g.reshape(m, &[1]).unwrap()
+    });
+}
+
+/// The brief's small D: conv 5×5 s2 pad 2 → leaky_relu(0.3) → conv 3×3 s2 pad 1 → leaky →
+/// [dropout] → flatten → linear, on 1×12×12 images. PyTorch's names (`0.weight`, …).
+fn small_d(dropout: bool) -> Sequential {
+    let conv = |cin, cout, kernel, padding| Layer::Conv2d(nn::Conv2d { in_channels: cin, out_channels: cout, kernel, stride: 2, padding, bias: true });
+    let mut layers = vec![conv(1, 3, 5, 2), act(Act::LeakyRelu(0.3)), conv(3, 4, 3, 1), act(Act::LeakyRelu(0.3))];
+    if dropout {
+        layers.push(Layer::Dropout(nn::Dropout { p: 0.3 }));
+    }
+    layers.extend([Layer::Flatten(nn::Flatten), nn::linear(36, 1)]);
+    Sequential::new("", layers)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Which {
+    R1,
+    GpGiven,
+    GpUniform,
+}
+
+/// The penalty's parameter gradients on the small D: finite differences and GPU checked in
+/// [`check_gradients`]; returned for the PyTorch comparison.
+fn penalty_gradients(which: Which, dropout: bool, values: Option<&HashMap<String, Vec<f32>>>) -> Gradients {
+    let d = small_d(dropout);
+    let mut g = Graph::new();
+    let batch = 3;
+    let real = g.input("real", &[batch, 1, 12, 12]);
+    let fake = g.input("fake", &[batch, 1, 12, 12]);
+    let eps = g.input("eps", &[batch]);
+    let mode = Mode::train(11);
+    let loss = match which {
+        Which::R1 => penalty::r1(&mut g, &d, real, mode).unwrap(),
+        Which::GpGiven => penalty::gradient_penalty(&mut g, &d, real, fake, mode, Epsilon::Given(eps)).unwrap(),
+        Which::GpUniform => penalty::gradient_penalty(&mut g, &d, real, fake, mode, Epsilon::Uniform { seed: 5 }).unwrap(),
+    };
+    let mut store = Store::new();
+    d.register(gpu(), &mut store, "d", &mut InitRng::new(3)).unwrap();
+    let n = batch * 144;
+    let mut inputs = match values {
+        Some(v) => vec![(real, v["real"].clone()), (fake, v["fake"].clone())],
+        None => vec![(real, rand(21, n, 1.0)), (fake, rand(22, n, 1.0))],
+    };
+    if which == Which::GpGiven {
+        inputs.push((eps, values.map(|v| v["eps"].clone()).unwrap_or_else(|| rand(23, batch, 1.0).iter().map(|e| e.abs()).collect())));
+    }
+    if let Some(v) = values {
+        for name in store.param_names().cloned().collect::<Vec<_>>() {
+            gpu().write(&store.param(&name).unwrap().buffer, &v[&name]).unwrap();
+        }
+    }
+    // An input the penalty does not read (r1's fake, say) is left out of the graph's leaves.
+    let used: Vec<Tensor> = g.nodes.iter().flat_map(|n| n.inputs.clone()).collect();
+    inputs.retain(|(t, _)| used.contains(t));
+    let params = d.params(&g);
+    check_gradients(&mut g, &mut store, loss, &params, &inputs)
+}
+
+#[test]
+fn r1_parameter_gradients_match_finite_differences() {
+    penalty_gradients(Which::R1, false, None);
+}
+
+#[test]
+fn gradient_penalty_parameter_gradients_match_finite_differences() {
+    penalty_gradients(Which::GpGiven, false, None);
+    penalty_gradients(Which::GpUniform, false, None);
+}
+
+#[test]
+fn penalties_through_dropout_see_the_forward_mask_in_both_backwards() {
+    // The reference recomputes the mask from (seed, step 0) in the forward, the first and the
+    // second backward; finite differences pass only if all three agree, and the GPU matches.
+    penalty_gradients(Which::R1, true, None);
+    penalty_gradients(Which::GpUniform, true, None);
+}
+
+fn fixture() -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/second_order.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(name, view)| (name, bytemuck::pod_collect_to_vec(view.data()))).collect()
+}
+
+#[test]
+fn r1_and_gradient_penalty_match_pytorch_create_graph() {
+    let want = fixture();
+    for (which, name) in [(Which::R1, "r1"), (Which::GpGiven, "gp")] {
+        let got = penalty_gradients(which, false, Some(&want));
+        let want_loss = want[name][0] as f64;
+        let loss_err = (got.loss - want_loss).abs() / want_loss.abs();
+        eprintln!("{name}: kiln {} vs PyTorch {want_loss}, rel {loss_err:.2e}", got.loss);
+        assert!(loss_err <= 1e-4, "{name}: kiln {} vs PyTorch {want_loss}", got.loss);
+        for (param, grad) in &got.gpu {
+            let reference = f64s(&want[&format!("{name}.grad.{param}")]);
+            let err = rel_l2(grad, &reference);
+            eprintln!("{name} d{param}: kiln vs PyTorch rel L2 {err:.2e}");
+            assert!(err <= 1e-4, "{name} d{param}: kiln vs PyTorch rel L2 {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn a_discriminator_with_batch_norm_is_refused_naming_the_layer() {
+    let d = Sequential::new(
+        "disc.",
+        vec![
+            Layer::Conv2d(nn::Conv2d { in_channels: 1, out_channels: 2, kernel: 3, stride: 1, padding: 1, bias: false }),
+            Layer::BatchNorm(nn::BatchNorm { channels: 2, eps: 1e-5, momentum: 0.1 }),
+            Layer::Flatten(nn::Flatten),
+            nn::linear(32, 1),
+        ],
+    );
+    let mut g = Graph::new();
+    let real = g.input("real", &[2, 1, 4, 4]);
+    let err = penalty::r1(&mut g, &d, real, Mode::train(0)).unwrap_err().to_string();
+    assert!(err.contains("batch norm") && err.contains("disc.1"), "{err}");
+    let fake = g.input("fake", &[2, 1, 4, 4]);
+    let err = penalty::gradient_penalty(&mut g, &d, real, fake, Mode::train(0), Epsilon::Uniform { seed: 1 }).unwrap_err().to_string();
+    assert!(err.contains("batch norm") && err.contains("disc.1"), "{err}");
+}
+
+#[test]
+fn gradient_penalty_refuses_mismatched_images_and_weights() {
+    let d = small_d(false);
+    let mut g = Graph::new();
+    let real = g.input("real", &[3, 1, 12, 12]);
+    let fake = g.input("fake", &[2, 1, 12, 12]);
+    let err = penalty::gradient_penalty(&mut g, &d, real, fake, Mode::eval(), Epsilon::Uniform { seed: 1 }).unwrap_err().to_string();
+    assert!(err.contains("gradient_penalty") && err.contains("[2, 1, 12, 12]"), "{err}");
+    let eps = g.input("eps", &[3, 1]);
+    let err = penalty::gradient_penalty(&mut g, &d, real, real, Mode::eval(), Epsilon::Given(eps)).unwrap_err().to_string();
+    assert!(err.contains("eps") && err.contains("[3]"), "{err}");
+}
