@@ -94,18 +94,20 @@ fn check_gradients(g: &mut Graph, store: &mut Store, loss: Tensor, params: &[Ten
 /// L2 = Σᵢ Σ gᵢ·sᵢ with fixed random sᵢ, and dL2/d(params, r) checked. Every input of every
 /// gradient op reaches L2, so every second-order rule of the op's backward ops is exercised.
 fn check_double_backward(shapes: &[&[usize]], build: impl Fn(&mut Graph, &[Tensor]) -> Tensor) {
-    check_double_backward_at(shapes, 0.0, build)
+    check_double_backward_at(shapes, 0.0, shapes.len(), build)
 }
 
-/// [`check_double_backward`] with parameter values drawn from U(shift − 1, shift + 1).
-fn check_double_backward_at(shapes: &[&[usize]], shift: f32, build: impl Fn(&mut Graph, &[Tensor]) -> Tensor) {
+/// [`check_double_backward`] with parameter values drawn from U(shift − 1, shift + 1) and the
+/// first gradients taken with respect to the first `first` parameters only (the rest, a loss's
+/// target say, still get second-order gradients).
+fn check_double_backward_at(shapes: &[&[usize]], shift: f32, first: usize, build: impl Fn(&mut Graph, &[Tensor]) -> Tensor) {
     let mut g = Graph::new();
     let mut params: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| g.param(&format!("p{i}"), s)).collect();
     let y = build(&mut g, &params);
     let r = g.param("r", &g.shape(y).to_vec());
     let weighted = g.apply1(Mul, &[y, r], "l1").unwrap();
     let l1 = g.apply1(Sum { all: true, mean: false }, &[weighted], "l1").unwrap();
-    let firsts = g.backward(l1, &params).unwrap();
+    let firsts = g.backward(l1, &params[..first]).unwrap();
     let mut inputs = Vec::new();
     let mut l2 = None;
     for (i, first) in firsts.into_iter().enumerate() {
@@ -194,7 +196,7 @@ fn activation_gradients_differentiate_again() {
 #[test]
 fn sqrt_differentiates_twice() {
     // Values in [1, 3): away from sqrt's singularity at 0.
-    check_double_backward_at(&[&[2, 9]], 2.0, |g, p| g.apply1(Sqrt { eps: 1e-12 }, p, "sqrt").unwrap());
+    check_double_backward_at(&[&[2, 9]], 2.0, 1, |g, p| g.apply1(Sqrt { eps: 1e-12 }, p, "sqrt").unwrap());
 }
 
 #[test]
@@ -339,4 +341,128 @@ fn gradient_penalty_refuses_mismatched_images_and_weights() {
     let eps = g.input("eps", &[3, 1]);
     let err = penalty::gradient_penalty(&mut g, &d, real, real, Mode::eval(), Epsilon::Given(eps)).unwrap_err().to_string();
     assert!(err.contains("eps") && err.contains("[3]"), "{err}");
+}
+
+/// Which D loss a DCGAN step builds.
+#[derive(Clone, Copy, Debug)]
+enum DLoss {
+    /// BCE with logits on real (1) and fake (0): the plain step, for comparison.
+    Bce,
+    /// The same plus γ/2 · R1 from the real logits (γ = 10).
+    BceR1,
+    /// WGAN: mean D(fake) − mean D(real) + 10 · GP.
+    WganGp,
+}
+
+fn dcgan_d_step(which: DLoss, batch: usize) -> (Vec<f32>, std::time::Duration) {
+    use ops::{Fill, Loss, LossKind, Reduction, Scale};
+    let gpu = gpu();
+    let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
+    let d = kiln::models::dcgan::discriminator(image).unwrap();
+    let mut g = Graph::new();
+    let shape = [batch, 1, 28, 28];
+    let real = g.input("real", &shape);
+    let fake = g.input("fake", &shape);
+    let mode = Mode::train(17);
+    let on_real = d.forward(&mut g, real, mode).unwrap();
+    let on_fake = d.forward(&mut g, fake, mode).unwrap();
+    let mean = |g: &mut Graph, t| g.apply1(Sum { all: true, mean: true }, &[t], "mean").unwrap();
+    let (loss, penalty) = match which {
+        DLoss::Bce | DLoss::BceR1 => {
+            let ones = g.apply1(Fill { value: 1.0, shape: vec![batch, 1] }, &[], "ones").unwrap();
+            let zeros = g.apply1(Fill { value: 0.0, shape: vec![batch, 1] }, &[], "zeros").unwrap();
+            let bce = Loss(LossKind::BceWithLogits(Reduction::Mean));
+            let a = g.apply1(bce, &[on_real, ones], "loss").unwrap();
+            let b = g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[on_fake, zeros], "loss").unwrap();
+            let loss = g.apply1(Add, &[a, b], "loss").unwrap();
+            match which {
+                DLoss::BceR1 => {
+                    let r1 = penalty::r1_of_logits(&mut g, real, on_real).unwrap();
+                    let scaled = g.apply1(Scale { alpha: 5.0 }, &[r1], "r1").unwrap();
+                    (g.apply1(Add, &[loss, scaled], "loss").unwrap(), Some(r1))
+                }
+                _ => (loss, None),
+            }
+        }
+        DLoss::WganGp => {
+            let (r, f) = (mean(&mut g, on_real), mean(&mut g, on_fake));
+            let minus_r = g.apply1(Scale { alpha: -1.0 }, &[r], "wgan").unwrap();
+            let wgan = g.apply1(Add, &[f, minus_r], "wgan").unwrap();
+            let gp = penalty::gradient_penalty(&mut g, &d, real, fake, mode, Epsilon::Uniform { seed: 9 }).unwrap();
+            let scaled = g.apply1(Scale { alpha: 10.0 }, &[gp], "gp").unwrap();
+            (g.apply1(Add, &[wgan, scaled], "loss").unwrap(), Some(gp))
+        }
+    };
+    let params = d.params(&g);
+    let pairs = g.gradients(loss, &params).unwrap();
+    let mut store = Store::new();
+    d.register(gpu, &mut store, "discriminator", &mut InitRng::new(1)).unwrap();
+    let keep: Vec<Tensor> = [Some(loss), penalty].into_iter().flatten().collect();
+    let program = Program::compile(gpu, &g, &mut store, &keep, &pairs).unwrap();
+    let n = batch * 28 * 28;
+    gpu.write(&store.input_buffer("real").unwrap().buffer, &rand(1, n, 1.0)).unwrap();
+    gpu.write(&store.input_buffer("fake").unwrap().buffer, &rand(2, n, 1.0)).unwrap();
+    // One step to warm up, then a timed step at another stream position (new dropout masks).
+    program.set_step(gpu, 0).unwrap();
+    program.run(gpu).unwrap();
+    program.set_step(gpu, 1).unwrap();
+    let start = std::time::Instant::now();
+    program.run(gpu).unwrap();
+    let took = start.elapsed();
+    let mut values = vec![gpu.read(program.buffer(loss)).unwrap()[0]];
+    if let Some(p) = penalty {
+        values.push(gpu.read(program.buffer(p)).unwrap()[0]);
+    }
+    for p in &params {
+        let grad = gpu.read(store.grad(&g.info(*p).name).unwrap()).unwrap();
+        assert!(grad.iter().all(|v| v.is_finite()), "{which:?}: d{} is not finite", g.info(*p).name);
+        assert!(grad.iter().any(|&v| v != 0.0) || g.info(*p).name.ends_with(".bias"), "{which:?}: d{} is all zero", g.info(*p).name);
+    }
+    (values, took)
+}
+
+#[test]
+fn the_dcgan_discriminator_penalties_compile_and_run_at_batch_64() {
+    let (plain, plain_time) = dcgan_d_step(DLoss::Bce, 64);
+    let (r1, r1_time) = dcgan_d_step(DLoss::BceR1, 64);
+    let (gp, gp_time) = dcgan_d_step(DLoss::WganGp, 64);
+    eprintln!("DCGAN D step at batch 64: BCE {plain_time:.2?} (loss {}), BCE + R1 {r1_time:.2?} (loss {}, R1 {}), WGAN-GP {gp_time:.2?} (loss {}, GP {})", plain[0], r1[0], r1[1], gp[0], gp[1]);
+    for v in plain.iter().chain(&r1).chain(&gp) {
+        assert!(v.is_finite(), "a loss or penalty is not finite: {plain:?} {r1:?} {gp:?}");
+    }
+    assert!(r1[1] > 0.0 && gp[1] > 0.0, "R1 {} and GP {} must be positive", r1[1], gp[1]);
+}
+
+#[test]
+fn mse_and_bce_with_logits_gradients_differentiate_again() {
+    use ops::{Loss, LossKind, Reduction};
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        for kind in [LossKind::Mse(reduction), LossKind::BceWithLogits(reduction)] {
+            eprintln!("{kind:?}");
+            // The target is a parameter of the second backward (in [−1, 1]: only its
+            // gradient's formula matters; the first has none for BCE), and a loss per element
+            // is weighted before the sum.
+            check_double_backward_at(&[&[3, 5], &[3, 5]], 0.0, 1, |g, p| {
+                let loss = g.apply1(Loss(kind), p, "loss").unwrap();
+                if reduction == Reduction::None {
+                    loss
+                } else {
+                    g.reshape(loss, &[1]).unwrap()
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn second_derivatives_of_probability_bce_are_refused_naming_the_layer() {
+    use ops::{Loss, LossKind, Reduction};
+    let mut g = Graph::new();
+    let p = g.param("p", &[4]);
+    let t = g.input("t", &[4]);
+    let loss = g.apply1(Loss(LossKind::Bce(Reduction::Mean)), &[p, t], "disc.loss").unwrap();
+    let dp = g.backward(loss, &[p]).unwrap()[0].unwrap();
+    let s = g.apply1(Sum { all: true, mean: false }, &[dp], "s").unwrap();
+    let err = g.backward(s, &[p]).unwrap_err().to_string();
+    assert!(err.contains("disc.loss") && err.contains("second derivatives"), "{err}");
 }
