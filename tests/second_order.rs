@@ -466,3 +466,27 @@ fn second_derivatives_of_probability_bce_are_refused_naming_the_layer() {
     let err = g.backward(s, &[p]).unwrap_err().to_string();
     assert!(err.contains("disc.loss") && err.contains("second derivatives"), "{err}");
 }
+
+#[test]
+fn sqrt_kernels_match_the_reference_past_65535_workgroups() {
+    use kiln::kernels::elementwise;
+    use kiln::reference::elementwise as reference;
+    let gpu = gpu();
+    // 1, odd, a non-multiple of the 256 workgroup, and a grid folded into y.
+    for n in [1, 257, 1000, 65_535 * 256 + 3] {
+        // Non-negative inputs, zeros among them: eps keeps sqrt's gradient finite there.
+        let mut x: Vec<f32> = rand(n as u64, n, 1.0).iter().map(|v| v.abs()).collect();
+        x[0] = 0.0;
+        let dy = rand(7, n, 1.0);
+        let (xb, dyb, yb, dxb) = (gpu.upload("x", &x).unwrap(), gpu.upload("dy", &dy).unwrap(), gpu.zeros("y", n).unwrap(), gpu.zeros("dx", n).unwrap());
+        let eps = 1e-6;
+        gpu.run(&[elementwise::sqrt(gpu, eps, &xb, &yb, n).unwrap(), elementwise::sqrt_backward(gpu, &yb, &dyb, &dxb, n).unwrap()]).unwrap();
+        let y = gpu.read(&yb).unwrap();
+        let want_y = reference::sqrt(eps as f64, &f64s(&x));
+        let want_dx = reference::sqrt_backward(&f64s(&y), &f64s(&dy));
+        let err_y = rel_l2(&f64s(&y), &want_y);
+        let err_dx = rel_l2(&f64s(&gpu.read(&dxb).unwrap()), &want_dx);
+        eprintln!("sqrt n={n}: y rel L2 {err_y:.2e}, dx rel L2 {err_dx:.2e}");
+        assert!(err_y <= 1e-6 && err_dx <= 1e-6, "sqrt n={n}: y {err_y:.3e}, dx {err_dx:.3e}");
+    }
+}
