@@ -1,5 +1,6 @@
 // Optimizer updates over one flat parameter arena: Adam and SGD with momentum, exactly as
-// torch.optim.Adam and torch.optim.SGD. Each update is one dispatch over all parameters.
+// torch.optim.Adam and torch.optim.SGD, and the exponential moving average of the
+// parameters that GAN generators are sampled from. Each is one dispatch over all parameters.
 //
 // The step counter lives on the GPU: `advance` (one invocation) bumps it before the update
 // dispatch reads it, so replaying the recorded pair each step needs no CPU write. lr is the
@@ -107,4 +108,19 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         d = select(buf, d + p.momentum * buf, p.nesterov != 0u);
     }
     param[i] = param[i] - p.lr * d;
+}
+
+// The exponential moving average of a parameter arena (the generator weights that StyleGAN,
+// BigGAN and lucidrains' trainers sample from), after each optimizer update:
+// average = β·average + (1 − β)·param, with β = min(decay, (1 + t) / (10 + t)) at the
+// optimizer's step t (`step`, bound read-only in effect): TensorFlow's
+// ExponentialMovingAverage warm-up, so the average does not carry the random initial weights
+// for thousands of steps. `beta1` holds the decay; `m` is the average.
+@compute @workgroup_size(WG)
+fn ema(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let t = f32(step.t);
+    let beta = min(p.beta1, (1.0 + t) / (10.0 + t));
+    m[i] = beta * m[i] + (1.0 - beta) * param[i];
 }

@@ -77,6 +77,14 @@ struct SampleArgs {
     /// Draws z and the test images shown: the same seed gives the same files
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Conditional GAN: images of this class only. Without it a .png grid has one row of 8
+    /// per class (the same 8 z in every row) and a folder gets class i mod classes for image i
+    #[arg(long)]
+    class: Option<usize>,
+    /// GAN: sample from the generator's live weights even where the run kept a moving
+    /// average (--ema)
+    #[arg(long)]
+    no_ema: bool,
 }
 
 #[derive(Args)]
@@ -120,6 +128,10 @@ struct EvalArgs {
     /// intensity, drawn from --seed), as the binarized-MNIST likelihoods in the literature
     #[arg(long)]
     binarize: bool,
+    /// GAN: sample from the generator's live weights even where the run kept a moving
+    /// average (--ema)
+    #[arg(long)]
+    no_ema: bool,
 }
 
 #[derive(Args)]
@@ -200,13 +212,35 @@ struct TrainArgs {
     /// GAN: paper (N(0,0.02) init, Adam 2e-4 beta1 0.5, D then G updated, as PyTorch's DCGAN) or seed (the TensorFlow tutorial exactly: default init, Adam 1e-4, both updated from one forward pass)
     #[arg(long, default_value = "paper")]
     recipe: String,
-    /// GAN: one-sided label smoothing, the discriminator's target for real images
+    /// GAN: one-sided label smoothing, the discriminator's target for real images (bce, ls)
     #[arg(long, default_value_t = 1.0)]
     real_label: f32,
+    /// GAN: the adversarial loss: bce (non-saturating), hinge, ls (least squares) or wgan-gp
+    /// (Wasserstein with gradient penalty)
+    #[arg(long, default_value = "bce")]
+    loss: String,
+    /// GAN: discriminator steps per generator step (a step is one D update on one batch)
+    #[arg(long, default_value_t = 1)]
+    n_critic: usize,
+    /// GAN: Adam's beta1 and beta2 for both networks, e.g. --betas 0.0,0.9 (default: the recipe's)
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    betas: Option<Vec<f32>>,
+    /// GAN: keep a moving average of the generator with this decay (e.g. 0.999); sample grids,
+    /// --eval-every, `kiln sample` and `kiln eval` use it
+    #[arg(long)]
+    ema: Option<f32>,
     /// VAE: conv (two stride-2 convolutions each way; 99.1 nats on MNIST after 10 epochs in
     /// PyTorch) or mlp (PyTorch's example, 784-400-20; 105.3 nats)
     #[arg(long, default_value = "conv")]
     vae_model: String,
+    /// GAN: class-conditional (an embedding into G, a projection discriminator), on labelled
+    /// data: IDX label files or one sub-folder per class
+    #[arg(long)]
+    conditional: bool,
+    /// VAE: the KL term's weight in the training objective (β-VAE; 1 trains on the ELBO).
+    /// `kiln eval` reports the ELBO and IWAE bound whatever it was
+    #[arg(long, default_value_t = 1.0)]
+    beta: f32,
     /// VAE: latent dimensions
     #[arg(long, default_value_t = 20)]
     latent: usize,
@@ -443,13 +477,13 @@ fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::
     Ok(match model {
         "gan" => {
             let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
-            let config = GanConfig { image, batch, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
+            let config = GanConfig { image, batch, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0, ..GanConfig::default() };
             Box::new(Gan::new(gpu, config, &train)?)
         }
         "vae" | "vae-conv" | "vae-mlp" => {
             let test = GpuData::upload(gpu, &data.test)?;
             let kind = if model == "vae-mlp" { kiln::models::vae::Kind::Mlp } else { kiln::models::vae::Kind::Conv };
-            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0 };
+            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0, beta: 1.0 };
             Box::new(VaeTrainer::new(gpu, config, &train, &test)?)
         }
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
@@ -507,6 +541,17 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
                 lr_d: args.lr_d.or(args.lr),
                 real_label: args.real_label,
                 seed: args.seed,
+                loss: kiln::train::gan::GanLoss::parse(&args.loss)?,
+                n_critic: args.n_critic,
+                betas: args.betas.as_ref().map(|b| (b[0], b[1])),
+                ema: args.ema,
+                conditional: match (args.conditional, splits.train.num_classes()) {
+                    (false, _) => None,
+                    (true, Some(classes)) => Some(kiln::models::dcgan::Conditioning { classes }),
+                    (true, None) => {
+                        return Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data)))
+                    }
+                },
             };
             let gan = Gan::new(&gpu, config, &data)?;
             let (planned, naive) = gan.memory();
@@ -521,7 +566,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
                 other => return Err(kiln::Error::Invalid(format!("unknown --vae-model {other:?}: expected mlp or conv"))),
             };
             let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
-            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed };
+            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed, beta: args.beta };
             let test = GpuData::upload(&gpu, &splits.test)?;
             let vae = VaeTrainer::new(&gpu, config, &data, &test)?;
             let (planned, naive) = vae.memory();
@@ -599,13 +644,41 @@ fn folder_options(image: [usize; 3]) -> kiln::data::folder::FolderOptions {
     FolderOptions { size: image[1] as u32, color, recursive: true }
 }
 
+/// A checkpoint for generating: a GAN's generator from its moving average unless `no_ema`,
+/// said on stdout either way so numbers are never confused.
+fn load_generator(gpu: &kiln::Gpu, checkpoint: &std::path::Path, no_ema: bool) -> kiln::Result<kiln::train::infer::Loaded> {
+    let model = if no_ema { kiln::train::infer::load_live(gpu, checkpoint)? } else { kiln::train::infer::load(gpu, checkpoint)? };
+    if model.averaged {
+        println!("generator weights: the moving average (ema.*; --no-ema for the live weights)");
+    }
+    Ok(model)
+}
+
 fn sample(args: &SampleArgs) -> kiln::Result<ExitCode> {
     let gpu = kiln::Gpu::new(&args.device.options())?;
-    let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
-    let images = model.sample(&gpu, args.n, args.seed)?;
-    kiln::train::infer::save_images(&images, model.image(), &args.out)?;
-    println!("{} {} samples written to {}", args.n, model.kind(), args.out.display());
+    let mut model = load_generator(&gpu, &args.checkpoint, args.no_ema)?;
+    model.set_class(args.class)?;
     let grid = args.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let images = match model.classes() {
+        Some(classes) if grid && args.class.is_none() => {
+            let mut rows = Vec::new();
+            for class in 0..classes {
+                model.set_class(Some(class))?;
+                rows.extend(model.sample(&gpu, 8, args.seed)?);
+            }
+            println!("one row of 8 per class (0 to {}), the same z in every row", classes - 1);
+            let [c, h, w] = model.image();
+            kiln::data::images::save_grid(&rows, [classes * 8, c, h, w], 8, &args.out)?;
+            rows
+        }
+        _ => {
+            let images = model.sample(&gpu, args.n, args.seed)?;
+            kiln::train::infer::save_images(&images, model.image(), &args.out)?;
+            images
+        }
+    };
+    let count = images.len() / model.image().iter().product::<usize>();
+    println!("{count} {} samples written to {}", model.kind(), args.out.display());
     if model.kind() == "vae" && grid {
         let splits = data_for(&args.data, model.image())?;
         let views = model.vae_views(&gpu, &splits.test, args.seed)?;
@@ -653,7 +726,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
     if args.reference.is_some() {
         return Err(kiln::Error::Invalid("--reference is for scoring --data without a checkpoint; a checkpoint's samples are scored against --data's test split".into()));
     }
-    let mut model = kiln::train::infer::load(&gpu, checkpoint)?;
+    let mut model = load_generator(&gpu, checkpoint, args.no_ema)?;
     let seed = args.seed.unwrap_or(model.seed);
     let splits = data_for(&args.data, model.image())?;
     if let Some(metrics) = &args.metrics {

@@ -56,7 +56,7 @@ fn the_dcgan_example_matches_kilns_gan_trainer_and_writes_a_grid_from_fixed_nois
     let digits = kiln::data::synthetic::digits(&Default::default()).unwrap();
     let data = kiln::train::data::GpuData::upload(&gpu, &digits.train).unwrap();
     let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
-    let config = GanConfig { image, batch: 2, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0 };
+    let config = GanConfig { image, batch: 2, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0, ..GanConfig::default() };
     let gan = Gan::new(&gpu, config, &data).unwrap();
     data.shuffle(&gpu, 0, 0).unwrap();
     for (step, &(d, g)) in losses.iter().enumerate() {

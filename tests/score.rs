@@ -148,7 +148,7 @@ fn eval_every_logs_fid_beside_the_losses_without_changing_the_training() {
     use kiln::train::score::SampleEval;
     let splits = digits(&DigitsOptions { seed: 5, train: 64, test: 100 }).unwrap();
     let data = GpuData::upload(gpu(), &splits.train).unwrap();
-    let config = GanConfig { image: kiln::models::dcgan::ImageShape { channels: 1, size: 28 }, batch: 8, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 2 };
+    let config = GanConfig { image: kiln::models::dcgan::ImageShape { channels: 1, size: 28 }, batch: 8, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 2, ..GanConfig::default() };
     let train = |name: &str, eval: Option<std::sync::Arc<SampleEval>>| {
         let out = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);

@@ -106,7 +106,7 @@ mod training {
     }
 
     pub(crate) fn dcgan(gpu: &Gpu, train: &GpuData, _: &GpuData) -> Box<dyn Trainer> {
-        let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 16, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 0.9, seed: 2 };
+        let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 16, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 0.9, seed: 2, ..GanConfig::default() };
         Box::new(Gan::new(gpu, config, train).unwrap())
     }
 
@@ -117,7 +117,7 @@ mod training {
 
     fn vae(kind: Kind) -> impl Fn(&Gpu, &GpuData, &GpuData) -> Box<dyn Trainer> {
         move |gpu, train, test| {
-            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch: 32, lr: 1e-3, seed: 5 };
+            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch: 32, lr: 1e-3, seed: 5, beta: 1.0 };
             Box::new(VaeTrainer::new(gpu, config, train, test).unwrap())
         }
     }

@@ -32,7 +32,7 @@ fn small_digits() -> kiln::data::Splits {
 }
 
 fn vae_config() -> VaeConfig {
-    VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5 }
+    VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0 }
 }
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
@@ -66,7 +66,7 @@ fn a_gan_trains_with_finite_losses_and_writes_a_sample_grid_and_checkpoint() {
     let gpu = gpu();
     let splits = small_digits();
     let train = GpuData::upload(gpu, &splits.train).unwrap();
-    let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 0.9, seed: 2 };
+    let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 0.9, seed: 2, ..GanConfig::default() };
     let gan = Gan::new(gpu, config, &train).unwrap();
     let out = out_dir("gan");
     run(gpu, &gan, &train, &options(&out, 3)).unwrap();
@@ -194,7 +194,7 @@ fn the_seed_recipe_updates_both_networks_from_one_forward_pass() {
     let gpu = gpu();
     let (b, seed, image) = (4, 2, ImageShape { channels: 1, size: 28 });
     let data = GpuData::upload(gpu, &small_digits().train).unwrap();
-    let config = GanConfig { image, batch: b, recipe: Recipe::Seed, lr_g: None, lr_d: None, real_label: 1.0, seed };
+    let config = GanConfig { image, batch: b, recipe: Recipe::Seed, lr_g: None, lr_d: None, real_label: 1.0, seed, ..GanConfig::default() };
     let gan = Gan::new(gpu, config, &data).unwrap();
 
     let (generator, discriminator) = (dcgan::generator(image).unwrap(), dcgan::discriminator(image).unwrap());
@@ -272,7 +272,7 @@ fn vae_checkpoint(out: &Path) -> PathBuf {
 fn gan_checkpoint(out: &Path) -> PathBuf {
     let gpu = gpu();
     let train = GpuData::upload(gpu, &small_digits().train).unwrap();
-    let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 2 };
+    let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 2, ..GanConfig::default() };
     run(gpu, &Gan::new(gpu, config, &train).unwrap(), &train, &options(out, 1)).unwrap();
     checkpoint_path(out)
 }

@@ -7,6 +7,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod data;
 pub mod elementwise;
+pub mod embedding;
 pub mod loss;
 pub mod reduce;
 pub mod optim;

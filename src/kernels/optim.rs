@@ -137,6 +137,20 @@ pub fn sgd(gpu: &Gpu, cfg: &Sgd, param: &Buffer, grad: &Buffer, momentum_buffer:
     Ok(vec![advance(gpu, "sgd", 0.0, 0.0, step)?, update])
 }
 
+/// The moving average of `param` into `average` after each update of the optimizer whose
+/// step counter is `step` (read, not advanced): β = min(`decay`, (1 + t) / (10 + t)).
+pub fn ema(gpu: &Gpu, decay: f32, param: &Buffer, average: &Buffer, step: &Buffer) -> Result<Dispatch> {
+    let k = kernel("ema");
+    let name = k.to_string();
+    if !(0.0..1.0).contains(&decay) {
+        bail!(Invalid, "{name}: the decay must be in [0, 1), got {decay}");
+    }
+    let n = check_arena(&name, param, &[("average", average)], step)?;
+    let p = Params { beta1: decay, n: n as u32, ..Default::default() };
+    // Reads the parameter and the average, writes the average; 3 flops.
+    gpu.dispatch(k, "", &p, &[(1, param), (3, average), (5, step)], workgroups_1d(n, WG), Cost::elementwise(n, 3, 2, 1))
+}
+
 /// Rewrites the learning rate of a recorded `adam` or `sgd` update; takes effect at the next
 /// submit.
 pub fn set_lr(gpu: &Gpu, update: &Dispatch, lr: f32) -> Result<()> {

@@ -1,8 +1,9 @@
 //! DCGAN as in the TensorFlow tutorial, sized to the data: 28×28 starts the generator at 7×7,
 //! 32×32 and 64×64 at 8×8, with one upsampling block per doubling (the discriminator mirrors it).
 
-use crate::graph::ops::Act;
-use crate::nn::{self, act, Layer, Sequential};
+use crate::graph::ops::{self, Act};
+use crate::graph::{Graph, Tensor};
+use crate::nn::{self, act, Layer, Mode, Sequential};
 use crate::{bail, Result};
 
 pub const LATENT: usize = 100;
@@ -95,4 +96,82 @@ pub fn paper_init(params: &mut [nn::Init], rng: &mut nn::InitRng) {
             vec![0.0; n]
         };
     }
+}
+
+/// Class conditioning (`--conditional`, Mirza & Osindero 2014; Miyato & Koyama 2018): the
+/// generator adds a class embedding to its first layer's output, which is the same as
+/// concatenating a one-hot label to z; the discriminator is a projection discriminator,
+/// logit = linear(φ(x)) + ⟨embed(y), φ(x)⟩ with φ(x) its flattened features. The embeddings
+/// are `generator.embed.weight` [classes, first layer's width] and
+/// `discriminator.embed.weight` [classes, φ's width].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditioning {
+    pub classes: usize,
+}
+
+pub const G_EMBED: &str = "generator.embed.weight";
+pub const D_EMBED: &str = "discriminator.embed.weight";
+
+fn linear_width(layer: &Layer, input: bool) -> usize {
+    match layer {
+        Layer::Linear(l) if input => l.in_features,
+        Layer::Linear(l) => l.out_features,
+        _ => unreachable!("the DCGAN's generator starts, and its discriminator ends, with a Linear layer"),
+    }
+}
+
+impl Conditioning {
+    /// Shapes of the two embeddings for these networks.
+    pub fn shapes(self, generator: &Sequential, discriminator: &Sequential) -> [(&'static str, Vec<usize>); 2] {
+        let g_width = linear_width(&generator.layers[0], false);
+        let d_width = linear_width(discriminator.layers.last().expect("layers"), true);
+        [(G_EMBED, vec![self.classes, g_width]), (D_EMBED, vec![self.classes, d_width])]
+    }
+
+    /// Initial embeddings: like the first layer's weights would be for one-hot inputs
+    /// (PyTorch's U(±1/√fan_in) of Linear(z ⊕ one-hot)), or N(0, 0.02) under the paper's
+    /// initialisation.
+    pub fn init(self, generator: &Sequential, discriminator: &Sequential, paper: bool, rng: &mut nn::InitRng) -> [nn::Init; 2] {
+        let fan_in = [LATENT + self.classes, linear_width(discriminator.layers.last().expect("layers"), true)];
+        let [g, d] = self.shapes(generator, discriminator);
+        let draw = |(name, shape): (&str, Vec<usize>), fan_in: usize, rng: &mut nn::InitRng| {
+            let n = shape.iter().product();
+            let values = if paper { rng.normal(n, 0.0, 0.02) } else { rng.uniform(n, 1.0 / (fan_in as f64).sqrt()) };
+            nn::Init { name: name.to_string(), shape, values }
+        };
+        [draw(g, fan_in[0], rng), draw(d, fan_in[1], rng)]
+    }
+}
+
+/// Class labels of a batch ([batch] f32 class indices) and the conditioning they feed.
+#[derive(Clone, Copy, Debug)]
+pub struct Labels {
+    pub conditioning: Conditioning,
+    pub labels: Tensor,
+}
+
+/// G(z), or G(z | y) with `labels`.
+pub fn generate(g: &mut Graph, generator: &Sequential, z: Tensor, labels: Option<Labels>, mode: Mode) -> Result<Tensor> {
+    let Some(Labels { conditioning, labels }) = labels else { return generator.forward(g, z, mode) };
+    let first = generator.forward_range(g, z, 0..1, mode)?;
+    let width = g.shape(first)[1];
+    let embed = g.param(G_EMBED, &[conditioning.classes, width]);
+    let e = g.apply1(ops::Embedding, &[embed, labels], "generator.embed")?;
+    let h = g.apply1(ops::Add, &[first, e], "generator.embed")?;
+    generator.forward_range(g, h, 1..generator.layers.len(), mode)
+}
+
+/// D's logits [batch, 1] of `x`, or with `labels` the projection discriminator's.
+pub fn discriminate(g: &mut Graph, discriminator: &Sequential, x: Tensor, labels: Option<Labels>, mode: Mode) -> Result<Tensor> {
+    let Some(Labels { conditioning, labels }) = labels else { return discriminator.forward(g, x, mode) };
+    let last = discriminator.layers.len() - 1;
+    let features = discriminator.forward_range(g, x, 0..last, mode)?;
+    let logits = discriminator.forward_range(g, features, last..last + 1, mode)?;
+    let shape = g.shape(features).to_vec();
+    let embed = g.param(D_EMBED, &[conditioning.classes, shape[1]]);
+    let e = g.apply1(ops::Embedding, &[embed, labels], "discriminator.embed")?;
+    let product = g.apply1(ops::Mul, &[e, features], "discriminator.projection")?;
+    let projection = g.apply1(ops::Sum { all: false, mean: false }, &[product], "discriminator.projection")?;
+    let projection = g.reshape(projection, &[shape[0], 1])?;
+    g.apply1(ops::Add, &[logits, projection], "discriminator.projection")
 }

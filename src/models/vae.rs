@@ -112,7 +112,9 @@ impl Vae {
     /// The training loss of PyTorch's example for a batch `x` in [0, 1] (flattened [B,
     /// pixels] as `target`): BCE(recon, x, sum) + KL(mu, logvar), with eps ~ N(0, 1) drawn on
     /// the GPU from stream `seed`. Returns (loss, bce, kl, recon).
-    pub fn loss(&self, g: &mut Graph, x: Tensor, target: Tensor, seed: u64) -> Result<[Tensor; 4]> {
+    /// [objective, bce, kl, reconstruction]: the objective is bce + β·kl (β-VAE, Higgins et
+    /// al. 2017); at β = 1 it is the negative ELBO.
+    pub fn loss(&self, g: &mut Graph, x: Tensor, target: Tensor, seed: u64, beta: f32) -> Result<[Tensor; 4]> {
         let (mu, logvar) = self.encode(g, x)?;
         let shape = g.shape(mu).to_vec();
         let eps = g.apply1(ops::RandomFill { normal: true, a: 0.0, b: 1.0, seed, shape }, &[], "eps")?;
@@ -120,7 +122,8 @@ impl Vae {
         let recon = self.decode(g, z)?;
         let bce = g.apply1(ops::Loss(ops::LossKind::Bce(crate::kernels::loss::Reduction::Sum)), &[recon, target], "bce")?;
         let kl = g.apply1(ops::Loss(ops::LossKind::KlNormal), &[mu, logvar], "kl")?;
-        let loss = g.apply1(ops::Add, &[bce, kl], "loss")?;
+        let weighted = if beta == 1.0 { kl } else { g.apply1(ops::Scale { alpha: beta }, &[kl], "beta_kl")? };
+        let loss = g.apply1(ops::Add, &[bce, weighted], "loss")?;
         Ok([loss, bce, kl, recon])
     }
 }

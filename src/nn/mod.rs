@@ -87,9 +87,14 @@ impl Sequential {
 
     /// Applies every layer to `x`; shape errors name the layer (`generator.3`).
     pub fn forward(&self, g: &mut Graph, x: Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_range(g, x, 0..self.layers.len(), mode)
+    }
+
+    /// Applies layers `range` only (a conditional model inserts its embedding between them).
+    pub fn forward_range(&self, g: &mut Graph, x: Tensor, range: std::ops::Range<usize>, mode: Mode) -> Result<Tensor> {
         let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(g, &self.name(i), h, mode)?;
+        for i in range {
+            h = self.layers[i].forward(g, &self.name(i), h, mode)?;
         }
         Ok(h)
     }

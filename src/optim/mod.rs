@@ -64,3 +64,30 @@ impl Optimizer {
         k::set_lr(gpu, &self.dispatches[1], lr)
     }
 }
+
+/// The exponential moving average of one parameter group (`--ema`), updated by one dispatch
+/// after that group's optimizer: β = min(decay, (1 + t) / (10 + t)) at the optimizer's step t.
+pub struct Ema {
+    pub group: String,
+    pub decay: f32,
+    /// As long as the group's arena, laid out as it is.
+    pub average: Buffer,
+    pub dispatch: Dispatch,
+}
+
+impl Ema {
+    /// Starts the average at the group's current parameters.
+    pub fn new(gpu: &Gpu, store: &Store, optimizer: &Optimizer, decay: f32) -> Result<Ema> {
+        let group = &optimizer.group;
+        let g = store.groups.iter().find(|g| &g.name == group).ok_or_else(|| Error::Invalid(format!("no parameter group {group:?} in the store")))?;
+        let average = gpu.upload(&format!("{group}.ema"), &gpu.read(&g.params)?)?;
+        let mut dispatch = k::ema(gpu, decay, &g.params, &average, &optimizer.state[0].1)?;
+        dispatch.label = format!("{group}.ema");
+        Ok(Ema { group: group.clone(), decay, average, dispatch })
+    }
+
+    /// Name of the average of parameter `param` in checkpoints: `ema.generator.0.weight`.
+    pub fn tensor_name(param: &str) -> String {
+        format!("ema.{param}")
+    }
+}

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+pub mod embedding;
 pub mod loss;
 pub mod reduce;
 pub mod optim;

@@ -5,7 +5,7 @@
 
 use crate::gpu::Gpu;
 use crate::graph::Store;
-use crate::optim::Optimizer;
+use crate::optim::{Ema, Optimizer};
 use crate::{Error, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -185,4 +185,65 @@ pub fn restore(gpu: &Gpu, store: &Store, optimizers: &[&Optimizer], ckpt: &Check
         }
     }
     Ok(())
+}
+
+fn group<'a>(store: &'a Store, name: &str) -> Result<&'a crate::graph::ParamGroup> {
+    store.groups.iter().find(|g| g.name == name).ok_or_else(|| Error::Invalid(format!("no parameter group {name:?} in the store")))
+}
+
+/// Copies each moving average into `ckpt`, one tensor per parameter under
+/// [`Ema::tensor_name`] with the parameter's shape, so the averaged weights load into
+/// PyTorch by name too.
+pub fn capture_averages(gpu: &Gpu, store: &Store, averages: &[&Ema], ckpt: &mut Checkpoint) -> Result<()> {
+    for ema in averages {
+        let arena = gpu.read(&ema.average)?;
+        for (name, start, n) in &group(store, &ema.group)?.layout {
+            let shape = store.param(name).expect("in the layout").shape.clone();
+            ckpt.tensors.insert(Ema::tensor_name(name), (shape, arena[*start..start + n].to_vec()));
+        }
+    }
+    Ok(())
+}
+
+/// The group's arena assembled from the averages in `ckpt`, or None when it has none (a run
+/// trained without `--ema`); a partial or misshapen set is an error naming the tensor.
+fn averaged_arena(store: &Store, group_name: &str, ckpt: &Checkpoint) -> Result<Option<Vec<f32>>> {
+    let g = group(store, group_name)?;
+    if !g.layout.iter().any(|(name, _, _)| ckpt.tensors.contains_key(&Ema::tensor_name(name))) {
+        return Ok(None);
+    }
+    let mut arena = vec![0.0; g.params.len];
+    for (name, start, n) in &g.layout {
+        let key = Ema::tensor_name(name);
+        let (shape, data) = ckpt.tensor(&key)?;
+        let want = &store.param(name).expect("in the layout").shape;
+        if shape != want {
+            return Err(Error::Shape(format!("checkpoint tensor {key:?} is {shape:?}, the model expects {want:?}")));
+        }
+        arena[*start..start + n].copy_from_slice(data);
+    }
+    Ok(Some(arena))
+}
+
+/// Writes the averages of `ckpt` back into `averages` (resuming); each must be present.
+pub fn restore_averages(gpu: &Gpu, store: &Store, averages: &[&Ema], ckpt: &Checkpoint) -> Result<()> {
+    for ema in averages {
+        match averaged_arena(store, &ema.group, ckpt)? {
+            Some(arena) => gpu.write(&ema.average, &arena)?,
+            None => crate::bail!(Invalid, "the checkpoint has no moving average of {:?} (ema.* tensors): it was trained without --ema", ema.group),
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites group `group_name`'s parameters with the averages stored in `ckpt`, for
+/// sampling from the averaged weights; false (and nothing written) when it has none.
+pub fn load_averages_as_params(gpu: &Gpu, store: &Store, group_name: &str, ckpt: &Checkpoint) -> Result<bool> {
+    match averaged_arena(store, group_name, ckpt)? {
+        Some(arena) => {
+            gpu.write(&group(store, group_name)?.params, &arena)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }

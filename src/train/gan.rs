@@ -6,12 +6,12 @@
 
 use super::data::GpuData;
 use crate::gpu::{Dispatch, Gpu};
-use crate::graph::ops::{Add, Fill, Loss, LossKind, RandomFill};
+use crate::graph::ops::{Act, Activation, Add, Fill, Loss, LossKind, RandomFill, Scale, Sum};
 use crate::graph::{Graph, Program, Store, Tensor};
 use crate::kernels::loss::Reduction;
-use crate::models::dcgan::{self, ImageShape, LATENT};
+use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, LATENT};
 use crate::nn::{self, InitRng, Mode, Sequential};
-use crate::optim::{Adam, Config, Optimizer};
+use crate::optim::{Adam, Config, Ema, Optimizer};
 use crate::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,45 @@ pub enum Recipe {
     Paper,
 }
 
+/// The adversarial loss (`--loss`), with PyTorch-GAN's / StudioGAN's formulations. D outputs
+/// logits (no sigmoid) under every loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GanLoss {
+    /// Non-saturating BCE (Goodfellow et al. 2014): D: BCE(D(x), 1) + BCE(D(G(z)), 0);
+    /// G: BCE(D(G(z)), 1).
+    Bce,
+    /// Hinge (Lim & Ye 2017, Miyato et al. 2018): D: mean relu(1 − D(x)) + mean relu(1 + D(G(z)));
+    /// G: −mean D(G(z)).
+    Hinge,
+    /// Least squares (Mao et al. 2017, a = 0, b = c = 1): D: ½ mean (D(x) − 1)² + ½ mean D(G(z))²;
+    /// G: ½ mean (D(G(z)) − 1)².
+    LeastSquares,
+    /// Wasserstein with gradient penalty (Gulrajani et al. 2017): D: mean D(G(z)) − mean D(x)
+    /// + λ·GP; G: −mean D(G(z)).
+    WganGp,
+}
+
+impl GanLoss {
+    pub fn parse(name: &str) -> Result<GanLoss> {
+        Ok(match name {
+            "bce" | "ns" | "vanilla" => GanLoss::Bce,
+            "hinge" => GanLoss::Hinge,
+            "ls" | "least-squares" | "lsgan" => GanLoss::LeastSquares,
+            "wgan-gp" => GanLoss::WganGp,
+            other => crate::bail!(Invalid, "unknown --loss {other:?}: expected bce, hinge, ls or wgan-gp"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GanLoss::Bce => "bce",
+            GanLoss::Hinge => "hinge",
+            GanLoss::LeastSquares => "ls",
+            GanLoss::WganGp => "wgan-gp",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GanConfig {
     pub image: ImageShape,
@@ -31,17 +70,74 @@ pub struct GanConfig {
     /// Learning rates; None takes the recipe's.
     pub lr_g: Option<f32>,
     pub lr_d: Option<f32>,
-    /// One-sided label smoothing: the discriminator's target for real images (1 without).
+    /// One-sided label smoothing: the discriminator's target for real images (1 without);
+    /// BCE and least squares only.
     pub real_label: f32,
     pub seed: u64,
+    pub loss: GanLoss,
+    /// Discriminator updates per generator update (WGAN-GP's n_critic): G is updated on every
+    /// `n_critic`-th step, and a step is one D update on one batch.
+    pub n_critic: usize,
+    /// Adam's (β1, β2) for both networks; None takes the recipe's.
+    pub betas: Option<(f32, f32)>,
+    /// Decay of the generator's moving average (`--ema`), which sample grids, `--eval-every`,
+    /// `kiln sample` and `kiln eval` use; None trains without one.
+    pub ema: Option<f32>,
+    /// A class-conditional GAN over this many classes (`--conditional`; see
+    /// [`Conditioning`]); G's fakes take the real batch's labels.
+    pub conditional: Option<Conditioning>,
+}
+
+impl Default for GanConfig {
+    /// The paper recipe with BCE on 28×28 grey images at batch 64.
+    fn default() -> GanConfig {
+        GanConfig {
+            image: ImageShape { channels: 1, size: 28 },
+            batch: 64,
+            recipe: Recipe::Paper,
+            lr_g: None,
+            lr_d: None,
+            real_label: 1.0,
+            seed: 0,
+            loss: GanLoss::Bce,
+            n_critic: 1,
+            betas: None,
+            ema: None,
+            conditional: None,
+        }
+    }
 }
 
 impl GanConfig {
     fn adam(&self, lr: Option<f32>) -> Adam {
-        match self.recipe {
+        let adam = match self.recipe {
             Recipe::Seed => Adam { lr: lr.unwrap_or(1e-4), eps: 1e-7, ..Adam::default() },
             Recipe::Paper => Adam { lr: lr.unwrap_or(2e-4), beta1: 0.5, ..Adam::default() },
+        };
+        match self.betas {
+            Some((beta1, beta2)) => Adam { beta1, beta2, ..adam },
+            None => adam,
         }
+    }
+
+    /// Refuses combinations that cannot train as asked, naming the flags.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_critic == 0 {
+            crate::bail!(Invalid, "--n-critic must be at least 1");
+        }
+        if self.recipe == Recipe::Seed && (self.n_critic != 1 || self.loss != GanLoss::Bce) {
+            crate::bail!(
+                Invalid,
+                "--recipe seed is the TensorFlow tutorial exactly (BCE, both networks from one forward pass); \
+                 --loss {} and --n-critic {} need the alternating updates of --recipe paper",
+                self.loss.name(),
+                self.n_critic
+            );
+        }
+        if self.real_label != 1.0 && matches!(self.loss, GanLoss::Hinge | GanLoss::WganGp) {
+            crate::bail!(Invalid, "--real-label smooths BCE and least-squares targets; --loss {} has no target to smooth", self.loss.name());
+        }
+        Ok(())
     }
 }
 
@@ -50,12 +146,15 @@ pub struct Gan {
     pub store: Store,
     pub generator: Sequential,
     pub discriminator: Sequential,
-    gather: Dispatch,
+    /// The batch's images, and its labels when conditional.
+    gather: Vec<Dispatch>,
     program: Program,
     /// The paper recipe's first node of G's half, where D's update runs.
     d_update_before: Option<usize>,
     pub opt_d: Optimizer,
     pub opt_g: Optimizer,
+    /// The generator's moving average, updated after G's Adam.
+    pub ema: Option<Ema>,
     /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit.
     pub logged: Vec<crate::gpu::Buffer>,
     sampler: Program,
@@ -72,54 +171,125 @@ pub const DROPOUT_G_STEP: u64 = 4;
 pub const SAMPLES: usize = 64;
 
 fn mean_logit(g: &mut Graph, logits: Tensor) -> Result<Tensor> {
-    g.apply1(crate::graph::ops::Sum { all: true, mean: true }, &[logits], "mean_logit")
+    g.apply1(Sum { all: true, mean: true }, &[logits], "mean_logit")
+}
+
+/// Builds each side's loss from D's logits ([batch, 1]) as scalar nodes named `d_loss` and
+/// `g_loss` (their parts `d_loss_real`, `d_loss_fake`).
+pub struct Losses {
+    pub kind: GanLoss,
+    pub batch: usize,
+    /// BCE's and least squares' target for real images.
+    pub real_label: f32,
+}
+
+impl Losses {
+    fn constant(&self, g: &mut Graph, value: f32, name: &str) -> Result<Tensor> {
+        g.apply1(Fill { value, shape: vec![self.batch, 1] }, &[], name)
+    }
+
+    /// mean relu(1 + sign·logits): hinge's margin term.
+    fn hinge(&self, g: &mut Graph, logits: Tensor, sign: f32, name: &str) -> Result<Tensor> {
+        let signed = if sign < 0.0 { g.apply1(Scale { alpha: -1.0 }, &[logits], name)? } else { logits };
+        let one = self.constant(g, 1.0, name)?;
+        let margin = g.apply1(Add, &[signed, one], name)?;
+        let violation = g.apply1(Activation(Act::Relu), &[margin], name)?;
+        g.apply1(Sum { all: true, mean: true }, &[violation], name)
+    }
+
+    /// ½ mean (logits − target)².
+    fn half_squares(&self, g: &mut Graph, logits: Tensor, target: f32, name: &str) -> Result<Tensor> {
+        let target = self.constant(g, target, name)?;
+        let mse = g.apply1(Loss(LossKind::Mse(Reduction::Mean)), &[logits, target], name)?;
+        g.apply1(Scale { alpha: 0.5 }, &[mse], name)
+    }
+
+    fn bce(&self, g: &mut Graph, logits: Tensor, label: f32, name: &str) -> Result<Tensor> {
+        let target = self.constant(g, label, name)?;
+        g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, target], name)
+    }
+
+    fn mean(&self, g: &mut Graph, logits: Tensor, alpha: f32, name: &str) -> Result<Tensor> {
+        let mean = g.apply1(Sum { all: true, mean: true }, &[logits], name)?;
+        g.apply1(Scale { alpha }, &[mean], name)
+    }
+
+    pub fn discriminator(&self, g: &mut Graph, d_real: Tensor, d_fake: Tensor) -> Result<Tensor> {
+        let (real, fake) = ("d_loss_real", "d_loss_fake");
+        let (l_real, l_fake) = match self.kind {
+            GanLoss::Bce => (self.bce(g, d_real, self.real_label, real)?, self.bce(g, d_fake, 0.0, fake)?),
+            GanLoss::Hinge => (self.hinge(g, d_real, -1.0, real)?, self.hinge(g, d_fake, 1.0, fake)?),
+            GanLoss::LeastSquares => (self.half_squares(g, d_real, self.real_label, real)?, self.half_squares(g, d_fake, 0.0, fake)?),
+            GanLoss::WganGp => (self.mean(g, d_real, -1.0, real)?, self.mean(g, d_fake, 1.0, fake)?),
+        };
+        g.apply1(Add, &[l_real, l_fake], "d_loss")
+    }
+
+    pub fn generator(&self, g: &mut Graph, d_fake: Tensor) -> Result<Tensor> {
+        match self.kind {
+            GanLoss::Bce => self.bce(g, d_fake, 1.0, "g_loss"),
+            GanLoss::Hinge | GanLoss::WganGp => self.mean(g, d_fake, -1.0, "g_loss"),
+            GanLoss::LeastSquares => self.half_squares(g, d_fake, 1.0, "g_loss"),
+        }
+    }
 }
 
 impl Gan {
     pub fn new(gpu: &Gpu, config: GanConfig, data: &GpuData) -> Result<Gan> {
+        config.validate()?;
+        if config.loss == GanLoss::WganGp {
+            crate::bail!(Invalid, "--loss wgan-gp: the gradient penalty is not built yet");
+        }
         let generator = dcgan::generator(config.image)?;
         let discriminator = dcgan::discriminator(config.image)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
-        for (model, group) in [(&generator, "generator"), (&discriminator, "discriminator")] {
-            let (mut params, states) = model.init(&mut rng);
-            if config.recipe == Recipe::Paper {
-                dcgan::paper_init(&mut params, &mut rng);
+        let paper = config.recipe == Recipe::Paper;
+        let mut inits: Vec<_> = [&generator, &discriminator]
+            .into_iter()
+            .map(|model| {
+                let (mut params, states) = model.init(&mut rng);
+                if paper {
+                    dcgan::paper_init(&mut params, &mut rng);
+                }
+                (params, states)
+            })
+            .collect();
+        if let Some(c) = config.conditional {
+            for (init, embedding) in inits.iter_mut().zip(c.init(&generator, &discriminator, paper, &mut rng)) {
+                init.0.push(embedding);
             }
+        }
+        for ((params, states), group) in inits.into_iter().zip(["generator", "discriminator"]) {
             nn::register(gpu, &mut store, group, params, states)?;
         }
         let b = config.batch;
         let ImageShape { channels: c, size: s } = config.image;
         let seed = config.seed;
         let noise = RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ NOISE, shape: vec![b, LATENT] };
-        // Mean BCE of `logits` against a constant `label`, as nodes `target` and `loss`.
-        let bce = |g: &mut Graph, logits: Tensor, label: f32, [target, loss]: [&str; 2]| -> Result<Tensor> {
-            let target = g.apply1(Fill { value: label, shape: vec![b, 1] }, &[], target)?;
-            g.apply1(Loss(LossKind::BceWithLogits(Reduction::Mean)), &[logits, target], loss)
-        };
+        let losses = Losses { kind: config.loss, batch: b, real_label: config.real_label };
 
-        // Discriminator: real batch → 1 (or the smoothed label), G(z) → 0.
+        // Discriminator: real batch → real, G(z) → fake.
         let mut g = Graph::new();
         let real = g.input("real", &[b, c, s, s]);
+        let labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("labels", &[b]) });
         let z = g.apply1(noise, &[], "noise")?;
-        let fake = generator.forward(&mut g, z, Mode::train(0))?;
-        let d_real = discriminator.forward(&mut g, real, Mode::train(seed ^ DROPOUT_REAL))?;
-        let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_FAKE))?;
-        let l_real = bce(&mut g, d_real, config.real_label, ["real_label", "d_loss_real"])?;
-        let l_fake = bce(&mut g, d_fake, 0.0, ["fake_label", "d_loss_fake"])?;
-        let d_loss = g.apply1(Add, &[l_real, l_fake], "d_loss")?;
+        let fake = dcgan::generate(&mut g, &generator, z, labels, Mode::train(0))?;
+        let d_real = dcgan::discriminate(&mut g, &discriminator, real, labels, Mode::train(seed ^ DROPOUT_REAL))?;
+        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_FAKE))?;
+        let d_loss = losses.discriminator(&mut g, d_real, d_fake)?;
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
         let mut grads = g.gradients(d_loss, &d_params)?;
-        // Generator: D(G(z)) → 1.
+        // Generator: D(G(z)) judged real.
         let (g_loss, d_update_before) = match config.recipe {
             // The tutorial's step: G's loss from the same D(G(z)), before either update.
-            Recipe::Seed => (bce(&mut g, d_fake, 1.0, ["ones", "g_loss"])?, None),
+            Recipe::Seed => (losses.generator(&mut g, d_fake)?, None),
             // G's half: the same G(z) through D once D's update has run.
             Recipe::Paper => {
                 let split = g.nodes.len();
-                let d_fake = discriminator.forward(&mut g, fake, Mode::train(seed ^ DROPOUT_G_STEP))?;
-                (bce(&mut g, d_fake, 1.0, ["ones", "g_loss"])?, Some(split))
+                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, Mode::train(seed ^ DROPOUT_G_STEP))?;
+                (losses.generator(&mut g, d_fake)?, Some(split))
             }
         };
         let g_params = generator.params(&g);
@@ -132,14 +302,19 @@ impl Gan {
         // hundreds of steps to settle, and grids of early steps would show only grey.
         let mut g = Graph::new();
         let sample_z = g.input("sample_z", &[SAMPLES, LATENT]);
-        let sample_images = generator.forward(&mut g, sample_z, Mode { update_running: false, ..Mode::train(0) })?;
+        let sample_labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("sample_labels", &[SAMPLES]) });
+        let sample_images = dcgan::generate(&mut g, &generator, sample_z, sample_labels, Mode { update_running: false, ..Mode::train(0) })?;
         let sampler = Program::compile(gpu, &g, &mut store, &[sample_images], &[])?;
 
         let real_buffer = store.input_buffer("real").expect("compiled").buffer.clone();
-        let gather = data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?;
+        let mut gather = vec![data.gather(gpu, b, 2.0 / 255.0, -1.0, &real_buffer)?];
+        if config.conditional.is_some() {
+            gather.push(data.gather_labels(gpu, b, &store.input_buffer("labels").expect("compiled").buffer)?);
+        }
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
-        Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, logged, sampler, sample_images })
+        let ema = config.ema.map(|decay| Ema::new(gpu, &store, &opt_g, decay)).transpose()?;
+        Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, ema, logged, sampler, sample_images })
     }
 
     /// Bytes of the step's pooled intermediates, planned and naive.
@@ -147,30 +322,99 @@ impl Gan {
         (self.program.memory.planned, self.program.memory.naive)
     }
 
-    /// Everything one training step submits, in order.
+    /// Everything one training step that updates both networks submits, in order.
     pub fn step_dispatches(&self) -> Vec<&[Dispatch]> {
-        let gather = std::slice::from_ref(&self.gather);
-        match self.d_update_before {
+        let gather = &self.gather[..];
+        let mut list = match self.d_update_before {
             Some(node) => {
                 let (d_half, g_half) = self.program.split_at_node(node);
                 vec![gather, d_half, &self.opt_d.dispatches, g_half, &self.opt_g.dispatches]
             }
             None => vec![gather, &self.program.dispatches, &self.opt_d.dispatches, &self.opt_g.dispatches],
+        };
+        if let Some(ema) = &self.ema {
+            list.push(std::slice::from_ref(&ema.dispatch));
         }
+        list
+    }
+
+    /// Training step `step`: with n_critic > 1, D alone except on every n_critic-th step.
+    pub fn step_dispatches_at(&self, step: u64) -> Vec<&[Dispatch]> {
+        let n = self.config.n_critic as u64;
+        match self.d_update_before {
+            Some(node) if step % n != n - 1 => {
+                let (d_half, _) = self.program.split_at_node(node);
+                vec![&self.gather[..], d_half, &self.opt_d.dispatches]
+            }
+            _ => self.step_dispatches(),
+        }
+    }
+
+    /// Runs `f` with the generator's moving average in place of its weights (the live
+    /// weights are put back afterwards, also when `f` fails); just `f` without `--ema`.
+    pub fn with_averaged_weights<T>(&self, gpu: &Gpu, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(ema) = &self.ema else { return f() };
+        let arena = &self.store.groups.iter().find(|g| g.name == ema.group).expect("registered").params;
+        let live = gpu.read(arena)?;
+        gpu.write(arena, &gpu.read(&ema.average)?)?;
+        let out = f();
+        gpu.write(arena, &live)?;
+        out
     }
 
     /// Points the recorded step at training step `step` (noise and dropout streams) and batch
     /// `batch_index` of the epoch's order.
     pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
-        data.select(gpu, &self.gather, self.config.batch, batch_index);
+        for gather in &self.gather {
+            data.select(gpu, gather, self.config.batch, batch_index);
+        }
         self.program.set_step(gpu, step)
     }
 
-    /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]).
-    pub fn sample(&self, gpu: &Gpu, noise: &[f32]) -> Result<Vec<f32>> {
+    /// Generator outputs in [−1, 1] for `noise` ([SAMPLES, LATENT]) and, when conditional,
+    /// `labels` ([SAMPLES] class indices; required then).
+    pub fn sample(&self, gpu: &Gpu, noise: &[f32], labels: Option<&[f32]>) -> Result<Vec<f32>> {
         gpu.write(&self.store.input_buffer("sample_z").expect("compiled").buffer, noise)?;
+        match (self.config.conditional, labels) {
+            (Some(_), Some(labels)) => gpu.write(&self.store.input_buffer("sample_labels").expect("compiled").buffer, labels)?,
+            (None, None) => {}
+            (Some(c), None) => crate::bail!(Invalid, "this GAN is conditional on {} classes: sampling needs labels", c.classes),
+            (None, Some(_)) => crate::bail!(Invalid, "this GAN is unconditional: it takes no labels"),
+        }
         self.sampler.run(gpu)?;
         gpu.read(self.sampler.buffer(self.sample_images))
+    }
+
+    /// `n` images in [0, 1] from z drawn from `seed` (as [`generate_in_batches`]); a
+    /// conditional GAN draws image i of class i mod classes, so every class is as common.
+    ///
+    /// [`generate_in_batches`]: super::score::generate_in_batches
+    pub fn generate_balanced(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
+        let mut first = 0;
+        super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| {
+            let labels: Option<Vec<f32>> = self.config.conditional.map(|c| (first..first + SAMPLES).map(|i| (i % c.classes) as f32).collect());
+            first += SAMPLES;
+            Ok(self.sample(gpu, z, labels.as_deref())?.into_iter().map(|v| (v + 1.0) / 2.0).collect())
+        })
+    }
+
+    /// The grid of sample images: 8 × 8 from the run's fixed noise, or for a conditional GAN
+    /// one row of 8 per class, the same 8 noise vectors in every row.
+    pub fn sample_grid(&self, gpu: &Gpu) -> Result<(Vec<f32>, usize)> {
+        let noise = fixed_noise(self.config.seed);
+        let Some(c) = self.config.conditional else {
+            return Ok((self.sample(gpu, &noise, None)?.iter().map(|v| (v + 1.0) / 2.0).collect(), SAMPLES));
+        };
+        let per_image = noise.len() / SAMPLES;
+        let mut images = Vec::new();
+        for first in (0..c.classes * 8).step_by(SAMPLES) {
+            let z: Vec<f32> = (first..first + SAMPLES).flat_map(|i| noise[(i % 8) * per_image..(i % 8 + 1) * per_image].to_vec()).collect();
+            let labels: Vec<f32> = (first..first + SAMPLES).map(|i| (i / 8).min(c.classes - 1) as f32).collect();
+            images.extend(self.sample(gpu, &z, Some(&labels))?);
+        }
+        let ImageShape { channels, size } = self.config.image;
+        images.truncate(c.classes * 8 * channels * size * size);
+        Ok((images.iter().map(|v| (v + 1.0) / 2.0).collect(), c.classes * 8))
     }
 }
 
@@ -187,23 +431,28 @@ impl super::run::Trainer for Gan {
     fn optimizers(&self) -> Vec<&Optimizer> {
         vec![&self.opt_d, &self.opt_g]
     }
+    fn averages(&self) -> Vec<&Ema> {
+        self.ema.iter().collect()
+    }
     fn logged(&self) -> Vec<(&'static str, crate::gpu::Buffer)> {
         ["d_loss", "g_loss", "d_real", "d_fake"].into_iter().zip(self.logged.iter().cloned()).collect()
     }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
         Gan::step_dispatches(self)
     }
+    fn step_dispatches_at(&self, step: u64) -> Vec<&[Dispatch]> {
+        Gan::step_dispatches_at(self, step)
+    }
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         Gan::prepare(self, gpu, data, step, batch_index)
     }
     fn generate(&self, gpu: &Gpu, n: usize, seed: u64) -> Option<Result<Vec<f32>>> {
-        Some(super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| Ok(self.sample(gpu, z)?.into_iter().map(|v| (v + 1.0) / 2.0).collect())))
+        Some(self.with_averaged_weights(gpu, || self.generate_balanced(gpu, n, seed)))
     }
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
-        let images = self.sample(gpu, &fixed_noise(self.config.seed))?;
-        let unit: Vec<f32> = images.iter().map(|v| (v + 1.0) / 2.0).collect();
+        let (unit, count) = self.with_averaged_weights(gpu, || self.sample_grid(gpu))?;
         let ImageShape { channels, size } = self.config.image;
-        crate::data::images::save_grid(&unit, [SAMPLES, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
+        crate::data::images::save_grid(&unit, [count, channels, size, size], 8, dir.join(format!("step_{step:07}.png")))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -213,7 +462,9 @@ impl super::run::Trainer for Gan {
         serde_json::json!({
             "model": "dcgan", "channels": c.image.channels, "size": c.image.size, "batch": c.batch,
             "recipe": format!("{:?}", c.recipe).to_lowercase(), "lr_g": c.lr_g, "lr_d": c.lr_d,
-            "real_label": c.real_label, "seed": c.seed,
+            "real_label": c.real_label, "seed": c.seed, "loss": c.loss.name(), "n_critic": c.n_critic,
+            "betas": c.betas.map(|(b1, b2)| [b1, b2]), "ema": c.ema,
+            "classes": c.conditional.map(|c| c.classes),
         })
         .to_string()
     }

@@ -11,7 +11,7 @@ use crate::data::Dataset;
 use crate::gpu::Gpu;
 use crate::graph::{Graph, Program, Store, Tensor};
 use crate::models::classifier::Classifier;
-use crate::models::dcgan::{self, ImageShape, LATENT};
+use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, LATENT};
 use crate::models::vae::{Kind, Vae};
 use crate::nn::{self, InitRng, Mode, Sequential};
 use crate::{Error, Result};
@@ -21,7 +21,7 @@ use std::path::Path;
 pub const BATCH: usize = 64;
 
 pub enum Model {
-    Gan { image: ImageShape, generator: Sequential, discriminator: Sequential },
+    Gan { image: ImageShape, generator: Sequential, discriminator: Sequential, conditioning: Option<Conditioning> },
     Vae(Vae),
     Classifier(Classifier),
 }
@@ -33,27 +33,42 @@ pub struct Loaded {
     pub model: Model,
     pub store: Store,
     pub seed: u64,
+    /// The generator holds the checkpoint's moving average (`ema.*`), not its live weights.
+    pub averaged: bool,
+    /// The class a conditional GAN generates ([`Loaded::set_class`]).
+    class: Option<usize>,
 }
 
-/// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights. Every
-/// error names the file.
+/// Reads `path`, rebuilds the GAN or VAE its metadata describes and loads its weights: a
+/// GAN's generator from its moving average where the run kept one (`--ema`). Every error
+/// names the file.
 pub fn load(gpu: &Gpu, path: &Path) -> Result<Loaded> {
-    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string())
+    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string(), true)
+}
+
+/// [`load`] with the generator's live weights even where the checkpoint has an average
+/// (`--no-ema`).
+pub fn load_live(gpu: &Gpu, path: &Path) -> Result<Loaded> {
+    from_checkpoint(gpu, Checkpoint::load(path)?, path.display().to_string(), false)
 }
 
 /// [`load`] from a checkpoint's bytes (a built-in backbone); `origin` names it in errors.
 pub fn load_bytes(gpu: &Gpu, bytes: &[u8], origin: &str) -> Result<Loaded> {
-    from_checkpoint(gpu, Checkpoint::from_bytes(bytes, origin)?, origin.to_string())
+    from_checkpoint(gpu, Checkpoint::from_bytes(bytes, origin)?, origin.to_string(), true)
 }
 
-fn from_checkpoint(gpu: &Gpu, ckpt: Checkpoint, origin: String) -> Result<Loaded> {
+fn from_checkpoint(gpu: &Gpu, ckpt: Checkpoint, origin: String, ema: bool) -> Result<Loaded> {
     let named = |e: Error| match e {
         Error::Io { .. } => e,
         e if e.to_string().starts_with(&origin) => e,
         Error::Shape(m) => Error::Shape(format!("{origin}: {m}")),
         e => Error::Invalid(format!("{origin}: {e}")),
     };
-    build(gpu, &ckpt).map(|(model, store, seed)| Loaded { origin: origin.clone(), model, store, seed }).map_err(named)
+    let built = build(gpu, &ckpt).and_then(|(model, store, seed)| {
+        let averaged = ema && matches!(model, Model::Gan { .. }) && super::checkpoint::load_averages_as_params(gpu, &store, "generator", &ckpt)?;
+        Ok(Loaded { origin: origin.clone(), model, store, seed, averaged, class: None })
+    });
+    built.map_err(named)
 }
 
 fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
@@ -70,9 +85,17 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
         "gan" => {
             let image = ImageShape { channels: field("channels")?, size: field("size")? };
             let (generator, discriminator) = (dcgan::generator(image)?, dcgan::discriminator(image)?);
-            generator.register(gpu, &mut store, "generator", &mut rng)?;
-            discriminator.register(gpu, &mut store, "discriminator", &mut rng)?;
-            Model::Gan { image, generator, discriminator }
+            let conditioning = match &config["classes"] {
+                serde_json::Value::Null => None,
+                v => Some(Conditioning { classes: v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize }),
+            };
+            let embeddings = conditioning.map(|c| c.init(&generator, &discriminator, false, &mut rng));
+            for (i, (model, group)) in [(&generator, "generator"), (&discriminator, "discriminator")].into_iter().enumerate() {
+                let (mut params, states) = model.init(&mut rng);
+                params.extend(embeddings.as_ref().map(|e| e[i].clone()));
+                nn::register(gpu, &mut store, group, params, states)?;
+            }
+            Model::Gan { image, generator, discriminator, conditioning }
         }
         "vae" => {
             let kind = match config["kind"].as_str() {
@@ -142,6 +165,33 @@ impl Loaded {
         self.generate(gpu, &z)
     }
 
+    /// A conditional GAN's classes, None for other models.
+    pub fn classes(&self) -> Option<usize> {
+        match &self.model {
+            Model::Gan { conditioning, .. } => conditioning.map(|c| c.classes),
+            _ => None,
+        }
+    }
+
+    /// Fixes the class of every image `generate` and `sample` make from now on (`kiln sample
+    /// --class K`); without it a conditional GAN draws image i of class i mod classes.
+    pub fn set_class(&mut self, class: Option<usize>) -> Result<()> {
+        match (class, self.classes()) {
+            (None, _) => {}
+            (Some(k), Some(classes)) if k < classes => {}
+            (Some(k), Some(classes)) => crate::bail!(Invalid, "{}: --class {k} is out of range: the model has classes 0 to {}", self.origin, classes - 1),
+            (Some(_), None) => crate::bail!(Invalid, "{}: --class needs a conditional GAN (trained with --conditional); this checkpoint is an unconditional {}", self.origin, self.kind()),
+        }
+        self.class = class;
+        Ok(())
+    }
+
+    /// The class labels of `n` images from the first: the fixed class, or i mod classes.
+    fn labels(&self, first: usize, n: usize) -> Option<Vec<f32>> {
+        let classes = self.classes()?;
+        Some((first..first + n).map(|i| self.class.unwrap_or(i % classes) as f32).collect())
+    }
+
     /// Decodes (VAE) or generates (GAN) one image per row of `z` ([n, latent]), in [0, 1].
     pub fn generate(&mut self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
         let latent = self.latent()?;
@@ -153,13 +203,23 @@ impl Loaded {
         let name = format!("infer_z_{b}");
         let mut g = Graph::new();
         let input = g.input(&name, &[b, latent]);
+        let labels = self.classes().map(|_| g.input(&format!("infer_labels_{b}"), &[b]));
         let (out, tanh) = match &self.model {
-            Model::Gan { generator, .. } => (generator.forward(&mut g, input, Mode::eval())?, true),
+            Model::Gan { generator, conditioning, .. } => {
+                let labels = conditioning.zip(labels).map(|(conditioning, labels)| Labels { conditioning, labels });
+                (dcgan::generate(&mut g, generator, input, labels, Mode::eval())?, true)
+            }
             Model::Vae(v) => (v.decode(&mut g, input)?, false),
             Model::Classifier(_) => unreachable!("latent() refuses a classifier"),
         };
         let program = Program::compile(gpu, &g, &mut self.store, &[out], &[])?;
-        let [rows] = batches(gpu, &self.store, &program, &name, [out], z, latent)?;
+        let label_rows = self.labels(0, z.len() / latent);
+        let mut inputs = vec![(name.as_str(), z, latent)];
+        let label_name = format!("infer_labels_{b}");
+        if let Some(rows) = &label_rows {
+            inputs.push((label_name.as_str(), rows, 1));
+        }
+        let [rows] = batches_of(gpu, &self.store, &program, &inputs, [out])?;
         Ok(if tanh { rows.into_iter().map(|v| (v + 1.0) / 2.0).collect() } else { rows })
     }
 
@@ -198,7 +258,7 @@ impl Loaded {
         if test.is_empty() {
             crate::bail!(Invalid, "{}: the test set {:?} is empty", self.origin, test.name);
         }
-        let (image, generator, discriminator) = match &self.model {
+        let (image, generator, discriminator, conditioning) = match &self.model {
             Model::Vae(vae) => {
                 let data = GpuData::upload(gpu, test)?;
                 let (nats, mse) = VaeEval::new(gpu, vae, &mut self.store, &data, seed)?.run(gpu, &data)?;
@@ -213,7 +273,7 @@ impl Loaded {
                 let (accuracy, loss) = accuracy(&eval.logits(gpu, &self.store, test)?, test, classifier.classes)?;
                 return Ok(Evaluation::Classifier { images: test.len(), accuracy, loss });
             }
-            Model::Gan { image, generator, discriminator } => (*image, generator, discriminator),
+            Model::Gan { image, generator, discriminator, conditioning } => (*image, generator, discriminator, *conditioning),
         };
         let (n, pixels) = (test.len(), test.image_len());
         let images = test.to_f32(-1.0, 1.0);
@@ -223,13 +283,23 @@ impl Loaded {
         for (i, start) in (0..n).step_by(BATCH).enumerate() {
             let b = BATCH.min(n - start);
             if !programs.iter().any(|p| p.0 == b) {
-                let (program, outs) = gan_eval_program(gpu, image, generator, discriminator, &mut self.store, b)?;
+                let (program, outs) = gan_eval_program(gpu, image, generator, discriminator, conditioning, &mut self.store, b)?;
                 programs.push((b, program, outs));
             }
             let (_, program, [real, fake]) = programs.iter().find(|p| p.0 == b).expect("compiled above");
             let input = |name: &str| &self.store.input_buffer(&format!("{name}_{b}")).expect("compiled").buffer;
             gpu.write(input("eval_x"), &images[start * pixels..(start + b) * pixels])?;
             gpu.write(input("eval_z"), &noise[start * LATENT..(start + b) * LATENT])?;
+            if let Some(c) = conditioning {
+                // Real images with their own labels, generated ones of class i mod classes.
+                let Some(labels) = test.labels() else { crate::bail!(Invalid, "{}: a conditional GAN is evaluated on labelled images; {:?} has none", self.origin, test.name) };
+                let real: Vec<f32> = labels[start..start + b].iter().map(|&l| l as f32).collect();
+                if let Some(bad) = real.iter().find(|&&l| l as usize >= c.classes) {
+                    crate::bail!(Invalid, "{}: {:?} has label {bad}, the model has {} classes", self.origin, test.name, c.classes);
+                }
+                gpu.write(input("eval_labels"), &real)?;
+                gpu.write(input("eval_fake_labels"), &(start..start + b).map(|i| (i % c.classes) as f32).collect::<Vec<_>>())?;
+            }
             program.set_step(gpu, i as u64)?;
             program.run(gpu)?;
             // The outputs are logits per image.
@@ -330,31 +400,44 @@ impl VaeViews {
 
 /// The GAN's evaluation graph for a batch of `b` (inputs `eval_x_{b}`, `eval_z_{b}`): the
 /// discriminator's logits on real and on generated images.
-fn gan_eval_program(gpu: &Gpu, image: ImageShape, generator: &Sequential, discriminator: &Sequential, store: &mut Store, b: usize) -> Result<(Program, [Tensor; 2])> {
+fn gan_eval_program(gpu: &Gpu, image: ImageShape, generator: &Sequential, discriminator: &Sequential, conditioning: Option<Conditioning>, store: &mut Store, b: usize) -> Result<(Program, [Tensor; 2])> {
     let mut g = Graph::new();
     let ImageShape { channels: c, size: s } = image;
     let real = g.input(&format!("eval_x_{b}"), &[b, c, s, s]);
     let z = g.input(&format!("eval_z_{b}"), &[b, LATENT]);
-    let d_real = discriminator.forward(&mut g, real, Mode::eval())?;
-    let fake = generator.forward(&mut g, z, Mode::eval())?;
-    let outs = [d_real, discriminator.forward(&mut g, fake, Mode::eval())?];
+    let mut labels = |name: &str| conditioning.map(|conditioning| Labels { conditioning, labels: g.input(&format!("{name}_{b}"), &[b]) });
+    let (real_labels, fake_labels) = (labels("eval_labels"), labels("eval_fake_labels"));
+    let d_real = dcgan::discriminate(&mut g, discriminator, real, real_labels, Mode::eval())?;
+    let fake = dcgan::generate(&mut g, generator, z, fake_labels, Mode::eval())?;
+    let outs = [d_real, dcgan::discriminate(&mut g, discriminator, fake, fake_labels, Mode::eval())?];
     Ok((Program::compile(gpu, &g, store, &outs, &[])?, outs))
 }
 
 /// Runs `program` over `rows` of `width` values fed to `input` in batches of the input's
 /// size (the last padded with zeros) and returns each output's rows for the real inputs only.
 pub(super) fn batches<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input: &str, outs: [Tensor; K], rows: &[f32], width: usize) -> Result<[Vec<f32>; K]> {
-    let input = &store.input_buffer(input).expect("compiled").buffer;
-    let b = input.len / width;
+    batches_of(gpu, store, program, &[(input, rows, width)], outs)
+}
+
+/// [`batches`] over several inputs `(name, rows, width)` holding the same number of rows
+/// (a conditional generator's z and labels).
+fn batches_of<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, inputs: &[(&str, &[f32], usize)], outs: [Tensor; K]) -> Result<[Vec<f32>; K]> {
+    let buffers: Vec<_> = inputs.iter().map(|(name, _, _)| &store.input_buffer(name).expect("compiled").buffer).collect();
+    let (_, rows, width) = inputs[0];
+    let b = buffers[0].len / width;
+    let n = rows.len() / width;
     let mut result: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
-    for chunk in rows.chunks(b * width) {
-        let mut batch = chunk.to_vec();
-        batch.resize(b * width, 0.0);
-        gpu.write(input, &batch)?;
+    for start in (0..n).step_by(b) {
+        let end = (start + b).min(n);
+        for (&(_, rows, width), buffer) in inputs.iter().zip(&buffers) {
+            let mut batch = rows[start * width..end * width].to_vec();
+            batch.resize(b * width, 0.0);
+            gpu.write(buffer, &batch)?;
+        }
         program.run(gpu)?;
         for (out, acc) in outs.iter().zip(&mut result) {
             let y = gpu.read(program.buffer(*out))?;
-            acc.extend_from_slice(&y[..y.len() / b * (chunk.len() / width)]);
+            acc.extend_from_slice(&y[..y.len() / b * (end - start)]);
         }
     }
     Ok(result)

@@ -3,7 +3,7 @@
 //! and `--resume` from the last checkpoint. On a terminal a progress bar shows the latest
 //! losses; elsewhere (servers, CI) plain lines do, for logs and scripts to read.
 
-use super::checkpoint::{capture, restore, Checkpoint};
+use super::checkpoint::{capture, capture_averages, restore, restore_averages, Checkpoint};
 use super::data::GpuData;
 use crate::gpu::{Buffer, Dispatch, Gpu, Readback};
 use crate::graph::Store;
@@ -23,6 +23,10 @@ pub trait Trainer {
     fn batch(&self) -> usize;
     fn store(&self) -> &Store;
     fn optimizers(&self) -> Vec<&Optimizer>;
+    /// Moving averages of parameter groups (`--ema`), checkpointed beside the optimizers.
+    fn averages(&self) -> Vec<&crate::optim::Ema> {
+        Vec::new()
+    }
     /// Names and buffers of the scalars logged each step (the first is the loss watched for NaN).
     fn logged(&self) -> Vec<(&'static str, Buffer)>;
     /// Factor from the logged buffers to the values shown and stored: the VAE's losses are
@@ -31,6 +35,11 @@ pub trait Trainer {
         1.0
     }
     fn step_dispatches(&self) -> Vec<&[Dispatch]>;
+    /// What training step `step` submits: [`step_dispatches`](Self::step_dispatches) unless
+    /// steps differ (a GAN with n_critic > 1 updates G on every n_critic-th step only).
+    fn step_dispatches_at(&self, _step: u64) -> Vec<&[Dispatch]> {
+        self.step_dispatches()
+    }
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()>;
     /// Writes sample images for `step` into `dir`.
     fn save_samples(&self, gpu: &Gpu, dir: &Path, step: u64) -> Result<()>;
@@ -90,6 +99,7 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
             return Err(Error::Invalid(format!("{}: a {kind} checkpoint cannot resume a {} run", ckpt_path.display(), trainer.kind())));
         }
         restore(gpu, trainer.store(), &trainer.optimizers(), &ckpt)?;
+        restore_averages(gpu, trainer.store(), &trainer.averages(), &ckpt)?;
         start = ckpt.meta_parse("step")?;
         log::info!("resumed from {} at step {start}", ckpt_path.display());
     }
@@ -126,7 +136,7 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
         }
         trainer.prepare(gpu, data, step, index)?;
         let log_now = step % opts.log_every == 0 || step + 1 == total;
-        gpu.submit("training step", &trainer.step_dispatches(), log_now.then_some((&mut ring, step)))?;
+        gpu.submit("training step", &trainer.step_dispatches_at(step), log_now.then_some((&mut ring, step)))?;
         let finished = step + 1;
         if let Some(bar) = &log.bar {
             bar.0.set_position(finished);
@@ -312,6 +322,7 @@ impl<L: log::Log> log::Log for BarAwareLogger<L> {
 fn save(gpu: &Gpu, trainer: &dyn Trainer, opts: &RunOptions, step: u64, path: &Path) -> Result<()> {
     let mut ckpt = Checkpoint::default();
     capture(gpu, trainer.store(), &trainer.optimizers(), &mut ckpt)?;
+    capture_averages(gpu, trainer.store(), &trainer.averages(), &mut ckpt)?;
     ckpt.metadata.insert("kind".into(), trainer.kind().into());
     ckpt.metadata.insert("step".into(), step.to_string());
     ckpt.metadata.insert("seed".into(), opts.seed.to_string());

@@ -22,6 +22,9 @@ pub struct VaeConfig {
     pub batch: usize,
     pub lr: f32,
     pub seed: u64,
+    /// The KL term's weight in the training objective (β-VAE; 1 is the ELBO). Evaluation
+    /// always reports the ELBO and the IWAE bound, whatever β.
+    pub beta: f32,
 }
 
 pub struct VaeTrainer {
@@ -56,12 +59,12 @@ pub fn shown_layout(available: usize) -> (usize, usize) {
 }
 
 /// The graph of one batch: the input gathered as [0, 1] pixels, the loss and its parts.
-fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64) -> Result<(Graph, [Tensor; 4])> {
+fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64, beta: f32) -> Result<(Graph, [Tensor; 4])> {
     let mut g = Graph::new();
     let pixels: usize = model.image.iter().product();
     let flat = g.input(input, &[b, pixels]);
     let x = g.reshape(flat, &model.input_shape(b))?;
-    let out = model.loss(&mut g, x, flat, seed)?;
+    let out = model.loss(&mut g, x, flat, seed, beta)?;
     Ok((g, out))
 }
 
@@ -70,6 +73,9 @@ impl VaeTrainer {
         if train.len < config.batch {
             crate::bail!(Invalid, "the training set ({} images) is smaller than one batch of {}", train.len, config.batch);
         }
+        if !(config.beta >= 0.0 && config.beta.is_finite()) {
+            crate::bail!(Invalid, "--beta must be a finite weight >= 0, got {}", config.beta);
+        }
         let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
@@ -77,7 +83,7 @@ impl VaeTrainer {
         let b = config.batch;
         let seed = config.seed ^ EPS_STREAM;
 
-        let (mut g, [loss, bce, kl, _]) = batch_graph(&model, b, "batch", seed)?;
+        let (mut g, [loss, bce, kl, _]) = batch_graph(&model, b, "batch", seed, config.beta)?;
         // The MLP's layers have no common prefix: every parameter of the graph is the model's.
         let params: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == crate::graph::Role::Param).collect();
         let grads = g.gradients(loss, &params)?;
@@ -137,7 +143,7 @@ impl VaeEval {
         let mut programs = Vec::new();
         for b in sizes {
             let input = format!("eval_x_{b}");
-            let (mut g, [loss, _, _, recon]) = batch_graph(model, b, &input, seed)?;
+            let (mut g, [loss, _, _, recon]) = batch_graph(model, b, &input, seed, 1.0)?;
             let target = g.tensors.iter().position(|t| t.name == input).map(Tensor::from_index).expect("declared");
             let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, target], "mse")?;
             let program = Program::compile(gpu, &g, store, &[loss, mse], &[])?;
@@ -245,7 +251,7 @@ impl super::run::Trainer for VaeTrainer {
         let c = &self.config;
         serde_json::json!({
             "model": "vae", "kind": format!("{:?}", c.kind).to_lowercase(), "image": c.image, "latent": c.latent,
-            "hidden": c.hidden, "batch": c.batch, "lr": c.lr, "seed": c.seed,
+            "hidden": c.hidden, "batch": c.batch, "lr": c.lr, "seed": c.seed, "beta": c.beta,
         })
         .to_string()
     }

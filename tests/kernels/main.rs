@@ -14,6 +14,7 @@ mod batchnorm;
 mod conv;
 mod data;
 mod elementwise;
+mod embedding;
 mod gpu;
 mod loss;
 mod reduce;
