@@ -228,6 +228,8 @@ enum Which {
     R1,
     GpGiven,
     GpUniform,
+    /// GP with given ε through `interpolate` and `gradient_penalty_of_logits`.
+    GpSplit,
 }
 
 /// The penalty's parameter gradients on the small D: finite differences and GPU checked in
@@ -244,6 +246,11 @@ fn penalty_gradients(which: Which, dropout: bool, values: Option<&HashMap<String
         Which::R1 => penalty::r1(&mut g, &d, real, mode).unwrap(),
         Which::GpGiven => penalty::gradient_penalty(&mut g, &d, real, fake, mode, Epsilon::Given(eps)).unwrap(),
         Which::GpUniform => penalty::gradient_penalty(&mut g, &d, real, fake, mode, Epsilon::Uniform { seed: 5 }).unwrap(),
+        Which::GpSplit => {
+            let mixed = penalty::interpolate(&mut g, real, fake, Epsilon::Given(eps)).unwrap();
+            let logits = d.forward(&mut g, mixed, mode).unwrap();
+            penalty::gradient_penalty_of_logits(&mut g, mixed, logits).unwrap()
+        }
     };
     let mut store = Store::new();
     d.register(gpu(), &mut store, "d", &mut InitRng::new(3)).unwrap();
@@ -252,7 +259,7 @@ fn penalty_gradients(which: Which, dropout: bool, values: Option<&HashMap<String
         Some(v) => vec![(real, v["real"].clone()), (fake, v["fake"].clone())],
         None => vec![(real, rand(21, n, 1.0)), (fake, rand(22, n, 1.0))],
     };
-    if which == Which::GpGiven {
+    if matches!(which, Which::GpGiven | Which::GpSplit) {
         inputs.push((eps, values.map(|v| v["eps"].clone()).unwrap_or_else(|| rand(23, batch, 1.0).iter().map(|e| e.abs()).collect())));
     }
     if let Some(v) = values {
@@ -295,7 +302,7 @@ fn fixture() -> HashMap<String, Vec<f32>> {
 #[test]
 fn r1_and_gradient_penalty_match_pytorch_create_graph() {
     let want = fixture();
-    for (which, name) in [(Which::R1, "r1"), (Which::GpGiven, "gp")] {
+    for (which, name) in [(Which::R1, "r1"), (Which::GpGiven, "gp"), (Which::GpSplit, "gp")] {
         let got = penalty_gradients(which, false, Some(&want));
         let want_loss = want[name][0] as f64;
         let loss_err = (got.loss - want_loss).abs() / want_loss.abs();

@@ -48,6 +48,15 @@ pub fn r1_of_logits(g: &mut Graph, real: Tensor, logits: Tensor) -> Result<Tenso
 /// sample. The norm is sqrt(‖∇ D(x̂)‖² + [`NORM_EPS`]).
 pub fn gradient_penalty(g: &mut Graph, d: &Sequential, real: Tensor, fake: Tensor, mode: Mode, eps: Epsilon) -> Result<Tensor> {
     refuse_batch_norm(d, "gradient_penalty")?;
+    let mixed = interpolate(g, real, fake, eps)?;
+    let logits = d.forward(g, mixed, mode)?;
+    gradient_penalty_of_logits(g, mixed, logits)
+}
+
+/// x̂ = ε·real + (1 − ε)·fake with one ε a sample: WGAN-GP's points, for a discriminator
+/// that is not a [`Sequential`] (a projection discriminator reading labels too), which the
+/// caller applies to x̂ before [`gradient_penalty_of_logits`].
+pub fn interpolate(g: &mut Graph, real: Tensor, fake: Tensor, eps: Epsilon) -> Result<Tensor> {
     let shape = g.shape(real).to_vec();
     if g.shape(fake) != shape.as_slice() || shape.is_empty() {
         bail!(Shape, "gradient_penalty: real images {:?} and fake images {:?} must have one shape [N, ...]", shape, g.shape(fake));
@@ -60,13 +69,18 @@ pub fn gradient_penalty(g: &mut Graph, d: &Sequential, real: Tensor, fake: Tenso
     };
     // x̂ = fake + ε·(real − fake), ε spread over each sample's pixels.
     let l = "gp.interpolate";
-    let eps = g.apply1(BroadcastRows { alpha: 1.0, shape: shape.clone() }, &[eps], l)?;
+    let eps = g.apply1(BroadcastRows { alpha: 1.0, shape }, &[eps], l)?;
     let minus_fake = g.apply1(Scale { alpha: -1.0 }, &[fake], l)?;
     let diff = g.apply1(Add, &[real, minus_fake], l)?;
     let step = g.apply1(Mul, &[eps, diff], l)?;
-    let mixed = g.apply1(Add, &[fake, step], l)?;
+    g.apply1(Add, &[fake, step], l)
+}
 
-    let logits = d.forward(g, mixed, mode)?;
+/// [`gradient_penalty`] from x̂ = [`interpolate`]`(..)` and the logits D(x̂) the caller built.
+/// D must not mix samples (no batch norm: its backward has no backward rule and fails naming
+/// the layer).
+pub fn gradient_penalty_of_logits(g: &mut Graph, mixed: Tensor, logits: Tensor) -> Result<Tensor> {
+    let batch = g.shape(mixed).first().copied().unwrap_or(0);
     let squared = squared_input_gradient_norms(g, mixed, logits, "gp")?;
     let norm = g.apply1(Sqrt { eps: NORM_EPS }, &[squared], "gp")?;
     let minus_one = g.apply1(Fill { value: -1.0, shape: vec![batch] }, &[], "gp")?;
