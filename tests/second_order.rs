@@ -501,3 +501,44 @@ fn sqrt_kernels_match_the_reference_past_65535_workgroups() {
         assert!(err_y <= 1e-6 && err_dx <= 1e-6, "sqrt n={n}: y {err_y:.3e}, dx {err_dx:.3e}");
     }
 }
+
+#[test]
+fn penalties_of_a_projection_discriminator_match_finite_differences() {
+    // dcgan::discriminate's projection head (linear(φ(x)) + ⟨embed(y), φ(x)⟩) on the small D,
+    // through r1_of_logits and interpolate + gradient_penalty_of_logits.
+    use kiln::models::dcgan::{self, Conditioning, Labels};
+    for gp in [false, true] {
+        let d = small_d(true);
+        let classes = 3;
+        let conditioning = Conditioning { classes };
+        let mut g = Graph::new();
+        let batch = 3;
+        let real = g.input("real", &[batch, 1, 12, 12]);
+        let fake = g.input("fake", &[batch, 1, 12, 12]);
+        let labels = g.input("labels", &[batch]);
+        let mode = Mode::train(4);
+        let conditional = Some(Labels { conditioning, labels });
+        let loss = if gp {
+            let mixed = penalty::interpolate(&mut g, real, fake, Epsilon::Uniform { seed: 8 }).unwrap();
+            let logits = dcgan::discriminate(&mut g, &d, mixed, conditional, mode).unwrap();
+            penalty::gradient_penalty_of_logits(&mut g, mixed, logits).unwrap()
+        } else {
+            let logits = dcgan::discriminate(&mut g, &d, real, conditional, mode).unwrap();
+            penalty::r1_of_logits(&mut g, real, logits).unwrap()
+        };
+        let (mut params, states) = d.init(&mut InitRng::new(6));
+        let n = 36 * classes;
+        params.push(nn::Init { name: dcgan::D_EMBED.into(), shape: vec![classes, 36], values: rand(9, n, 0.5) });
+        let mut store = Store::new();
+        nn::register(gpu(), &mut store, "d", params, states).unwrap();
+        let n = batch * 144;
+        let mut inputs = vec![(real, rand(31, n, 1.0)), (labels, vec![2.0, 0.0, 2.0])];
+        if gp {
+            inputs.push((fake, rand(32, n, 1.0)));
+        }
+        let params = d.params(&g);
+        assert!(params.iter().any(|&p| g.info(p).name == dcgan::D_EMBED));
+        eprintln!("{}", if gp { "GP" } else { "R1" });
+        check_gradients(&mut g, &mut store, loss, &params, &inputs);
+    }
+}
