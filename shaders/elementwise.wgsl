@@ -1,4 +1,4 @@
-// Elementwise arithmetic. Their backward passes are these same kernels:
+// Elementwise arithmetic. Their backward passes are these same kernels (square_root has its own):
 // d(a+b) = (dy, dy), d(a*b) = (dy*b, dy*a), d(alpha*x) = alpha*dy; and broadcast_rows is the
 // backward of a row sum.
 
@@ -65,4 +65,21 @@ fn broadcast_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     y[i] = p.alpha * a[i / p.cols];
+}
+
+// y = sqrt(a + alpha): alpha is a small eps that keeps the gradient finite at a = 0 (a
+// gradient norm that vanishes, in WGAN-GP).
+@compute @workgroup_size(WG)
+fn square_root(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    y[i] = sqrt(a[i] + p.alpha);
+}
+
+// dx = 0.5 * dy / y, from square_root's output a = y and the upstream gradient b = dy.
+@compute @workgroup_size(WG)
+fn square_root_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    y[i] = 0.5 * b[i] / a[i];
 }

@@ -11,6 +11,12 @@ impl Graph {
     /// gradients (None where `p` does not reach the loss). `loss` must hold one element.
     /// Only the nodes between `wrt` and `loss` are differentiated: parameters not in `wrt`
     /// (the discriminator during the generator's update) get no gradient computed.
+    ///
+    /// The graph may already hold backward passes, and `loss` may depend on their gradients
+    /// (R1, WGAN-GP: `torch.autograd.grad(..., create_graph=True)`): the gradient ops have
+    /// backward rules of their own, so this differentiates them again. Those without one
+    /// (batch norm's, pooling's, cross_entropy's, probability BCE's and kl_normal's gradients)
+    /// fail naming the layer.
     pub fn backward(&mut self, loss: Tensor, wrt: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         if self.info(loss).numel() != 1 {
             return Err(Error::Shape(format!(

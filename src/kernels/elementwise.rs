@@ -1,4 +1,4 @@
-//! shaders/elementwise.wgsl: add, mul, scale, axpy, fill over flat arrays.
+//! shaders/elementwise.wgsl: add, mul, scale, axpy, fill, broadcast_rows, square_root over flat arrays.
 
 use super::check_len;
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
@@ -68,4 +68,14 @@ pub fn broadcast_rows(gpu: &Gpu, alpha: f32, a: &Buffer, y: &Buffer, rows: usize
         crate::bail!(Shape, "elementwise.broadcast_rows: rows of length 0");
     }
     launch_rows(gpu, "broadcast_rows", alpha, Some(a), None, y, rows * cols, cols, 1)
+}
+
+/// y = sqrt(a + eps)
+pub fn sqrt(gpu: &Gpu, eps: f32, a: &Buffer, y: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "square_root", eps, Some(a), None, y, n, 2)
+}
+
+/// dx = 0.5 · dy / y from sqrt's output y.
+pub fn sqrt_backward(gpu: &Gpu, y: &Buffer, dy: &Buffer, dx: &Buffer, n: usize) -> Result<Dispatch> {
+    launch(gpu, "square_root_backward", 0.0, Some(y), Some(dy), dx, n, 2)
 }

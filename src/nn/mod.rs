@@ -5,6 +5,7 @@
 pub mod augment;
 mod init;
 mod layers;
+pub mod penalty;
 
 pub use init::InitRng;
 pub use layers::{spectral_names, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, Layer, Linear, Reshape};

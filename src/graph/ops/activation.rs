@@ -1,4 +1,5 @@
 use crate::gpu::{Dispatch, Gpu};
+use super::{Add, Fill, Mul, Scale};
 use crate::graph::{Graph, HostValue, NodeView, Op, OpIo, Tensor};
 use crate::kernels::activation as k;
 use crate::reference::activation as r;
@@ -93,7 +94,32 @@ impl Op for ActivationGrad {
         };
         vec![(x[0].0.clone(), dx)]
     }
-    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        crate::bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    /// dx = dy · act'(saved) is linear in dy, so d/d(dy) is this op again on the incoming
+    /// gradient. relu and leaky_relu have act' piecewise constant in x: no gradient to the
+    /// saved input (zero almost everywhere). tanh (act' = 1 − y²) and sigmoid (act' =
+    /// y(1 − y)) also send dy · incoming · d act'/dy to their output y.
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let incoming = dys[0].expect("called with a gradient");
+        let (saved, dy, l) = (n.inputs[0], n.inputs[1], &n.layer);
+        let d_dy = if needs[1] { Some(g.apply1(ActivationGrad(self.0), &[saved, incoming], l)?) } else { None };
+        let d_saved = match self.0 {
+            _ if !needs[0] => None,
+            Act::Relu | Act::LeakyRelu(_) => None,
+            Act::Tanh => {
+                // d/dy [dy (1 − y²)] = −2 y dy
+                let prod = g.apply1(Mul, &[dy, incoming], l)?;
+                let prod = g.apply1(Mul, &[prod, saved], l)?;
+                Some(g.apply1(Scale { alpha: -2.0 }, &[prod], l)?)
+            }
+            Act::Sigmoid => {
+                // d/dy [dy y (1 − y)] = dy (1 − 2y)
+                let one = g.apply1(Fill { value: 1.0, shape: g.shape(saved).to_vec() }, &[], l)?;
+                let minus_2y = g.apply1(Scale { alpha: -2.0 }, &[saved], l)?;
+                let slope = g.apply1(Add, &[one, minus_2y], l)?;
+                let prod = g.apply1(Mul, &[dy, incoming], l)?;
+                Some(g.apply1(Mul, &[prod, slope], l)?)
+            }
+        };
+        Ok(vec![d_saved, d_dy])
     }
 }

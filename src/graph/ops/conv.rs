@@ -212,7 +212,58 @@ impl Op for ConvGrad {
         };
         vec![(shape, v)]
     }
-    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        crate::bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    /// The forward y = f(x, w) is bilinear, and its gradients are its adjoints:
+    /// ⟨G, Input(dy, w)⟩ = ⟨f(G, w), dy⟩ and ⟨G, Weight(x, dy)⟩ = ⟨f(x, G), dy⟩. So with G the
+    /// incoming gradient, Input(dy, w) sends f(G, w) to dy and Weight(G, dy) to w;
+    /// Weight(x, dy) sends f(x, G) to dy and Input(dy, G) to x; Bias(dy) sends G spread over
+    /// every pixel to dy. The same geometry serves both convolutions: stride, padding and
+    /// output padding carry over because dy and x keep the forward's shapes.
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let incoming = dys[0].expect("called with a gradient");
+        let (geometry, l) = (self.geometry, &n.layer);
+        let mut out = vec![None; n.inputs.len()];
+        match self.of {
+            Of::Input => {
+                let (dy, w) = (n.inputs[0], n.inputs[1]);
+                if needs[0] {
+                    out[0] = Some(forward(geometry, g, incoming, w, l)?);
+                }
+                if needs[1] {
+                    out[1] = Some(g.apply1(ConvGrad { geometry, of: Of::Weight }, &[incoming, dy], l)?);
+                }
+            }
+            Of::Weight => {
+                let (x, dy) = (n.inputs[0], n.inputs[1]);
+                if needs[0] {
+                    out[0] = Some(g.apply1(ConvGrad { geometry, of: Of::Input }, &[dy, incoming], l)?);
+                }
+                if needs[1] {
+                    out[1] = Some(forward(geometry, g, x, incoming, l)?);
+                }
+            }
+            Of::Bias => {
+                if needs[0] {
+                    // dy[n, c, h, w] = G[c]: each channel's value over its pixels, then the
+                    // [C, H·W] block repeated for every sample.
+                    let dy_shape = g.shape(n.inputs[0]).to_vec();
+                    let (batch, c, pixels) = (dy_shape[0], dy_shape[1], dy_shape[2] * dy_shape[3]);
+                    let per_channel = g.apply1(super::BroadcastRows { alpha: 1.0, shape: vec![c, pixels] }, &[incoming], l)?;
+                    let tiled = super::repeat_rows(g, per_channel, batch, l)?;
+                    out[0] = Some(g.reshape(tiled, &dy_shape)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The forward convolution of `geometry` (no bias) applied to (x, w).
+fn forward(geometry: Geometry, g: &mut Graph, x: Tensor, w: Tensor, layer: &str) -> Result<Tensor> {
+    match geometry {
+        Geometry::Conv(s) => g.apply1(Conv2d { stride: s.stride, padding: s.padding, dilation: s.dilation }, &[x, w], layer),
+        Geometry::Transpose(s) => {
+            let op = ConvTranspose2d { stride: s.stride, padding: s.padding, output_padding: s.output_padding, dilation: s.dilation };
+            g.apply1(op, &[x, w], layer)
+        }
     }
 }

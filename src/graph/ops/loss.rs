@@ -131,8 +131,58 @@ impl Op for LossGrad {
             }
         }
     }
-    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    /// mse (da = 2c(a − b)·dy) and BCE with logits (da = c(σ(a) − b)·dy), with c = 1/n for
+    /// the mean and 1 otherwise, are linear in dy and b, so with G the incoming gradient and
+    /// dy spread over a's shape: d(dy) = reduce_c(LossGrad(none)(a, b, G)), d(b) = −c·G·dy;
+    /// d(a) = 2c·G·dy for mse and c·G·dy·σ'(a) for BCE with logits. binary_cross_entropy on
+    /// probabilities and kl_normal are refused.
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let none = match self.0 {
+            LossKind::Mse(_) => LossKind::Mse(Reduction::None),
+            LossKind::BceWithLogits(_) => LossKind::BceWithLogits(Reduction::None),
+            LossKind::Bce(_) | LossKind::KlNormal => {
+                bail!(Invalid, "{} {:?}: second derivatives of {:?} are not supported", self.name(), n.layer, self.0)
+            }
+        };
+        let incoming = dys[0].expect("called with a gradient");
+        let (a, b, dy, l) = (n.inputs[0], n.inputs[1], n.inputs[2], &n.layer);
+        let shape = g.shape(a).to_vec();
+        let red = self.0.reduction();
+        let c = if red == Reduction::Mean { 1.0 / n_of(&shape) as f32 } else { 1.0 };
+        // c·dy over a's shape (dy is a scalar unless the reduction is none).
+        let scaled_dy = match red {
+            Reduction::None => g.apply1(super::Scale { alpha: c }, &[dy], l)?,
+            Reduction::Mean | Reduction::Sum => g.apply1(super::BroadcastRows { alpha: c, shape: shape.clone() }, &[dy], l)?,
+        };
+        let mut out = vec![None, None, None];
+        if needs[0] || needs[1] {
+            let g_dy = g.apply1(super::Mul, &[incoming, scaled_dy], l)?;
+            if needs[0] {
+                out[0] = Some(match self.0 {
+                    LossKind::Mse(_) => g.apply1(super::Scale { alpha: 2.0 }, &[g_dy], l)?,
+                    _ => {
+                        let p = g.apply1(super::Activation(super::Act::Sigmoid), &[a], l)?;
+                        g.apply1(super::ActivationGrad(super::Act::Sigmoid), &[p, g_dy], l)?
+                    }
+                });
+            }
+            if needs[1] {
+                let alpha = if matches!(self.0, LossKind::Mse(_)) { -2.0 } else { -1.0 };
+                out[1] = Some(g.apply1(super::Scale { alpha }, &[g_dy], l)?);
+            }
+        }
+        if needs[2] {
+            let per_element = g.apply1(LossGrad(none), &[a, b, incoming], l)?;
+            out[2] = Some(match red {
+                Reduction::None => per_element,
+                Reduction::Mean | Reduction::Sum => {
+                    let total = g.apply1(super::Sum { all: true, mean: false }, &[per_element], l)?;
+                    let total = g.apply1(super::Scale { alpha: c }, &[total], l)?;
+                    g.reshape(total, &g.shape(dy).to_vec())?
+                }
+            });
+        }
+        Ok(out)
     }
 }
 

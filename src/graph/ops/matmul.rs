@@ -180,7 +180,44 @@ impl Op for LinearGrad {
         };
         vec![(shape, y)]
     }
-    fn backward(&self, _: &mut Graph, n: &NodeView, _: &[Option<Tensor>], _: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        crate::bail!(Invalid, "{}: second derivatives are not supported", n.layer)
+    /// Each gradient is linear in each input, so its gradients are the forward and the other
+    /// gradients with roles swapped (G is the incoming gradient, shaped like the output):
+    /// dX = dY·W gives d(dY) = G·Wᵀ = linear(G, W) and dW = dYᵀ·G; dW = dYᵀ·X gives
+    /// d(dY) = X·Gᵀ = linear(X, G) and dX = dY·G; db = Σ_rows dY gives d(dY) = G on every row.
+    fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let incoming = dys[0].expect("called with a gradient");
+        let l = &n.layer;
+        let dy = n.inputs[0];
+        let dy_shape = g.shape(dy).to_vec();
+        let mut out = vec![None; n.inputs.len()];
+        match self {
+            LinearGrad::Input { .. } => {
+                let w = n.inputs[1];
+                if needs[0] {
+                    out[0] = Some(g.apply1(Linear, &[incoming, w], l)?);
+                }
+                if needs[1] {
+                    out[1] = Some(g.apply1(LinearGrad::Weight, &[dy, incoming], l)?);
+                }
+            }
+            LinearGrad::Weight => {
+                let x = n.inputs[1];
+                if needs[0] {
+                    out[0] = Some(g.apply1(Linear, &[x, incoming], l)?);
+                }
+                if needs[1] {
+                    let x_shape = g.shape(x).to_vec();
+                    out[1] = Some(g.apply1(LinearGrad::Input { x_shape }, &[dy, incoming], l)?);
+                }
+            }
+            LinearGrad::Bias => {
+                if needs[0] {
+                    let rows = dy_shape.iter().product::<usize>() / dy_shape.last().copied().unwrap_or(1).max(1);
+                    let tiled = super::repeat_rows(g, incoming, rows, l)?;
+                    out[0] = Some(g.reshape(tiled, &dy_shape)?);
+                }
+            }
+        }
+        Ok(out)
     }
 }

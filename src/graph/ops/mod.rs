@@ -19,12 +19,12 @@ pub use augment::{AugmentColor, AugmentShift};
 pub use batchnorm::{BatchNorm, BatchNormGrad};
 pub use conv::{Conv2d, ConvGrad, ConvTranspose2d, Geometry};
 pub use embedding::{Embedding, EmbeddingGrad};
-pub use elementwise::{Add, Fill, Mul, Reshape, Scale};
+pub use elementwise::{Add, Fill, Mul, Reshape, Scale, Sqrt, SqrtGrad};
 pub use loss::{CrossEntropy, CrossEntropyGrad, Loss, LossGrad, LossKind};
 pub use matmul::{Linear, LinearGrad, Matmul};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolGrad};
 pub use random::{Dropout, DropoutGrad, RandomFill, Reparameterize, ReparameterizeGrad};
-pub use reduce::{BroadcastRows, Sum};
+pub use reduce::{repeat_rows, BroadcastRows, Sum};
 pub use spectral::{SpectralNorm, SpectralNormGrad};
 /// The reduction of a [`Loss`], re-exported so that graph code needs no `kernels` import.
 pub use crate::kernels::loss::Reduction;

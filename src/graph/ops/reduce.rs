@@ -101,3 +101,15 @@ impl Op for BroadcastRows {
         Ok(vec![Some(g.apply1(super::Scale { alpha: self.alpha }, &[dsum], &n.layer)?)])
     }
 }
+
+/// `rows` copies of `x` stacked on a new leading axis: `[rows, ..x's shape]`. The gradient of
+/// a sum over rows (a linear or convolution bias gradient), built as ones[rows, 1]·x[1, n]
+/// so that it differentiates as a matmul does.
+pub fn repeat_rows(g: &mut Graph, x: Tensor, rows: usize, layer: &str) -> Result<Tensor> {
+    let shape = g.shape(x).to_vec();
+    let n: usize = shape.iter().product();
+    let ones = g.apply1(super::Fill { value: 1.0, shape: vec![rows, 1] }, &[], layer)?;
+    let flat = g.reshape(x, &[1, n])?;
+    let tiled = g.apply1(super::Matmul::default(), &[ones, flat], layer)?;
+    g.reshape(tiled, &[&[rows][..], &shape].concat())
+}
