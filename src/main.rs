@@ -237,6 +237,20 @@ struct TrainArgs {
     /// iteration per step) of every Linear and conv layer of d, g, both or none
     #[arg(long, default_value = "none")]
     spectral_norm: String,
+    /// GAN: WGAN-GP's gradient-penalty weight λ (--loss wgan-gp)
+    #[arg(long, default_value_t = 10.0)]
+    gp_lambda: f32,
+    /// GAN: the R1 penalty γ/2·E‖∇D(x)‖² on real images, with this γ
+    #[arg(long)]
+    r1: Option<f32>,
+    /// GAN: R1 every K steps as StyleGAN2's lazy regularization (a separate D update with
+    /// the penalty scaled by K); 1 adds it to every D loss
+    #[arg(long, default_value_t = 16)]
+    r1_every: u64,
+    /// GAN: DiffAugment policies applied to every image D sees, real and generated, e.g.
+    /// translation,cutout,color
+    #[arg(long)]
+    augment: Option<String>,
     /// GAN: class-conditional (an embedding into G, a projection discriminator), on labelled
     /// data: IDX label files or one sub-folder per class
     #[arg(long)]
@@ -550,6 +564,9 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
                 betas: args.betas.as_ref().map(|b| (b[0], b[1])),
                 ema: args.ema,
                 spectral_norm: kiln::models::dcgan::SpectralNorm::parse(&args.spectral_norm)?,
+                gp_lambda: args.gp_lambda,
+                r1: args.r1.map(|gamma| (gamma, args.r1_every)),
+                augment: kiln::nn::augment::parse_policy(args.augment.as_deref().unwrap_or(""))?,
                 conditional: match (args.conditional, splits.train.num_classes()) {
                     (false, _) => None,
                     (true, Some(classes)) => Some(kiln::models::dcgan::Conditioning { classes }),

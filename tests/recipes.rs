@@ -189,6 +189,9 @@ fn gan_run(out: &Path, steps: u64, resume: bool) -> Checkpoint {
     let config = GanConfig {
         conditional: Some(Conditioning { classes: 10 }),
         spectral_norm: SpectralNorm { discriminator: true, generator: true },
+        augment: kiln::nn::augment::parse_policy("translation,cutout,color").unwrap(),
+        // Lazy R1 on steps 0, 3, 6, …: the resumed run starts mid-cycle at 33.
+        r1: Some((1.0, 3)),
         ..gan_config(GanLoss::Hinge, 2, Some(0.9))
     };
     let gan = Gan::new(gpu, config, &train).unwrap();
@@ -216,9 +219,9 @@ fn a_resumed_gan_with_every_recipe_option_equals_an_uninterrupted_run_bit_for_bi
     for key in ["generator.step", "discriminator.step"] {
         assert_eq!(whole.meta(key).unwrap(), resumed.meta(key).unwrap(), "{key}");
     }
-    // G was updated on 35 of the 70 steps, D on all.
+    // G was updated on 35 of the 70 steps; D on all, and again for R1 on 24 (0, 3, …, 69).
     assert!(whole.meta("generator.step").unwrap().starts_with("35 "), "{}", whole.meta("generator.step").unwrap());
-    assert!(whole.meta("discriminator.step").unwrap().starts_with("70 "), "{}", whole.meta("discriminator.step").unwrap());
+    assert!(whole.meta("discriminator.step").unwrap().starts_with("94 "), "{}", whole.meta("discriminator.step").unwrap());
 
     // Sampling uses the average by default and the live weights with --no-ema.
     let gpu = gpu();
@@ -370,4 +373,40 @@ fn a_conditional_gan_trains_its_embeddings_and_samples_by_class() {
     let err = plain_model.set_class(Some(0)).unwrap_err().to_string();
     assert!(err.contains("--class") && err.contains("unconditional"), "{err}");
     std::fs::remove_dir_all(&plain_out).unwrap();
+}
+
+#[test]
+fn wgan_gp_and_r1_train_with_finite_logged_penalties() {
+    let gpu = gpu();
+    let splits = small_digits();
+    let train = GpuData::upload(gpu, &splits.train).unwrap();
+    for (name, config) in [
+        ("gp", GanConfig { betas: Some((0.0, 0.9)), ..gan_config(GanLoss::WganGp, 2, None) }),
+        ("r1", GanConfig { r1: Some((10.0, 1)), ..gan_config(GanLoss::Bce, 1, None) }),
+    ] {
+        let gan = Gan::new(gpu, config, &train).unwrap();
+        let out = out_dir(&format!("penalty-{name}"));
+        run(gpu, &gan, &train, &options(&out, 4)).unwrap();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        for l in &lines {
+            let penalty = l[name].as_f64().unwrap_or_else(|| panic!("{name} logged in {l}"));
+            assert!(penalty.is_finite() && penalty > 0.0, "{name} = {penalty}");
+            assert!(l["d_loss"].as_f64().unwrap().is_finite());
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn penalties_without_their_prerequisites_are_clear_errors() {
+    let err = GanConfig { gp_lambda: 0.0, ..gan_config(GanLoss::WganGp, 5, None) }.validate().unwrap_err().to_string();
+    assert!(err.contains("wgan-gp") && err.contains("--gp-lambda"), "{err}");
+    let err = GanConfig { recipe: Recipe::Seed, r1: Some((10.0, 16)), ..GanConfig::default() }.validate().unwrap_err().to_string();
+    assert!(err.contains("R1") && err.contains("--recipe paper"), "{err}");
+    let err = GanConfig { r1: Some((10.0, 0)), ..GanConfig::default() }.validate().unwrap_err().to_string();
+    assert!(err.contains("--r1-every"), "{err}");
+    let err = kiln::nn::augment::parse_policy("translation,zoom").unwrap_err().to_string();
+    assert!(err.contains("zoom") && err.contains("cutout"), "{err}");
 }

@@ -10,6 +10,7 @@ use crate::graph::ops::{Act, Activation, Add, Fill, Loss, LossKind, RandomFill, 
 use crate::graph::{Graph, Program, Store, Tensor};
 use crate::kernels::loss::Reduction;
 use crate::models::dcgan::{self, Conditioning, ImageShape, Labels, SpectralNorm, LATENT};
+use crate::nn::augment::Policy;
 use crate::nn::{self, InitRng, Mode, Sequential};
 use crate::optim::{Adam, Config, Ema, Optimizer};
 use crate::Result;
@@ -88,6 +89,14 @@ pub struct GanConfig {
     pub conditional: Option<Conditioning>,
     /// Spectral normalization of D's and/or G's layers (`--spectral-norm`).
     pub spectral_norm: SpectralNorm,
+    /// WGAN-GP's penalty weight λ (`--gp-lambda`; `--loss wgan-gp` only).
+    pub gp_lambda: f32,
+    /// The R1 penalty γ/2·E‖∇ₓD(x)‖² on real images (`--r1 GAMMA`), and how often it runs
+    /// (`--r1-every K`: StyleGAN2's lazy regularization, a separate D update with the penalty
+    /// scaled by K on every K-th step; 1 adds it to every D loss).
+    pub r1: Option<(f32, u64)>,
+    /// DiffAugment policies applied to every image D sees (`--augment`), real and fake.
+    pub augment: Vec<Policy>,
 }
 
 impl Default for GanConfig {
@@ -107,6 +116,9 @@ impl Default for GanConfig {
             ema: None,
             conditional: None,
             spectral_norm: SpectralNorm::default(),
+            gp_lambda: 10.0,
+            r1: None,
+            augment: Vec::new(),
         }
     }
 }
@@ -137,6 +149,17 @@ impl GanConfig {
                 self.n_critic
             );
         }
+        if self.loss == GanLoss::WganGp && !(self.gp_lambda > 0.0 && self.gp_lambda.is_finite()) {
+            crate::bail!(Invalid, "--loss wgan-gp needs its gradient penalty: --gp-lambda must be > 0 (Gulrajani et al. use 10), got {}", self.gp_lambda);
+        }
+        if let Some((gamma, every)) = self.r1 {
+            if !(gamma > 0.0 && gamma.is_finite()) || every == 0 {
+                crate::bail!(Invalid, "--r1 needs a weight γ > 0 and --r1-every ≥ 1, got γ = {gamma}, every {every}");
+            }
+        }
+        if (self.r1.is_some() || self.loss == GanLoss::WganGp) && self.recipe == Recipe::Seed {
+            crate::bail!(Invalid, "--recipe seed is the tutorial exactly; R1 and WGAN-GP need --recipe paper");
+        }
         if self.real_label != 1.0 && matches!(self.loss, GanLoss::Hinge | GanLoss::WganGp) {
             crate::bail!(Invalid, "--real-label smooths BCE and least-squares targets; --loss {} has no target to smooth", self.loss.name());
         }
@@ -158,8 +181,12 @@ pub struct Gan {
     pub opt_g: Optimizer,
     /// The generator's moving average, updated after G's Adam.
     pub ema: Option<Ema>,
-    /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit.
+    /// Scalars read back for logging: d_loss, g_loss, mean D(real) logit, mean D(fake) logit,
+    /// and the penalty where there is one (`logged_names`).
     pub logged: Vec<crate::gpu::Buffer>,
+    logged_names: Vec<&'static str>,
+    /// Lazy R1: every so many steps, this program (D's R1 gradient) and another D update.
+    lazy_r1: Option<(u64, Program)>,
     sampler: Program,
     sample_images: Tensor,
 }
@@ -170,6 +197,11 @@ pub const NOISE: u64 = 1;
 pub const DROPOUT_REAL: u64 = 2;
 pub const DROPOUT_FAKE: u64 = 3;
 pub const DROPOUT_G_STEP: u64 = 4;
+pub const DROPOUT_PENALTY: u64 = 5;
+pub const GP_EPSILON: u64 = 6;
+pub const AUGMENT_REAL: u64 = 7;
+pub const AUGMENT_FAKE: u64 = 8;
+pub const AUGMENT_G_STEP: u64 = 9;
 
 pub const SAMPLES: usize = 64;
 
@@ -240,9 +272,6 @@ impl Losses {
 impl Gan {
     pub fn new(gpu: &Gpu, config: GanConfig, data: &GpuData) -> Result<Gan> {
         config.validate()?;
-        if config.loss == GanLoss::WganGp {
-            crate::bail!(Invalid, "--loss wgan-gp: the gradient penalty is not built yet");
-        }
         let (generator, discriminator) = config.spectral_norm.networks(config.image)?;
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
@@ -278,11 +307,34 @@ impl Gan {
         let labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("labels", &[b]) });
         let z = g.apply1(noise, &[], "noise")?;
         let fake = dcgan::generate(&mut g, &generator, z, labels, Mode::train(0))?;
-        let d_real = dcgan::discriminate(&mut g, &discriminator, real, labels, Mode::train(seed ^ DROPOUT_REAL))?;
+        // What D sees: the images through DiffAugment, a stream per pass.
+        let policy = config.augment.clone();
+        let augment = move |g: &mut Graph, x: Tensor, stream: u64| -> Result<Tensor> {
+            if policy.is_empty() { Ok(x) } else { nn::augment::diff_augment(g, x, &policy, seed ^ stream) }
+        };
+        let real_seen = augment(&mut g, real, AUGMENT_REAL)?;
+        let fake_seen = augment(&mut g, fake, AUGMENT_FAKE)?;
+        let d_real = dcgan::discriminate(&mut g, &discriminator, real_seen, labels, Mode::train(seed ^ DROPOUT_REAL))?;
         // Spectral norm's power iteration runs in D's first pass of a step only.
         let again = |seed| Mode { power_iteration: false, ..Mode::train(seed) };
-        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, again(seed ^ DROPOUT_FAKE))?;
-        let d_loss = losses.discriminator(&mut g, d_real, d_fake)?;
+        let d_fake = dcgan::discriminate(&mut g, &discriminator, fake_seen, labels, again(seed ^ DROPOUT_FAKE))?;
+        let mut d_loss = losses.discriminator(&mut g, d_real, d_fake)?;
+        // The penalty logged beside the losses: WGAN-GP's, or R1's when it runs every step.
+        let mut penalty = None;
+        if config.loss == GanLoss::WganGp {
+            let mixed = nn::penalty::interpolate(&mut g, real_seen, fake_seen, nn::penalty::Epsilon::Uniform { seed: seed ^ GP_EPSILON })?;
+            let logits = dcgan::discriminate(&mut g, &discriminator, mixed, labels, again(seed ^ DROPOUT_PENALTY))?;
+            let gp = nn::penalty::gradient_penalty_of_logits(&mut g, mixed, logits)?;
+            let weighted = g.apply1(Scale { alpha: config.gp_lambda }, &[gp], "gp")?;
+            d_loss = g.apply1(Add, &[d_loss, weighted], "d_loss")?;
+            penalty = Some(("gp", gp));
+        }
+        if let Some((gamma, 1)) = config.r1 {
+            let r1 = nn::penalty::r1_of_logits(&mut g, real_seen, d_real)?;
+            let weighted = g.apply1(Scale { alpha: gamma / 2.0 }, &[r1], "r1")?;
+            d_loss = g.apply1(Add, &[d_loss, weighted], "d_loss")?;
+            penalty = Some(("r1", r1));
+        }
         let (m_real, m_fake) = (mean_logit(&mut g, d_real)?, mean_logit(&mut g, d_fake)?);
         let d_params = discriminator.params(&g);
         let mut grads = g.gradients(d_loss, &d_params)?;
@@ -293,14 +345,39 @@ impl Gan {
             // G's half: the same G(z) through D once D's update has run.
             Recipe::Paper => {
                 let split = g.nodes.len();
-                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake, labels, again(seed ^ DROPOUT_G_STEP))?;
+                let fake_seen = augment(&mut g, fake, AUGMENT_G_STEP)?;
+                let d_fake = dcgan::discriminate(&mut g, &discriminator, fake_seen, labels, again(seed ^ DROPOUT_G_STEP))?;
                 (losses.generator(&mut g, d_fake)?, Some(split))
             }
         };
         let g_params = generator.params(&g);
         grads.extend(g.gradients(g_loss, &g_params)?);
-        let program = Program::compile(gpu, &g, &mut store, &[d_loss, g_loss, m_real, m_fake], &grads)?;
-        let logged = [d_loss, g_loss, m_real, m_fake].iter().map(|&t| program.buffer(t).clone()).collect();
+        let mut outputs = vec![d_loss, g_loss, m_real, m_fake];
+        outputs.extend(penalty.map(|(_, t)| t));
+        let program = Program::compile(gpu, &g, &mut store, &outputs, &grads)?;
+        let mut logged: Vec<_> = outputs.iter().map(|&t| program.buffer(t).clone()).collect();
+        let mut logged_names = vec!["d_loss", "g_loss", "d_real", "d_fake"];
+        logged_names.extend(penalty.map(|(name, _)| name));
+
+        // Lazy R1 (StyleGAN2): every K-th step a D update on γ/2·K·R1 alone, after the step.
+        let lazy_r1 = match config.r1 {
+            Some((gamma, every)) if every > 1 => {
+                let mut g = Graph::new();
+                let real = g.input("real", &[b, c, s, s]);
+                let labels = config.conditional.map(|conditioning| Labels { conditioning, labels: g.input("labels", &[b]) });
+                let real_seen = augment(&mut g, real, AUGMENT_REAL)?;
+                let d_real = dcgan::discriminate(&mut g, &discriminator, real_seen, labels, again(seed ^ DROPOUT_REAL))?;
+                let r1 = nn::penalty::r1_of_logits(&mut g, real_seen, d_real)?;
+                let loss = g.apply1(Scale { alpha: gamma / 2.0 * every as f32 }, &[r1], "r1")?;
+                let d_params = discriminator.params(&g);
+                let grads = g.gradients(loss, &d_params)?;
+                let program = Program::compile(gpu, &g, &mut store, &[r1], &grads)?;
+                logged.push(program.buffer(r1).clone());
+                logged_names.push("r1");
+                Some((every, program))
+            }
+            _ => None,
+        };
 
         // Samples from fixed noise. Batch norm normalises by the 64 samples' own statistics,
         // as PyTorch's DCGAN tutorial samples: the running averages (Keras' momentum 0.01) need
@@ -319,7 +396,7 @@ impl Gan {
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
         let ema = config.ema.map(|decay| Ema::new(gpu, &store, &opt_g, decay)).transpose()?;
-        Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, ema, logged, sampler, sample_images })
+        Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, ema, logged, logged_names, lazy_r1, sampler, sample_images })
     }
 
     /// Bytes of the step's pooled intermediates, planned and naive.
@@ -343,16 +420,21 @@ impl Gan {
         list
     }
 
-    /// Training step `step`: with n_critic > 1, D alone except on every n_critic-th step.
+    /// Training step `step`: with n_critic > 1, D alone except on every n_critic-th step;
+    /// with lazy R1, its extra D update on every K-th step (steps 0, K, 2K, …).
     pub fn step_dispatches_at(&self, step: u64) -> Vec<&[Dispatch]> {
         let n = self.config.n_critic as u64;
-        match self.d_update_before {
+        let mut list = match self.d_update_before {
             Some(node) if step % n != n - 1 => {
                 let (d_half, _) = self.program.split_at_node(node);
                 vec![&self.gather[..], d_half, &self.opt_d.dispatches]
             }
             _ => self.step_dispatches(),
+        };
+        if let Some((_, program)) = self.lazy_r1.as_ref().filter(|(every, _)| step % every == 0) {
+            list.extend([&program.dispatches[..], &self.opt_d.dispatches[..]]);
         }
+        list
     }
 
     /// Runs `f` with the generator's moving average in place of its weights (the live
@@ -372,6 +454,9 @@ impl Gan {
     pub fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
         for gather in &self.gather {
             data.select(gpu, gather, self.config.batch, batch_index);
+        }
+        if let Some((_, program)) = &self.lazy_r1 {
+            program.set_step(gpu, step)?;
         }
         self.program.set_step(gpu, step)
     }
@@ -440,7 +525,7 @@ impl super::run::Trainer for Gan {
         self.ema.iter().collect()
     }
     fn logged(&self) -> Vec<(&'static str, crate::gpu::Buffer)> {
-        ["d_loss", "g_loss", "d_real", "d_fake"].into_iter().zip(self.logged.iter().cloned()).collect()
+        self.logged_names.iter().copied().zip(self.logged.iter().cloned()).collect()
     }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
         Gan::step_dispatches(self)
@@ -470,6 +555,8 @@ impl super::run::Trainer for Gan {
             "real_label": c.real_label, "seed": c.seed, "loss": c.loss.name(), "n_critic": c.n_critic,
             "betas": c.betas.map(|(b1, b2)| [b1, b2]), "ema": c.ema,
             "classes": c.conditional.map(|c| c.classes), "spectral_norm": c.spectral_norm.name(),
+            "gp_lambda": c.gp_lambda, "r1": c.r1.map(|(gamma, every)| serde_json::json!({ "gamma": gamma, "every": every })),
+            "augment": c.augment.iter().map(|p| p.name()).collect::<Vec<_>>(),
         })
         .to_string()
     }
