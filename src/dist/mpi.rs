@@ -41,11 +41,15 @@ impl Mpi {
                 let world = universe.world();
                 let local = world.split_shared(world.rank());
                 let _ = ready.send(Ok((world.rank() as usize, world.size() as usize, local.rank() as usize)));
+                // Receive buffers by length: each sent vector becomes the next receive buffer of
+                // its length, so a training step's all-reduces allocate nothing.
+                let mut spare: std::collections::HashMap<usize, Vec<f32>> = Default::default();
                 for job in inbox {
                     match job {
                         Job::AllReduceSum(values, done) => {
-                            let mut sum = vec![0f32; values.len()];
+                            let mut sum = spare.remove(&values.len()).unwrap_or_else(|| vec![0f32; values.len()]);
                             world.all_reduce_into(&values[..], &mut sum[..], mpi::collective::SystemOperation::sum());
+                            spare.insert(values.len(), values);
                             let _ = done.send(Ok(sum));
                         }
                         Job::Broadcast(mut bytes, root, done) => {

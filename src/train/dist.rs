@@ -70,6 +70,8 @@ pub struct SyncTimes {
 pub struct GradientSync<'a> {
     segments: Vec<Segment<'a>>,
     staging: Vec<wgpu::Buffer>,
+    /// Host copies of the arenas, one per group.
+    host: Vec<Vec<f32>>,
     /// 1/N to average, 1 where the loss sums over the batch (the VAE's), so that N ranks at
     /// batch B give the gradient of one process at batch NB.
     scale: f32,
@@ -93,7 +95,8 @@ impl<'a> GradientSync<'a> {
             })
             .collect();
         let scale = if trainer.loss_sums_batch() { 1.0 } else { 1.0 / comm.size() as f32 };
-        Ok(GradientSync { segments, staging, scale, times: SyncTimes::default() })
+        let host = trainer.store().groups.iter().map(|g| vec![0f32; g.grads.len]).collect();
+        Ok(GradientSync { segments, staging, host, scale, times: SyncTimes::default() })
     }
 
     /// Submits one step, segment by segment, summing each group's gradients over the ranks
@@ -113,14 +116,15 @@ impl<'a> GradientSync<'a> {
                 Segment::AllReduce(group) => {
                     let grads = &store.groups[*group].grads;
                     let began = Instant::now();
-                    let mut host = stage(gpu, grads, &self.staging[*group])?;
+                    let host = &mut self.host[*group];
+                    stage(gpu, grads, &self.staging[*group], host)?;
                     let staged = Instant::now();
-                    comm.all_reduce_sum(&mut host)?;
+                    comm.all_reduce_sum(host)?;
                     let reduced = Instant::now();
                     if self.scale != 1.0 {
                         host.iter_mut().for_each(|v| *v *= self.scale);
                     }
-                    gpu.write(grads, &host)?;
+                    gpu.write(grads, host)?;
                     self.times.staging += staged - began;
                     self.times.all_reduce += reduced - staged;
                     self.times.upload += reduced.elapsed();
@@ -133,8 +137,8 @@ impl<'a> GradientSync<'a> {
 }
 
 /// Copies `grads` into the mapped `staging` buffer once the work before it is done, and
-/// out to the host.
-fn stage(gpu: &Gpu, grads: &Buffer, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
+/// out into `host` (reused from step to step).
+pub fn stage(gpu: &Gpu, grads: &Buffer, staging: &wgpu::Buffer, host: &mut Vec<f32>) -> Result<()> {
     let what = format!("staging of {:?}", grads.label);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(&grads.raw, grads.offset, staging, 0, grads.bytes());
@@ -145,12 +149,13 @@ fn stage(gpu: &Gpu, grads: &Buffer, staging: &wgpu::Buffer) -> Result<Vec<f32>> 
     });
     gpu.wait(None, &what)?;
     gpu.wait_for_map(&rx, &what)?.map_err(|e| Error::Device { kernel: what.clone(), message: e.to_string() })?;
-    let host = {
+    {
         let view = staging.get_mapped_range(..).map_err(|e| Error::Device { kernel: what.clone(), message: e.to_string() })?;
-        bytemuck::cast_slice::<u8, f32>(&view[..]).to_vec()
-    };
+        host.resize(grads.len, 0.0);
+        host.copy_from_slice(bytemuck::cast_slice::<u8, f32>(&view[..]));
+    }
     staging.unmap();
-    Ok(host)
+    Ok(())
 }
 
 /// The buffers that stay equal on all ranks: parameters and each optimizer's step counter and
