@@ -19,6 +19,9 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// Records a random dispatch of (input, elements, output).
+type Recorder<'a> = Box<dyn Fn(&kiln::gpu::Buffer, usize, &kiln::gpu::Buffer) -> kiln::Dispatch + 'a>;
+
 /// The words a random dispatch wrote, after pointing it at `shard`.
 fn draw(d: &kiln::Dispatch, y: &kiln::gpu::Buffer, shard: u32) -> Vec<u32> {
     let gpu = gpu();
@@ -31,13 +34,13 @@ fn draw(d: &kiln::Dispatch, y: &kiln::gpu::Buffer, shard: u32) -> Vec<u32> {
 fn each_ranks_random_numbers_are_its_slice_of_one_process_at_n_times_the_batch() {
     let gpu = gpu();
     let rng = Rng { seed: 0xD15C, offset: 7 };
-    // Per-rank sizes: a DCGAN noise batch of 3 × 100, and one past 65,535 workgroups' worth
-    // of blocks would be too slow here; 3 ranks of 4,100 elements cross workgroup edges.
+    // Per-rank sizes: a DCGAN noise batch of 3 × 100, and 3 ranks of 4,100 elements, whose
+    // slices start inside a workgroup's 256.
     for (ranks, n) in [(2usize, 300usize), (3, 4100)] {
         let x = gpu.upload("x", &vec![1.0f32; ranks * n]).unwrap();
         let (whole, part) = (gpu.zeros("whole", ranks * n).unwrap(), gpu.zeros("part", n).unwrap());
         let xs = x.view("x part", 0, n).unwrap();
-        let kinds: [(&str, Box<dyn Fn(&kiln::gpu::Buffer, usize, &kiln::gpu::Buffer) -> kiln::Dispatch>); 3] = [
+        let kinds: [(&str, Recorder); 3] = [
             ("normal", Box::new(|_, n, y| random::normal(gpu, rng, 0.0, 1.0, y, n).unwrap())),
             ("uniform", Box::new(|_, n, y| random::uniform(gpu, rng, -1.0, 1.0, y, n).unwrap())),
             ("dropout", Box::new(|x, n, y| random::dropout(gpu, rng, 0.3, x, y, n).unwrap())),
@@ -256,7 +259,7 @@ mod under_mpirun {
         assert!(ranks_with(&tag, 0).is_empty(), "rank 0 outlived the job");
         // The last checkpoint is whole (written atomically by rank 0) and the run resumes.
         let step: u64 = tensors(&out).meta_parse("step").unwrap();
-        assert!(step > 0 && step % 3 == 0, "checkpoint at step {step}");
+        assert!(step > 0 && step.is_multiple_of(3), "checkpoint at step {step}");
         let until = (step + 3).to_string();
         let mut args = vae_args(dir, "16", &until);
         args.push("--resume");
