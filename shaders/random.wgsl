@@ -1,7 +1,7 @@
 // Counter-based random numbers: Philox 4x32-10 (Salmon et al., "Parallel random numbers: as
 // easy as 1, 2, 3", SC 2011; Random123). Bits are a pure function of (seed, offset, element):
-// element i reads word i % 4 of philox(counter = (i / 4, 0, offset_lo, offset_hi),
-// key = (seed_lo, seed_hi)). Nothing is stored between dispatches, so dropout backward
+// element i reads word i % 4 of philox(counter = (i / 4 + shard · ⌈n / 4⌉, 0, offset_lo,
+// offset_hi), key = (seed_lo, seed_hi)). Nothing is stored between dispatches, so dropout backward
 // recomputes forward's mask, and a fill is reproducible from its seed and offset.
 //
 // Every RNG entry point handles one Philox block (4 consecutive elements) per invocation.
@@ -17,6 +17,12 @@ struct Params {
     a: f32,          // uniform: lo, normal: mean, dropout: 1 / (1 - p) (0 when p = 1)
     b: f32,          // uniform: hi, normal: std
     threshold: u32,  // dropout: keep element when its top 24 bits >= ceil(p * 2^24)
+    // Data-parallel rank: rank r of N, holding samples rB..rB+B of a global batch, reads the
+    // blocks one process at batch NB reads for them (when n is a multiple of 4). 0 alone.
+    shard: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -83,7 +89,8 @@ fn philox(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 }
 
 fn block_bits(block: u32) -> vec4<u32> {
-    return philox(vec4<u32>(block, 0u, p.offset_lo, p.offset_hi), vec2<u32>(p.seed_lo, p.seed_hi));
+    let first = p.shard * ((p.n + 3u) / 4u);
+    return philox(vec4<u32>(first + block, 0u, p.offset_lo, p.offset_hi), vec2<u32>(p.seed_lo, p.seed_hi));
 }
 
 // The top 24 bits as a float in [0, 1 - 2^-24]: exact in f32, so 1.0 is never produced.

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod check;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod gpu;
 pub mod graph;

@@ -508,15 +508,40 @@ fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::
     })
 }
 
+/// `kiln train`, alone or as one rank of `mpirun -np N kiln train` (docs/DISTRIBUTED.md). A
+/// rank that fails ends the whole job, so the others never wait in a collective for it.
 fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
+    let comm = kiln::dist::init()?;
+    let result = train_on(args, comm.as_ref());
+    if let Err(e) = &result {
+        if comm.size() > 1 {
+            eprintln!("kiln: rank {} of {}: {e}; ending the job", comm.rank(), comm.size());
+            comm.abort(1);
+        }
+    }
+    result
+}
+
+fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result<ExitCode> {
     use kiln::data::{folder::{Color, FolderOptions}, source::Source};
     use kiln::train::{data::GpuData, run};
+    // Rank 0 alone prints; the others train silently.
+    let lead = comm.rank() == 0;
+    macro_rules! say {
+        ($($t:tt)*) => { if lead { println!($($t)*) } };
+    }
     let started = std::time::Instant::now();
     let color = if args.image_size == 28 { Color::Gray } else { Color::Rgb };
     let splits = Source::parse(&args.data, &FolderOptions { size: args.image_size, color, recursive: true })?.load()?;
-    let gpu = kiln::Gpu::new(&args.device.options())?;
-    println!("adapter: {}", gpu.describe());
-    println!("data: {} training images of {}x{}x{}", splits.train.len(), splits.train.channels(), splits.train.height(), splits.train.width());
+    // Each rank on a machine opens its own GPU of the best kind; --adapter and
+    // WGPU_ADAPTER_NAME still choose by name.
+    let gpu = kiln::Gpu::new(&kiln::GpuOptions { nth_of_best: comm.local_rank(), ..args.device.options() })?;
+    if comm.size() > 1 {
+        println!("rank {} of {}: adapter {}", comm.rank(), comm.size(), gpu.describe());
+    } else {
+        println!("adapter: {}", gpu.describe());
+    }
+    say!("data: {} training images of {}x{}x{}", splits.train.len(), splits.train.channels(), splits.train.height(), splits.train.width());
     let data = GpuData::upload(&gpu, &splits.train)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&args.model));
     let opts = run::RunOptions {
@@ -533,7 +558,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             every => {
                 let backbone = kiln::train::score::Backbone::open(&gpu, &args.backbone)?;
                 let eval = kiln::train::score::SampleEval::new(&gpu, backbone, &splits.test, every, args.eval_n, args.seed)?;
-                println!("FID every {every} steps: {} generated vs {} test images, backbone {}", eval.n, eval.reference.n, eval.backbone.id);
+                say!("FID every {every} steps: {} generated vs {} test images, backbone {}", eval.n, eval.reference.n, eval.backbone.id);
                 Some(std::sync::Arc::new(eval))
             }
         },
@@ -577,7 +602,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             };
             let gan = Gan::new(&gpu, config, &data)?;
             let (planned, naive) = gan.memory();
-            println!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
+            say!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
             Box::new(gan)
         }
         "vae" => {
@@ -592,7 +617,7 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             let test = GpuData::upload(&gpu, &splits.test)?;
             let vae = VaeTrainer::new(&gpu, config, &data, &test)?;
             let (planned, naive) = vae.memory();
-            println!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
+            say!("memory plan: intermediates {:.1} MiB pooled vs {:.1} MiB one buffer per tensor", planned as f64 / 1048576.0, naive as f64 / 1048576.0);
             vae_test = Some(test);
             Box::new(vae)
         }
@@ -603,15 +628,15 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
             };
             let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
             let config = ClassifierConfig { image, classes, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed };
-            println!("classes: {classes}");
+            say!("classes: {classes}");
             Box::new(ClassifierTrainer::new(&gpu, config, &data, &splits.test)?)
         }
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or classifier"))),
     };
-    println!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
-    let summary = run::run(&gpu, trainer.as_ref(), &data, &opts)?;
+    say!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
+    let summary = run::run_on(&gpu, trainer.as_ref(), &data, &opts, comm)?;
     let last: Vec<String> = summary.last.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-    println!(
+    say!(
         "trained {} steps at {:.1} images/s; {}; checkpoint {}; samples in {}",
         summary.steps,
         summary.images_per_second,
@@ -621,11 +646,11 @@ fn train(args: &TrainArgs) -> kiln::Result<ExitCode> {
     );
     if let Some(classifier) = trainer.as_any().downcast_ref::<kiln::train::classifier::ClassifierTrainer>() {
         let (accuracy, loss) = classifier.evaluate(&gpu, &splits.test)?;
-        println!("test set: accuracy {:.2}% on {} images, cross-entropy {loss:.4}", 100.0 * accuracy, splits.test.len());
+        say!("test set: accuracy {:.2}% on {} images, cross-entropy {loss:.4}", 100.0 * accuracy, splits.test.len());
     }
     if let (Some(test), Some(vae)) = (&vae_test, trainer.as_any().downcast_ref::<kiln::train::vae::VaeTrainer>()) {
         let (nats, mse) = vae.evaluate(&gpu, test)?;
-        println!("test set: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel");
+        say!("test set: {nats:.2} nats per image (BCE(sum) + KL), reconstruction MSE {mse:.5} per pixel");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,9 @@ pub struct GpuOptions {
     pub limits: Option<wgpu::Limits>,
     /// Read WGSL from this folder instead of the embedded copies (default: `KILN_SHADERS`).
     pub shaders: Option<std::path::PathBuf>,
+    /// Which of several equally ranked adapters to take (modulo their count): a data-parallel
+    /// rank's local rank, so the ranks on one machine open different GPUs of one kind.
+    pub nth_of_best: usize,
 }
 
 impl GpuOptions {
@@ -104,7 +107,7 @@ fn enumerate(options: &GpuOptions) -> Result<(Vec<wgpu::Adapter>, Option<usize>)
     let (instance, backends) = instance(options)?;
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     let filter = name_filter(options);
-    let chosen = adapters
+    let candidates: Vec<(usize, (u8, u8))> = adapters
         .iter()
         .enumerate()
         .filter(|(_, a)| {
@@ -112,8 +115,10 @@ fn enumerate(options: &GpuOptions) -> Result<(Vec<wgpu::Adapter>, Option<usize>)
             filter.as_ref().is_none_or(|f| name.contains(f))
         })
         .filter(|(_, a)| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
-        .min_by_key(|(_, a)| rank(&a.get_info()))
-        .map(|(i, _)| i);
+        .map(|(i, a)| (i, rank(&a.get_info())))
+        .collect();
+    let best: Vec<usize> = candidates.iter().filter(|(_, r)| Some(r) == candidates.iter().map(|(_, r)| r).min()).map(|(i, _)| *i).collect();
+    let chosen = (!best.is_empty()).then(|| best[options.nth_of_best % best.len()]);
     Ok((adapters, chosen))
 }
 

@@ -31,6 +31,9 @@ struct Params {
     a: f32,
     b: f32,
     threshold: u32,
+    /// The data-parallel rank ([`set_shard`]); 0 in a single process.
+    shard: u32,
+    pad: [u32; 3],
 }
 
 /// Where a random op reads its stream: the Philox key (`seed`) and the counter's high words
@@ -50,7 +53,7 @@ impl Rng {
 
 fn params(rng: Rng, n: usize, a: f32, b: f32, threshold: u32) -> Params {
     let [seed_lo, seed_hi, offset_lo, offset_hi] = rng.words();
-    Params { seed_lo, seed_hi, offset_lo, offset_hi, n: n as u32, a, b, threshold }
+    Params { seed_lo, seed_hi, offset_lo, offset_hi, n: n as u32, a, b, threshold, shard: 0, pad: [0; 3] }
 }
 
 fn kernel(entry: &'static str) -> KernelId {
@@ -82,6 +85,19 @@ pub fn set_offset(gpu: &Gpu, dispatch: &Dispatch, offset: u64) -> Result<()> {
     }
     let words = [offset as u32, (offset >> 32) as u32];
     gpu.queue.write_buffer(&dispatch.params, 8, bytemuck::cast_slice(&words));
+    Ok(())
+}
+
+/// Moves a recorded random dispatch to rank `shard`'s part of the stream: rank r of a
+/// data-parallel run, whose tensor of n elements holds samples rB..rB+B of the global batch,
+/// then reads the Philox blocks that elements rn..rn+n of one process's tensor at batch NB
+/// read, so sample i gets the same numbers whatever N (exactly so when n is a multiple of 4;
+/// otherwise the ranks' streams are still disjoint). A 4-byte write.
+pub fn set_shard(gpu: &Gpu, dispatch: &Dispatch, shard: u32) -> Result<()> {
+    if !draws_random(dispatch) {
+        bail!(Invalid, "set_shard: {} does not draw random numbers", dispatch.name());
+    }
+    gpu.queue.write_buffer(&dispatch.params, std::mem::offset_of!(Params, shard) as u64, bytemuck::bytes_of(&shard));
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use crate::data::Dataset;
 use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::kernels::data::{gather, pack_bytes, set_first, Gather, MAX_CHUNKS};
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct GpuData {
     pub len: usize,
@@ -15,6 +16,9 @@ pub struct GpuData {
     /// The class labels, one byte per image (so the image gather gathers them too, through
     /// the same order); `Err` says why there are none.
     labels: std::result::Result<Buffer, String>,
+    /// (rank, ranks) of a data-parallel run: which part of each global batch this process
+    /// gathers. (0, 1) alone.
+    shard: (AtomicUsize, AtomicUsize),
 }
 
 impl GpuData {
@@ -58,7 +62,7 @@ impl GpuData {
                 None => Ok(gpu.upload(&format!("{} labels", data.name), &pack_bytes(&l.iter().map(|&c| c as u8).collect::<Vec<_>>()))?),
             },
         };
-        Ok(GpuData { len: data.len(), image_len: data.image_len(), per_chunk, chunks, order, labels })
+        Ok(GpuData { len: data.len(), image_len: data.image_len(), per_chunk, chunks, order, labels, shard: (AtomicUsize::new(0), AtomicUsize::new(1)) })
     }
 
     /// How many buffers hold the images.
@@ -80,9 +84,24 @@ impl GpuData {
         gather(gpu, &g, std::slice::from_ref(labels), &self.order, 0, y)
     }
 
-    /// Points a recorded gather (of images or labels) at batch `index` of the current epoch.
+    /// Points a recorded gather (of images or labels) at batch `index` of the current epoch:
+    /// for rank r of N, the r-th `batch` images of global batch `index` (of N · `batch`), so the
+    /// ranks share one epoch order and draw disjoint shards of it.
     pub fn select(&self, gpu: &Gpu, gather: &Dispatch, batch: usize, index: usize) {
-        set_first(gpu, gather, index * batch);
+        let (rank, ranks) = self.shard();
+        set_first(gpu, gather, (index * ranks + rank) * batch);
+    }
+
+    /// Makes [`select`](Self::select) gather rank `rank`'s shard of each global batch of
+    /// `ranks` shards (a data-parallel run; every rank shuffles with the same seed).
+    pub fn set_shard(&self, rank: usize, ranks: usize) {
+        self.shard.0.store(rank, Ordering::Relaxed);
+        self.shard.1.store(ranks.max(1), Ordering::Relaxed);
+    }
+
+    /// (rank, ranks) as [`set_shard`](Self::set_shard) left them; (0, 1) by default.
+    pub fn shard(&self) -> (usize, usize) {
+        (self.shard.0.load(Ordering::Relaxed), self.shard.1.load(Ordering::Relaxed))
     }
 
     /// A fresh permutation for `epoch`, the same for the same seed (Fisher–Yates on splitmix).

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
+pub mod dist;
 pub mod gan;
 pub mod infer;
 pub mod plot;

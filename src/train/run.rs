@@ -34,11 +34,20 @@ pub trait Trainer {
     fn logged_scale(&self) -> f32 {
         1.0
     }
+    /// Everything one step submits, in order. Each optimizer's recorded dispatches must be
+    /// one whole list here: a data-parallel run sums that group's gradients over the ranks
+    /// just before it (train::dist::segments).
     fn step_dispatches(&self) -> Vec<&[Dispatch]>;
     /// What training step `step` submits: [`step_dispatches`](Self::step_dispatches) unless
     /// steps differ (a GAN with n_critic > 1 updates G on every n_critic-th step only).
     fn step_dispatches_at(&self, _step: u64) -> Vec<&[Dispatch]> {
         self.step_dispatches()
+    }
+    /// Whether the loss sums over the batch's samples (the VAE's) rather than averaging: then
+    /// the ranks' gradients are summed, not averaged, so N ranks at batch B compute one
+    /// process's gradient at batch N·B.
+    fn loss_sums_batch(&self) -> bool {
+        false
     }
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()>;
     /// Writes sample images for `step` into `dir`.
@@ -80,55 +89,89 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) -> Result<Summary> {
+    run_on(gpu, trainer, data, opts, &crate::dist::Single)
+}
+
+/// [`run`] as one rank of `comm`'s processes (data-parallel training, docs/DISTRIBUTED.md):
+/// every rank trains on its shard of each global batch of `comm.size()` × the trainer's
+/// batch, the gradients summed over the ranks before each optimizer; rank 0 alone resumes,
+/// logs, samples and writes checkpoints, and its parameters and optimizer state start every
+/// rank. With [`Single`](crate::dist::Single) this is [`run`]: one submit per step.
+pub fn run_on(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions, comm: &dyn crate::dist::Collective) -> Result<Summary> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
     };
-    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
-    let per_epoch = (data.len / trainer.batch()) as u64;
+    let (lead, ranks) = (comm.rank() == 0, comm.size());
+    if lead {
+        std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    }
+    data.set_shard(comm.rank(), ranks);
+    let global_batch = trainer.batch() * ranks;
+    let per_epoch = (data.len / global_batch) as u64;
     if per_epoch == 0 {
-        return Err(Error::Invalid(format!("batch size {} is larger than the dataset ({} images)", trainer.batch(), data.len)));
+        let batch = if ranks == 1 { format!("batch size {}", trainer.batch()) } else { format!("global batch {global_batch} ({ranks} ranks × {})", trainer.batch()) };
+        return Err(Error::Invalid(format!("{batch} is larger than the dataset ({} images)", data.len)));
     }
     let total = opts.steps.unwrap_or(opts.epochs.unwrap_or(1) * per_epoch);
     let ckpt_path = checkpoint_path(&opts.out);
     let mut start = 0;
-    if opts.resume && ckpt_path.exists() {
+    if lead && opts.resume && ckpt_path.exists() {
         let ckpt = Checkpoint::load(&ckpt_path)?;
         let kind = ckpt.meta("kind")?;
         if kind != trainer.kind() {
             return Err(Error::Invalid(format!("{}: a {kind} checkpoint cannot resume a {} run", ckpt_path.display(), trainer.kind())));
+        }
+        // Checkpoints of one process carry no count.
+        let saved = if ckpt.metadata.contains_key("ranks") { ckpt.meta_parse::<usize>("ranks")? } else { 1 };
+        {
+            if saved != ranks {
+                return Err(Error::Invalid(format!("{}: written by a run of {saved} ranks; resume it with `mpirun -np {saved}` (the epoch's batches depend on the number of ranks)", ckpt_path.display())));
+            }
         }
         restore(gpu, trainer.store(), &trainer.optimizers(), &ckpt)?;
         restore_averages(gpu, trainer.store(), &trainer.averages(), &ckpt)?;
         start = ckpt.meta_parse("step")?;
         log::info!("resumed from {} at step {start}", ckpt_path.display());
     }
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let metrics = open_metrics(&metrics_path).map_err(io(&metrics_path))?;
-    let samples = opts.out.join("samples");
-    std::fs::create_dir_all(&samples).map_err(io(&samples))?;
-
-    let mut names: Vec<&'static str> = trainer.logged().iter().map(|(n, _)| *n).collect();
-    if opts.eval.is_some() {
-        names.push("fid");
+    let mut sync = None;
+    if ranks > 1 {
+        start = super::dist::broadcast_u64(start, comm)?;
+        super::dist::broadcast_from_rank0(gpu, trainer.store(), &trainer.optimizers(), comm)?;
+        super::dist::shard_random_streams(gpu, trainer, comm)?;
+        sync = Some(super::dist::GradientSync::new(gpu, trainer, comm)?);
     }
-    let mut ring = Readback::new(gpu, trainer.logged().into_iter().map(|(_, b)| b).collect(), 4)?;
-    let mut log = Log {
-        names,
-        scale: trainer.logged_scale(),
-        metrics,
-        metrics_path,
-        curve: opts.out.join("loss_curve.png"),
-        bar: if std::io::stdout().is_terminal() { Some(Bar::show(start, total)?) } else { None },
-        began: Instant::now(),
-        start,
-        total,
-        per_epoch,
-        batch: trainer.batch() as u64,
-        last: Vec::new(),
-        last_good: None,
-        checkpoint: ckpt_path.clone(),
-    };
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let samples = opts.out.join("samples");
+    let mut log = None;
+    let mut ring = None;
+    if lead {
+        let metrics = open_metrics(&metrics_path).map_err(io(&metrics_path))?;
+        std::fs::create_dir_all(&samples).map_err(io(&samples))?;
+        let mut names: Vec<&'static str> = trainer.logged().iter().map(|(n, _)| *n).collect();
+        if opts.eval.is_some() {
+            names.push("fid");
+        }
+        ring = Some(Readback::new(gpu, trainer.logged().into_iter().map(|(_, b)| b).collect(), 4)?);
+        log = Some(Log {
+            names,
+            scale: trainer.logged_scale(),
+            metrics,
+            metrics_path,
+            curve: opts.out.join("loss_curve.png"),
+            // mpirun hands ranks a pseudo-terminal whatever it writes to: plain lines there.
+            bar: if ranks == 1 && std::io::stdout().is_terminal() { Some(Bar::show(start, total)?) } else { None },
+            began: Instant::now(),
+            start,
+            total,
+            per_epoch,
+            batch: global_batch as u64,
+            last: Vec::new(),
+            last_good: None,
+            checkpoint: ckpt_path.clone(),
+        });
+    }
+    let began = Instant::now();
     for step in start..total {
         let (epoch, index) = (step / per_epoch, (step % per_epoch) as usize);
         if index == 0 || step == start {
@@ -136,16 +179,32 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
         }
         trainer.prepare(gpu, data, step, index)?;
         let log_now = step % opts.log_every == 0 || step + 1 == total;
-        gpu.submit("training step", &trainer.step_dispatches_at(step), log_now.then_some((&mut ring, step)))?;
+        let readback = ring.as_mut().filter(|_| log_now).map(|r| (r, step));
+        match &mut sync {
+            None => {
+                gpu.submit("training step", &trainer.step_dispatches_at(step), readback)?;
+            }
+            Some(sync) => sync.step(gpu, step, comm, readback)?,
+        }
         let finished = step + 1;
+        let checkpoint = finished % opts.checkpoint_every == 0 || finished == total;
+        if checkpoint && ranks > 1 {
+            let differ = super::dist::count_divergent(gpu, trainer.store(), &trainer.optimizers(), comm)?;
+            if differ > 0 {
+                return Err(Error::Invalid(format!("after step {finished}, {differ} parameter or optimizer values differ between the {ranks} ranks: they diverged")));
+            }
+            if lead {
+                log::info!("step {finished}: parameters and optimizer state bit-identical on {ranks} ranks");
+            }
+        }
+        let (Some(log), Some(ring)) = (log.as_mut(), ring.as_mut()) else { continue };
         if let Some(bar) = &log.bar {
             bar.0.set_position(finished);
         }
         log.record(ring.collect(gpu, false)?)?;
-        let checkpoint = finished % opts.checkpoint_every == 0 || finished == total;
         if checkpoint {
             log.record(ring.collect(gpu, true)?)?;
-            save(gpu, trainer, opts, finished, &ckpt_path)?;
+            save(gpu, trainer, opts, finished, &ckpt_path, ranks)?;
             log.last_good = Some(finished);
         }
         if let Some(eval) = opts.eval.as_ref().filter(|e| finished % e.every == 0 || finished == total) {
@@ -163,12 +222,29 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
             log.plot();
         }
     }
+    let done = total.saturating_sub(start);
+    let seconds = began.elapsed().as_secs_f64();
+    if let Some(sync) = sync.as_ref().filter(|s| s.times.steps > 0) {
+        let t = sync.times;
+        let per_step = |d: std::time::Duration| 1e3 * d.as_secs_f64() / t.steps as f64;
+        log::info!(
+            "rank {}: {:.1} ms per step; waiting for the GPU before all-reduces {:.2} ms, staging {:.2} ms, all-reduce {:.2} ms, upload {:.2} ms",
+            comm.rank(),
+            1e3 * seconds / done.max(1) as f64,
+            per_step(t.compute),
+            per_step(t.staging),
+            per_step(t.all_reduce),
+            per_step(t.upload)
+        );
+    }
+    let (Some(mut log), Some(mut ring)) = (log, ring) else {
+        return Ok(Summary { steps: done, images_per_second: (done * global_batch as u64) as f64 / seconds, last: Vec::new(), checkpoint: ckpt_path });
+    };
     log.record(ring.collect(gpu, true)?)?;
     log.plot();
     if let Some(bar) = &log.bar {
         bar.0.finish();
     }
-    let done = total.saturating_sub(start);
     Ok(Summary { steps: done, images_per_second: (done * log.batch) as f64 / log.began.elapsed().as_secs_f64(), last: log.last, checkpoint: ckpt_path })
 }
 
@@ -319,7 +395,7 @@ impl<L: log::Log> log::Log for BarAwareLogger<L> {
     }
 }
 
-fn save(gpu: &Gpu, trainer: &dyn Trainer, opts: &RunOptions, step: u64, path: &Path) -> Result<()> {
+fn save(gpu: &Gpu, trainer: &dyn Trainer, opts: &RunOptions, step: u64, path: &Path, ranks: usize) -> Result<()> {
     let mut ckpt = Checkpoint::default();
     capture(gpu, trainer.store(), &trainer.optimizers(), &mut ckpt)?;
     capture_averages(gpu, trainer.store(), &trainer.averages(), &mut ckpt)?;
@@ -327,5 +403,8 @@ fn save(gpu: &Gpu, trainer: &dyn Trainer, opts: &RunOptions, step: u64, path: &P
     ckpt.metadata.insert("step".into(), step.to_string());
     ckpt.metadata.insert("seed".into(), opts.seed.to_string());
     ckpt.metadata.insert("config".into(), trainer.config_json());
+    if ranks > 1 {
+        ckpt.metadata.insert("ranks".into(), ranks.to_string());
+    }
     ckpt.save(path)
 }

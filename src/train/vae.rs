@@ -223,6 +223,10 @@ impl super::run::Trainer for VaeTrainer {
     fn logged_scale(&self) -> f32 {
         1.0 / self.config.batch as f32
     }
+    // Data-parallel hook (train::dist): BCE(sum) + KL is a sum over the batch.
+    fn loss_sums_batch(&self) -> bool {
+        true
+    }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
         vec![std::slice::from_ref(&self.gather), &self.step.dispatches, &self.opt.dispatches]
     }
