@@ -29,8 +29,8 @@ fn main() -> kiln::Result<()> {
     let gpu = Gpu::new(&GpuOptions { nth_of_best: comm.local_rank(), ..Default::default() })?;
     let splits = digits(&DigitsOptions { seed: 1, train: 128, test: 64 })?;
     let (train, test) = (GpuData::upload(&gpu, &splits.train)?, GpuData::upload(&gpu, &splits.test)?);
-    let gan = Gan::new(&gpu, GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 64, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 1 }, &train)?;
-    let vae = VaeTrainer::new(&gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch: 64, lr: 1e-3, seed: 1 }, &train, &test)?;
+    let gan = Gan::new(&gpu, GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 64, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 1, ..GanConfig::default() }, &train)?;
+    let vae = VaeTrainer::new(&gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch: 64, lr: 1e-3, seed: 1, beta: 1.0 }, &train, &test)?;
     let mut arenas: Vec<(String, usize)> = Vec::new();
     for (model, trainer) in [("dcgan", &gan as &dyn Trainer), ("vae", &vae)] {
         // The cost model's FLOPs of one step at batch 64, for the scaling estimate.
