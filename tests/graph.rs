@@ -247,17 +247,7 @@ mod composed {
             worst.gpu_vs_reference = worst.gpu_vs_reference.max(err);
 
             let slot = leaves.iter().position(|(t, _)| t == param).unwrap();
-            let h = 1e-6;
-            let numeric: Vec<f64> = (0..g.info(*param).numel())
-                .map(|i| {
-                    let at = |delta: f64| {
-                        let mut leaves = leaves.clone();
-                        leaves[slot].1[i] += delta;
-                        forward.evaluate_reference(&leaves).unwrap()[loss.index()].as_ref().unwrap().1[0]
-                    };
-                    (at(h) - at(-h)) / (2.0 * h)
-                })
-                .collect();
+            let numeric = crate::common::reference_fd(&forward, &leaves, slot, loss, 1e-6);
             let err = rel_l2(reference, &numeric);
             eprintln!("d{name}: reference vs finite differences rel L2 {err:.2e}");
             assert!(err <= 1e-5, "d{name}: reference vs finite differences rel L2 {err:.3e}");

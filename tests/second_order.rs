@@ -2,6 +2,7 @@
 //! checked by finite differences of the f64 reference, on the GPU against the reference, and
 //! R1 / WGAN-GP parameter gradients against PyTorch's `create_graph=True`.
 
+mod common;
 use kiln::gpu::{Gpu, GpuOptions};
 use kiln::graph::ops::{self, Act, Activation, Add, Conv2d, ConvTranspose2d, Linear, Mul, Sqrt, Sum};
 use kiln::graph::{Graph, Program, Store, Tensor};
@@ -68,17 +69,7 @@ fn check_gradients(g: &mut Graph, store: &mut Store, loss: Tensor, params: &[Ten
     for (slot, &(param, grad)) in pairs.iter().enumerate() {
         let name = g.info(param).name.clone();
         let reference = &values[grad.index()].as_ref().unwrap().1;
-        let h = 1e-6;
-        let numeric: Vec<f64> = (0..g.info(param).numel())
-            .map(|i| {
-                let at = |delta: f64| {
-                    let mut leaves = leaves.clone();
-                    leaves[slot].1[i] += delta;
-                    to_loss.evaluate_reference(&leaves).unwrap()[loss.index()].as_ref().unwrap().1[0]
-                };
-                (at(h) - at(-h)) / (2.0 * h)
-            })
-            .collect();
+        let numeric = crate::common::reference_fd(&to_loss, &leaves, slot, loss, 1e-6);
         let fd_err = rel_l2(reference, &numeric);
         let on_gpu = f64s(&gpu.read(store.grad(&name).unwrap()).unwrap());
         let gpu_err = rel_l2(&on_gpu, reference);

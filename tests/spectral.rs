@@ -2,6 +2,7 @@
 //! scripts/spectral_fixtures.py), one power iteration per step however many forwards a step
 //! runs, eval mode, gradients against finite differences and PyTorch's state_dict names.
 
+mod common;
 use kiln::graph::ops::{Act, Mul, Sum};
 use kiln::graph::{Graph, Program, Role, Store, Tensor};
 use kiln::gpu::{Gpu, GpuOptions};
@@ -252,17 +253,7 @@ fn gradients_through_spectral_normed_layers_match_the_reference_and_finite_diffe
             let want = &values[grad.index()].as_ref().unwrap().1;
             assert_close(&format!("gradient of {}: GPU vs reference", name_of(p)), &got, want, 1e-5);
             let slot = eval_leaves.iter().position(|(t, _)| *t == eval_leaf(&name_of(p))).unwrap();
-            let h = 1e-6;
-            let numeric: Vec<f64> = (0..g.info(p).numel())
-                .map(|i| {
-                    let at = |delta: f64| {
-                        let mut l = eval_leaves.clone();
-                        l[slot].1[i] += delta;
-                        eval.evaluate_reference(&l).unwrap()[eloss.index()].as_ref().unwrap().1[0]
-                    };
-                    (at(h) - at(-h)) / (2.0 * h)
-                })
-                .collect();
+            let numeric = crate::common::reference_fd(&eval, &eval_leaves, slot, eloss, 1e-6);
             let err = rel_l2(want, &numeric);
             eprintln!("gradient of {}: reference vs finite differences rel L2 {err:.2e}", name_of(p));
             assert!(err <= 1e-5, "gradient of {}: reference vs finite differences rel L2 {err:.3e}", name_of(p));

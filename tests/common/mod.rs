@@ -5,6 +5,7 @@ use kiln::gpu::Gpu;
 /// Runs `body` while another thread polls the device without pause, as a training loop or a
 /// second test sharing the device does. Such a poll can take a finished map's callback and run
 /// it a moment after our own wait returned.
+#[allow(dead_code)]
 pub fn with_another_thread_polling(gpu: &Gpu, body: impl FnOnce()) {
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Stops the poller however `body` ends, a failed assertion included.
@@ -24,4 +25,17 @@ pub fn with_another_thread_polling(gpu: &Gpu, body: impl FnOnce()) {
         let _stop = Stop(&stop);
         body();
     });
+}
+
+/// Central differences, step `h`, of the scalar `output` of `graph`'s CPU reference run with
+/// respect to every element of leaf `slot` of `leaves`: the oracle for a gradient the graph's
+/// own backward computed.
+#[allow(dead_code)]
+pub fn reference_fd(graph: &kiln::graph::Graph, leaves: &[(kiln::graph::Tensor, Vec<f64>)], slot: usize, output: kiln::graph::Tensor, h: f64) -> Vec<f64> {
+    let at = |i: usize, delta: f64| {
+        let mut leaves = leaves.to_vec();
+        leaves[slot].1[i] += delta;
+        graph.evaluate_reference(&leaves).unwrap()[output.index()].as_ref().unwrap().1[0]
+    };
+    (0..leaves[slot].1.len()).map(|i| (at(i, h) - at(i, -h)) / (2.0 * h)).collect()
 }
