@@ -30,7 +30,7 @@ fn main() -> kiln::Result<()> {
     let splits = digits(&DigitsOptions { seed: 1, train: 128, test: 64 })?;
     let (train, test) = (GpuData::upload(&gpu, &splits.train)?, GpuData::upload(&gpu, &splits.test)?);
     let gan = Gan::new(&gpu, GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 64, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 1, ..GanConfig::default() }, &train)?;
-    let vae = VaeTrainer::new(&gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch: 64, lr: 1e-3, seed: 1, beta: 1.0 }, &train, &test)?;
+    let vae = VaeTrainer::new(&gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch: 64, lr: 1e-3, seed: 1, beta: 1.0, classes: None }, &train, &test)?;
     let mut arenas: Vec<(String, usize)> = Vec::new();
     for (model, trainer) in [("dcgan", &gan as &dyn Trainer), ("vae", &vae)] {
         // The cost model's FLOPs of one step at batch 64, for the scaling estimate.

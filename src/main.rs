@@ -251,8 +251,9 @@ struct TrainArgs {
     /// translation,cutout,color
     #[arg(long)]
     augment: Option<String>,
-    /// GAN: class-conditional (an embedding into G, a projection discriminator), on labelled
-    /// data: IDX label files or one sub-folder per class
+    /// Class-conditional, on labelled data (IDX label files or one sub-folder per class). GAN:
+    /// an embedding into G and a projection discriminator; VAE: the label's embedding into the
+    /// encoder and the decoder
     #[arg(long)]
     conditional: bool,
     /// VAE: the KL term's weight in the training objective (β-VAE; 1 trains on the ELBO).
@@ -501,7 +502,7 @@ fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::
         "vae" | "vae-conv" | "vae-mlp" => {
             let test = GpuData::upload(gpu, &data.test)?;
             let kind = if model == "vae-mlp" { kiln::models::vae::Kind::Mlp } else { kiln::models::vae::Kind::Conv };
-            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0, beta: 1.0 };
+            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch, lr: 1e-3, seed: 0, beta: 1.0, classes: None };
             Box::new(VaeTrainer::new(gpu, config, &train, &test)?)
         }
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
@@ -613,7 +614,12 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
                 other => return Err(kiln::Error::Invalid(format!("unknown --vae-model {other:?}: expected mlp or conv"))),
             };
             let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
-            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed, beta: args.beta };
+            let classes = match (args.conditional, splits.train.num_classes()) {
+                (false, _) => None,
+                (true, Some(classes)) => Some(classes),
+                (true, None) => return Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data))),
+            };
+            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed, beta: args.beta, classes };
             let test = GpuData::upload(&gpu, &splits.test)?;
             let vae = VaeTrainer::new(&gpu, config, &data, &test)?;
             let (planned, naive) = vae.memory();
@@ -812,9 +818,11 @@ fn encode(args: &EncodeArgs) -> kiln::Result<ExitCode> {
     let gpu = kiln::Gpu::new(&args.device.options())?;
     let mut model = kiln::train::infer::load(&gpu, &args.checkpoint)?;
     let splits = data_for(&args.data, model.image())?;
-    let (mu, logvar) = model.encode(&gpu, &splits.train.to_f32(0.0, 1.0))?;
+    // A conditional VAE encodes each image with its label, and the file keeps them.
+    let labels = model.classes().map(|_| kiln::train::infer::test_labels(&splits.train)).transpose()?;
+    let (mu, logvar) = model.encode(&gpu, &splits.train.to_f32(0.0, 1.0), labels.as_deref())?;
     let n = splits.train.len();
-    let latents = kiln::train::infer::latents_checkpoint(mu, logvar, n);
+    let latents = kiln::train::infer::latents_checkpoint(mu, logvar, labels, n);
     latents.save(&args.out)?;
     println!("{n} images encoded to {}", args.out.display());
     Ok(ExitCode::SUCCESS)

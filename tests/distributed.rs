@@ -107,7 +107,7 @@ fn every_optimizer_runs_after_an_all_reduce_of_its_own_gradients() {
     assert_eq!(layout(&gan(Recipe::Paper)), ["run(2)", "all-reduce discriminator", "run(2)", "all-reduce generator", "run(1)"]);
     // Seed: both gradients from one pass, then both Adams.
     assert_eq!(layout(&gan(Recipe::Seed)), ["run(2)", "all-reduce discriminator", "run(1)", "all-reduce generator", "run(1)"]);
-    let vae = VaeTrainer::new(gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 16, batch: 4, lr: 1e-3, seed: 1, beta: 1.0 }, &train, &test).unwrap();
+    let vae = VaeTrainer::new(gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 16, batch: 4, lr: 1e-3, seed: 1, beta: 1.0, classes: None }, &train, &test).unwrap();
     assert_eq!(layout(&vae), ["run(2)", "all-reduce vae", "run(1)"]);
     assert!(vae.loss_sums_batch() && !gan(Recipe::Paper).loss_sums_batch());
 }

@@ -44,7 +44,7 @@ fn a_short_vae_run_draws_every_loss_into_loss_curve_png() {
     let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let splits = digits(&DigitsOptions { seed: 1, train: 512, test: 128 }).unwrap();
     let (train, test) = (GpuData::upload(&gpu, &splits.train).unwrap(), GpuData::upload(&gpu, &splits.test).unwrap());
-    let config = VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0 };
+    let config = VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0, classes: None };
     let vae = VaeTrainer::new(&gpu, config, &train, &test).unwrap();
     let out = out_dir("loss-curve");
     // A killed earlier run left half a line; this run's lines must stay whole after it.

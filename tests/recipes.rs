@@ -255,7 +255,7 @@ fn the_beta_vae_objective_weights_the_kl_term_and_trains() {
     let gpu = gpu();
     let splits = small_digits();
     let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
-    let config = VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 4.0 };
+    let config = VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 4.0, classes: None };
     let vae = VaeTrainer::new(gpu, config.clone(), &train, &test).unwrap();
     let out = out_dir("beta-vae");
     run(gpu, &vae, &train, &options(&out, 5)).unwrap();
@@ -409,4 +409,59 @@ fn penalties_without_their_prerequisites_are_clear_errors() {
     assert!(err.contains("--r1-every"), "{err}");
     let err = kiln::nn::augment::parse_policy("translation,zoom").unwrap_err().to_string();
     assert!(err.contains("zoom") && err.contains("cutout"), "{err}");
+}
+
+#[test]
+fn a_conditional_vae_trains_evaluates_samples_by_class_and_carries_labels_through_encode_and_decode() {
+    let gpu = gpu();
+    // 100 test images: a batch of 64 and a partial one of 36, each with its labels.
+    let splits = digits(&DigitsOptions { seed: 1, train: 256, test: 100 }).unwrap();
+    let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
+    let config = VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0, classes: Some(10) };
+    let vae = VaeTrainer::new(gpu, config.clone(), &train, &test).unwrap();
+    let out = out_dir("cvae");
+    run(gpu, &vae, &train, &RunOptions { sample_every: 4, ..options(&out, 4) }).unwrap();
+    let ckpt = Checkpoint::load(&checkpoint_path(&out)).unwrap();
+    for name in [kiln::models::vae::LABEL_ENCODER, kiln::models::vae::LABEL_DECODER] {
+        assert_eq!(ckpt.tensor(name).unwrap().0, vec![10, 64], "{name}");
+    }
+    // One row of 8 per class in the sample grid.
+    let grid = image::open(out.join("samples/step_0000004.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (8 * 30 + 2, 10 * 30 + 2));
+
+    // The checkpoint's evaluation (labels through the GPU gathers) is the trainer's.
+    let (nats, _) = vae.evaluate(gpu, &test).unwrap();
+    let mut model = kiln::train::infer::load(gpu, &checkpoint_path(&out)).unwrap();
+    assert_eq!(model.classes(), Some(10));
+    match model.evaluate(gpu, &splits.test, config.seed, 4).unwrap() {
+        kiln::train::infer::Evaluation::Vae { nats: got, iwae: Some((4, iwae)), .. } => {
+            assert_eq!(got, nats);
+            assert!(iwae.is_finite() && iwae <= got + 1.0, "IWAE(4) {iwae} vs ELBO {got}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Labels matter: the same latents decode differently as different classes.
+    let z = vec![0.3f32; 2 * 8];
+    let as_one = model.generate_labelled(gpu, &z, Some(&[1.0, 1.0])).unwrap();
+    let as_seven = model.generate_labelled(gpu, &z, Some(&[7.0, 7.0])).unwrap();
+    assert_ne!(as_one, as_seven);
+    model.set_class(Some(7)).unwrap();
+    assert_eq!(model.generate(gpu, &z).unwrap(), as_seven);
+    let err = model.generate_labelled(gpu, &z, None).unwrap_err().to_string();
+    assert!(err.contains("conditional") && err.contains("label"), "{err}");
+    let err = model.generate_labelled(gpu, &z, Some(&[1.0, 10.0])).unwrap_err().to_string();
+    assert!(err.contains("label 10"), "{err}");
+
+    // encode writes the labels beside mu, decode uses them, and refuses latents without them.
+    let images = splits.test.to_f32(0.0, 1.0);
+    let labels = kiln::train::infer::test_labels(&splits.test).unwrap();
+    let (mu, logvar) = model.encode(gpu, &images, Some(&labels)).unwrap();
+    let file = kiln::train::infer::latents_checkpoint(mu.clone(), logvar.clone(), Some(labels.clone()), 100);
+    let decoded = model.decode_file(gpu, &file, "latents").unwrap();
+    assert_eq!(decoded, model.generate_labelled(gpu, &mu, Some(&labels)).unwrap());
+    let bare = kiln::train::infer::latents_checkpoint(mu, logvar, None, 100);
+    let err = model.decode_file(gpu, &bare, "bare.safetensors").unwrap_err().to_string();
+    assert!(err.contains("bare.safetensors") && err.contains("labels"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
 }

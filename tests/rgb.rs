@@ -151,7 +151,7 @@ fn models_take_their_shape_from_the_data_gray_or_rgb_at_28_32_and_64() {
     let mut g = Graph::new();
     let flat = g.input("x", &[2, 3 * 32 * 32]);
     let x = g.reshape(flat, &vae.input_shape(2)).unwrap();
-    let [loss, _, _, recon] = vae.loss(&mut g, x, flat, 0, 1.0).unwrap();
+    let [loss, _, _, recon] = vae.loss(&mut g, x, flat, None, 0, 1.0).unwrap();
     assert_eq!(g.info(loss).numel(), 1);
     assert_eq!(g.shape(recon), [2, 3 * 32 * 32]);
 }

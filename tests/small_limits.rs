@@ -117,7 +117,7 @@ mod training {
 
     fn vae(kind: Kind) -> impl Fn(&Gpu, &GpuData, &GpuData) -> Box<dyn Trainer> {
         move |gpu, train, test| {
-            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch: 32, lr: 1e-3, seed: 5, beta: 1.0 };
+            let config = VaeConfig { kind, image: [1, 28, 28], latent: 20, hidden: 400, batch: 32, lr: 1e-3, seed: 5, beta: 1.0, classes: None };
             Box::new(VaeTrainer::new(gpu, config, train, test).unwrap())
         }
     }

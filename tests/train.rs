@@ -32,7 +32,7 @@ fn small_digits() -> kiln::data::Splits {
 }
 
 fn vae_config() -> VaeConfig {
-    VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0 }
+    VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 32, lr: 3e-3, seed: 5, beta: 1.0, classes: None }
 }
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
@@ -417,7 +417,7 @@ fn bad_checkpoints_and_wrong_kinds_are_clear_errors_naming_the_file() {
 
     // A safetensors file without kiln's metadata.
     let bare = out.join("bare.safetensors");
-    kiln::train::infer::latents_checkpoint(vec![0.0; 8], vec![0.0; 8], 1).save(&bare).unwrap();
+    kiln::train::infer::latents_checkpoint(vec![0.0; 8], vec![0.0; 8], None, 1).save(&bare).unwrap();
     let err = kiln::train::infer::load(gpu(), &bare).err().expect("must fail").to_string();
     assert!(err.contains("bare.safetensors") && err.contains("config"), "{err}");
 
@@ -532,8 +532,8 @@ fn vae_interpolations_start_and_end_at_reconstructions_and_pass_the_mean_latent(
     assert_eq!(views.pairs.len(), LERP_ROWS);
     assert_eq!(views.interpolation.len(), LERP_ROWS * LERP_STEPS * px);
     let images = |indices: Vec<usize>| test.subset("t", &indices).unwrap().to_f32(0.0, 1.0);
-    let (mu_a, _) = model.encode(gpu, &images(views.pairs.iter().map(|p| p.0).collect())).unwrap();
-    let (mu_b, _) = model.encode(gpu, &images(views.pairs.iter().map(|p| p.1).collect())).unwrap();
+    let (mu_a, _) = model.encode(gpu, &images(views.pairs.iter().map(|p| p.0).collect()), None).unwrap();
+    let (mu_b, _) = model.encode(gpu, &images(views.pairs.iter().map(|p| p.1).collect()), None).unwrap();
     let mean: Vec<f32> = mu_a.iter().zip(&mu_b).map(|(a, b)| (a + b) / 2.0).collect();
     let [start, end, middle] = [&mu_a, &mu_b, &mean].map(|z| model.generate(gpu, z).unwrap());
     let column = |j: usize| -> Vec<f32> { (0..LERP_ROWS).flat_map(|r| views.interpolation[(r * LERP_STEPS + j) * px..][..px].to_vec()).collect() };
@@ -547,7 +547,7 @@ fn vae_interpolations_start_and_end_at_reconstructions_and_pass_the_mean_latent(
     let (n, columns) = (views.shown.len(), views.columns);
     assert_eq!((n, columns), (64, 8));
     let originals = images(views.shown.clone());
-    let (mu, _) = model.encode(gpu, &originals).unwrap();
+    let (mu, _) = model.encode(gpu, &originals, None).unwrap();
     let recon = model.generate(gpu, &mu).unwrap();
     for row in 0..n / columns {
         let grid = |pair_row: usize| &views.reconstructions[(2 * row + pair_row) * columns * px..][..columns * px];
@@ -572,7 +572,7 @@ fn vae_training_writes_reconstructions_of_the_first_test_images_beside_each_samp
     let cell = |r: u32, k: u32| -> Vec<u8> { (0..28).flat_map(|y| (0..28).map(move |x| (k, r, x, y))).map(|(k, r, x, y)| grid.get_pixel(2 + 30 * k + x, 2 + 30 * r + y)[0]).collect() };
     let test = small_digits().test;
     let mut model = kiln::train::infer::load(gpu, &ckpt).unwrap();
-    let recon = model.reconstruct(gpu, &test.subset("first", &(0..64).collect::<Vec<_>>()).unwrap().to_f32(0.0, 1.0)).unwrap();
+    let recon = model.reconstruct(gpu, &test.subset("first", &(0..64).collect::<Vec<_>>()).unwrap().to_f32(0.0, 1.0), None).unwrap();
     let mut worst = 0;
     for i in 0..64u32 {
         let (r, k) = (i / 8, i % 8);

@@ -21,6 +21,25 @@ pub struct Vae {
     pub mu: Sequential,
     pub logvar: Sequential,
     pub decoder: Sequential,
+    /// A conditional VAE over this many classes (`--conditional`): the label's embedding is
+    /// added to the encoder's and the decoder's first Linear outputs ([`LABEL_ENCODER`],
+    /// [`LABEL_DECODER`]), the same as concatenating a one-hot label to their inputs.
+    pub classes: Option<usize>,
+}
+
+pub const LABEL_ENCODER: &str = "label_encoder.weight";
+pub const LABEL_DECODER: &str = "label_decoder.weight";
+
+/// Index of the first Linear layer of `model`, where the label's embedding is added.
+fn first_linear(model: &Sequential) -> usize {
+    model.layers.iter().position(|l| matches!(l, Layer::Linear(_))).expect("the VAE's encoder and decoder have a Linear layer")
+}
+
+fn linear_shape(model: &Sequential) -> (usize, usize) {
+    match &model.layers[first_linear(model)] {
+        Layer::Linear(l) => (l.in_features, l.out_features),
+        _ => unreachable!("first_linear finds a Linear"),
+    }
 }
 
 fn linear(i: usize, o: usize) -> Layer {
@@ -32,6 +51,7 @@ impl Vae {
         let pixels: usize = image.iter().product();
         Ok(match kind {
             Kind::Mlp => Vae {
+                classes: None,
                 kind,
                 latent,
                 image,
@@ -55,6 +75,7 @@ impl Vae {
                 };
                 let flat = 64 * h4 * w4;
                 Vae {
+                    classes: None,
                     kind,
                     latent,
                     image,
@@ -87,18 +108,67 @@ impl Vae {
         [&self.encoder, &self.mu, &self.logvar, &self.decoder]
     }
 
+    /// The same VAE conditional on `classes` labels (None: unconditional).
+    pub fn conditional(self, classes: Option<usize>) -> Vae {
+        Vae { classes, ..self }
+    }
+
+    /// Registers the model's parameters (PyTorch's default initial values from `rng`, the
+    /// label embeddings last, drawn like the one-hot columns of the first Linear layers) as the
+    /// store group "vae".
+    pub fn register(&self, gpu: &crate::gpu::Gpu, store: &mut crate::graph::Store, rng: &mut nn::InitRng) -> Result<()> {
+        let (mut params, mut states) = (Vec::new(), Vec::new());
+        for model in self.parts() {
+            let (p, s) = model.init(rng);
+            params.extend(p);
+            states.extend(s);
+        }
+        if let Some(classes) = self.classes {
+            for (name, model) in [(LABEL_ENCODER, &self.encoder), (LABEL_DECODER, &self.decoder)] {
+                let (fan_in, width) = linear_shape(model);
+                let values = rng.uniform(classes * width, 1.0 / ((fan_in + classes) as f64).sqrt());
+                params.push(nn::Init { name: name.to_string(), shape: vec![classes, width], values });
+            }
+        }
+        nn::register(gpu, store, "vae", params, states)
+    }
+
+    /// `model` applied to `x`, with the label's embedding added after its first Linear layer
+    /// for a conditional VAE; the labels must be given exactly when it is one.
+    fn forward(&self, g: &mut Graph, model: &Sequential, x: Tensor, labels: Option<Tensor>, embedding: &str) -> Result<Tensor> {
+        match (self.classes, labels) {
+            (None, None) => model.forward(g, x, Mode::eval()),
+            (Some(classes), Some(y)) => {
+                let at = first_linear(model);
+                let h = model.forward_range(g, x, 0..at + 1, Mode::eval())?;
+                let width = g.shape(h)[1];
+                let weight = g.param(embedding, &[classes, width]);
+                let e = g.apply1(ops::Embedding, &[weight, y], embedding)?;
+                let h = g.apply1(ops::Add, &[h, e], embedding)?;
+                model.forward_range(g, h, at + 1..model.layers.len(), Mode::eval())
+            }
+            (Some(classes), None) => crate::bail!(Invalid, "this VAE is conditional on {classes} classes: it needs the images' labels"),
+            (None, Some(_)) => crate::bail!(Invalid, "this VAE is unconditional: it takes no labels"),
+        }
+    }
+
     /// (mu, logvar) of a batch `x` shaped as the model's input ([B, pixels] for the MLP,
-    /// [B, C, H, W] for the conv net).
-    pub fn encode(&self, g: &mut Graph, x: Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.encoder.forward(g, x, Mode::eval())?;
+    /// [B, C, H, W] for the conv net), given its labels ([B]) for a conditional VAE.
+    pub fn encode(&self, g: &mut Graph, x: Tensor, labels: Option<Tensor>) -> Result<(Tensor, Tensor)> {
+        let h = self.forward(g, &self.encoder, x, labels, LABEL_ENCODER)?;
         Ok((self.mu.forward(g, h, Mode::eval())?, self.logvar.forward(g, h, Mode::eval())?))
     }
 
-    /// Pixel probabilities, flattened to [B, pixels].
-    pub fn decode(&self, g: &mut Graph, z: Tensor) -> Result<Tensor> {
-        let y = self.decoder.forward(g, z, Mode::eval())?;
+    /// Pixel probabilities, flattened to [B, pixels], of latents `z` (of classes `labels`).
+    pub fn decode(&self, g: &mut Graph, z: Tensor, labels: Option<Tensor>) -> Result<Tensor> {
+        let y = self.forward(g, &self.decoder, z, labels, LABEL_DECODER)?;
         let b = g.shape(y)[0];
         g.reshape(y, &[b, self.image.iter().product()])
+    }
+
+    /// A labels input `{name}_labels` of `b` rows for a conditional VAE, None otherwise.
+    pub fn labels_input(&self, g: &mut Graph, name: &str, b: usize) -> Option<Tensor> {
+        self.classes.map(|_| g.input(&format!("{name}_labels"), &[b]))
     }
 
     /// The input shape for a batch of `b`.
@@ -114,12 +184,12 @@ impl Vae {
     /// the GPU from stream `seed`. Returns (loss, bce, kl, recon).
     /// [objective, bce, kl, reconstruction]: the objective is bce + β·kl (β-VAE, Higgins et
     /// al. 2017); at β = 1 it is the negative ELBO.
-    pub fn loss(&self, g: &mut Graph, x: Tensor, target: Tensor, seed: u64, beta: f32) -> Result<[Tensor; 4]> {
-        let (mu, logvar) = self.encode(g, x)?;
+    pub fn loss(&self, g: &mut Graph, x: Tensor, target: Tensor, labels: Option<Tensor>, seed: u64, beta: f32) -> Result<[Tensor; 4]> {
+        let (mu, logvar) = self.encode(g, x, labels)?;
         let shape = g.shape(mu).to_vec();
         let eps = g.apply1(ops::RandomFill { normal: true, a: 0.0, b: 1.0, seed, shape }, &[], "eps")?;
         let z = g.apply1(ops::Reparameterize, &[mu, logvar, eps], "z")?;
-        let recon = self.decode(g, z)?;
+        let recon = self.decode(g, z, labels)?;
         let bce = g.apply1(ops::Loss(ops::LossKind::Bce(crate::kernels::loss::Reduction::Sum)), &[recon, target], "bce")?;
         let kl = g.apply1(ops::Loss(ops::LossKind::KlNormal), &[mu, logvar], "kl")?;
         let weighted = if beta == 1.0 { kl } else { g.apply1(ops::Scale { alpha: beta }, &[kl], "beta_kl")? };

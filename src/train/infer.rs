@@ -106,8 +106,12 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
             };
             let image: Vec<usize> = config["image"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
             let image: [usize; 3] = image.try_into().map_err(|_| Error::Invalid("checkpoint config has no [c, h, w] \"image\"".into()))?;
-            let vae = Vae::new(kind, image, field("latent")?, field("hidden")?)?;
-            nn::register_models(gpu, &mut store, "vae", &vae.parts(), &mut rng)?;
+            let classes = match &config["classes"] {
+                serde_json::Value::Null => None,
+                v => Some(v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize),
+            };
+            let vae = Vae::new(kind, image, field("latent")?, field("hidden")?)?.conditional(classes);
+            vae.register(gpu, &mut store, &mut rng)?;
             Model::Vae(vae)
         }
         "classifier" => {
@@ -166,11 +170,12 @@ impl Loaded {
         self.generate(gpu, &z)
     }
 
-    /// A conditional GAN's classes, None for other models.
+    /// A conditional GAN's or VAE's classes, None for other models.
     pub fn classes(&self) -> Option<usize> {
         match &self.model {
             Model::Gan { conditioning, .. } => conditioning.map(|c| c.classes),
-            _ => None,
+            Model::Vae(v) => v.classes,
+            Model::Classifier(_) => None,
         }
     }
 
@@ -181,7 +186,7 @@ impl Loaded {
             (None, _) => {}
             (Some(k), Some(classes)) if k < classes => {}
             (Some(k), Some(classes)) => crate::bail!(Invalid, "{}: --class {k} is out of range: the model has classes 0 to {}", self.origin, classes - 1),
-            (Some(_), None) => crate::bail!(Invalid, "{}: --class needs a conditional GAN (trained with --conditional); this checkpoint is an unconditional {}", self.origin, self.kind()),
+            (Some(_), None) => crate::bail!(Invalid, "{}: --class needs a conditional GAN or VAE (trained with --conditional); this checkpoint is an unconditional {}", self.origin, self.kind()),
         }
         self.class = class;
         Ok(())
@@ -193,9 +198,19 @@ impl Loaded {
         Some((first..first + n).map(|i| self.class.unwrap_or(i % classes) as f32).collect())
     }
 
-    /// Decodes (VAE) or generates (GAN) one image per row of `z` ([n, latent]), in [0, 1].
+    /// Decodes (VAE) or generates (GAN) one image per row of `z` ([n, latent]), in [0, 1]; a
+    /// conditional model makes the class set by [`set_class`](Self::set_class), or class
+    /// i mod classes for row i.
     pub fn generate(&mut self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+        let labels = self.labels(0, z.len() / self.latent()?.max(1));
+        self.generate_labelled(gpu, z, labels.as_deref())
+    }
+
+    /// [`generate`](Self::generate) with one class label per row of `z` (required exactly for
+    /// a conditional model): a VAE's reconstructions decode with the images' own labels.
+    pub fn generate_labelled(&mut self, gpu: &Gpu, z: &[f32], label_rows: Option<&[f32]>) -> Result<Vec<f32>> {
         let latent = self.latent()?;
+        self.check_labels(label_rows, z.len() / latent.max(1))?;
         if z.is_empty() || !z.len().is_multiple_of(latent) {
             crate::bail!(Shape, "{}: latents of {} values are not rows of {latent}", self.origin, z.len());
         }
@@ -210,14 +225,13 @@ impl Loaded {
                 let labels = conditioning.zip(labels).map(|(conditioning, labels)| Labels { conditioning, labels });
                 (dcgan::generate(&mut g, generator, input, labels, Mode::eval())?, true)
             }
-            Model::Vae(v) => (v.decode(&mut g, input)?, false),
+            Model::Vae(v) => (v.decode(&mut g, input, labels)?, false),
             Model::Classifier(_) => unreachable!("latent() refuses a classifier"),
         };
         let program = Program::compile(gpu, &g, &mut self.store, &[out], &[])?;
-        let label_rows = self.labels(0, z.len() / latent);
         let mut inputs = vec![(name.as_str(), z, latent)];
         let label_name = format!("infer_labels_{b}");
-        if let Some(rows) = &label_rows {
+        if let Some(rows) = label_rows {
             inputs.push((label_name.as_str(), rows, 1));
         }
         let [rows] = batches_of(gpu, &self.store, &program, &inputs, [out])?;
@@ -232,19 +246,54 @@ impl Loaded {
         if shape.len() != 2 || shape[1] != latent {
             crate::bail!(Shape, "{origin}: \"mu\" is {shape:?}, the VAE in {} decodes [N, {latent}]", self.origin);
         }
-        self.generate(gpu, mu)
+        // A conditional VAE decodes with the labels the latents were encoded with.
+        match (self.classes(), latents.tensors.get("labels")) {
+            (Some(_), Some((_, labels))) => {
+                let labels = labels.clone();
+                self.generate_labelled(gpu, mu, Some(&labels)).map_err(|e| Error::Invalid(format!("{origin}: {e}")))
+            }
+            (Some(_), None) => crate::bail!(Invalid, "{origin}: the VAE in {} is conditional: the latents need their \"labels\" (kiln encode writes them)", self.origin),
+            (None, _) => self.generate(gpu, mu),
+        }
     }
 
-    /// (mu, logvar), each [n, latent], of `images` ([0, 1] pixels, n whole images).
-    pub fn encode(&mut self, gpu: &Gpu, images: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// Refuses labels that are missing for a conditional model, given to an unconditional
+    /// one, not one per image, or outside the classes.
+    fn check_labels(&self, labels: Option<&[f32]>, n: usize) -> Result<()> {
+        match (self.classes(), labels) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => crate::bail!(Invalid, "{}: the model is unconditional; it takes no labels", self.origin),
+            (Some(k), None) => crate::bail!(Invalid, "{}: the model is conditional on {k} classes; it needs a label per image", self.origin),
+            (Some(k), Some(l)) => {
+                if l.len() != n {
+                    crate::bail!(Invalid, "{}: {} labels for {n} images", self.origin, l.len());
+                }
+                if let Some(bad) = l.iter().find(|&&v| !(v >= 0.0 && v < k as f32 && v.fract() == 0.0)) {
+                    crate::bail!(Invalid, "{}: label {bad} is not a class of 0 to {}", self.origin, k - 1);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// (mu, logvar), each [n, latent], of `images` ([0, 1] pixels, n whole images) and, for a
+    /// conditional VAE, their `labels`.
+    pub fn encode(&mut self, gpu: &Gpu, images: &[f32], labels: Option<&[f32]>) -> Result<(Vec<f32>, Vec<f32>)> {
         let vae = self.vae("encoding")?;
         let pixels: usize = vae.image.iter().product();
+        self.check_labels(labels, images.len() / pixels)?;
+        let vae = self.vae("encoding")?;
         let mut g = Graph::new();
         let flat = g.input("infer_x", &[BATCH, pixels]);
+        let label_input = vae.labels_input(&mut g, "infer_x", BATCH);
         let x = g.reshape(flat, &vae.input_shape(BATCH))?;
-        let (mu, logvar) = vae.encode(&mut g, x)?;
+        let (mu, logvar) = vae.encode(&mut g, x, label_input)?;
         let program = Program::compile(gpu, &g, &mut self.store, &[mu, logvar], &[])?;
-        let [mu, logvar] = batches(gpu, &self.store, &program, "infer_x", [mu, logvar], images, pixels)?;
+        let mut inputs = vec![("infer_x", images, pixels)];
+        if let Some(labels) = labels {
+            inputs.push(("infer_x_labels", labels, 1));
+        }
+        let [mu, logvar] = batches_of(gpu, &self.store, &program, &inputs, [mu, logvar])?;
         Ok((mu, logvar))
     }
 
@@ -265,7 +314,10 @@ impl Loaded {
                 let (nats, mse) = VaeEval::new(gpu, vae, &mut self.store, &data, seed)?.run(gpu, &data)?;
                 let iwae = match iwae_k {
                     0 => None,
-                    k => Some((k, IwaeEval::new(gpu, vae, &mut self.store, k, seed)?.run(gpu, &self.store, &test.to_f32(0.0, 1.0))?)),
+                    k => {
+                        let labels = vae.classes.map(|_| test_labels(test)).transpose()?;
+                        Some((k, IwaeEval::new(gpu, vae, &mut self.store, k, seed)?.run(gpu, &self.store, &test.to_f32(0.0, 1.0), labels.as_deref())?))
+                    }
                 };
                 return Ok(Evaluation::Vae { images: test.len(), nats, mse, iwae });
             }
@@ -311,20 +363,24 @@ impl Loaded {
         Ok(Evaluation::Gan { images: n, d_real: d_real / n as f64, d_fake: d_fake / n as f64 })
     }
 
-    /// decode(mu) of `images` ([0, 1] pixels, whole images): reconstructions without sampling.
-    pub fn reconstruct(&mut self, gpu: &Gpu, images: &[f32]) -> Result<Vec<f32>> {
-        let (mu, _) = self.encode(gpu, images)?;
-        self.generate(gpu, &mu)
+    /// decode(mu) of `images` ([0, 1] pixels, whole images, with their `labels` for a
+    /// conditional VAE): reconstructions without sampling.
+    pub fn reconstruct(&mut self, gpu: &Gpu, images: &[f32], labels: Option<&[f32]>) -> Result<Vec<f32>> {
+        let (mu, _) = self.encode(gpu, images, labels)?;
+        self.generate_labelled(gpu, &mu, labels)
     }
 
     /// For each pair (`from` image i, `to` image i), `steps` decoded latents walking linearly
-    /// from mu(from) to mu(to): the first and last are the two reconstructions.
-    pub fn interpolate(&mut self, gpu: &Gpu, from: &[f32], to: &[f32], steps: usize) -> Result<Vec<f32>> {
+    /// from mu(from) to mu(to): the first and last are the two reconstructions. A conditional
+    /// VAE encodes each image with its own label and decodes the row with `from`'s.
+    pub fn interpolate(&mut self, gpu: &Gpu, from: &[f32], to: &[f32], labels: Option<(&[f32], &[f32])>, steps: usize) -> Result<Vec<f32>> {
         let latent = self.vae("interpolating")?.latent;
         if steps < 2 || from.len() != to.len() {
             crate::bail!(Invalid, "{}: an interpolation needs as many start as end images and at least 2 steps, got {} and {} values, {steps} steps", self.origin, from.len(), to.len());
         }
-        let (mu, _) = self.encode(gpu, &[from, to].concat())?;
+        let both = labels.map(|(a, b)| [a, b].concat());
+        let (mu, _) = self.encode(gpu, &[from, to].concat(), both.as_deref())?;
+        let row_labels: Option<Vec<f32>> = labels.map(|(a, _)| a.iter().flat_map(|&l| std::iter::repeat_n(l, steps)).collect());
         let (a, b) = mu.split_at(mu.len() / 2);
         let mut z = Vec::with_capacity(a.len() * steps);
         for (a, b) in a.chunks(latent).zip(b.chunks(latent)) {
@@ -333,7 +389,7 @@ impl Loaded {
                 z.extend(a.iter().zip(b).map(|(a, b)| (1.0 - t) * a + t * b));
             }
         }
-        self.generate(gpu, &z)
+        self.generate_labelled(gpu, &z, row_labels.as_deref())
     }
 
     /// The reconstruction and interpolation grids `kiln sample` writes for a VAE, of test
@@ -347,14 +403,18 @@ impl Loaded {
             crate::bail!(Invalid, "{}: the test set {:?} has {} images, an interpolation needs 2", self.origin, test.name, test.len());
         }
         let images = |indices: &[usize]| -> Result<Vec<f32>> { Ok(test.subset("shown", indices)?.to_f32(0.0, 1.0)) };
+        let all_labels = self.classes().map(|_| test_labels(test)).transpose()?;
+        let labels = |indices: &[usize]| all_labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect::<Vec<f32>>());
         let order = pick(test.len(), seed);
         let (shown, columns) = shown_layout(test.len());
         let originals = images(&order[..shown])?;
-        let recon = self.reconstruct(gpu, &originals)?;
+        let recon = self.reconstruct(gpu, &originals, labels(&order[..shown]).as_deref())?;
         let reconstructions = crate::data::images::pair_rows(&originals, &recon, test.image_len(), columns);
         let pairs: Vec<(usize, usize)> = order.chunks_exact(2).take(LERP_ROWS).map(|p| (p[0], p[1])).collect();
         let (from, to): (Vec<usize>, Vec<usize>) = pairs.iter().copied().unzip();
-        let interpolation = self.interpolate(gpu, &images(&from)?, &images(&to)?, LERP_STEPS)?;
+        let (from_labels, to_labels) = (labels(&from), labels(&to));
+        let pair_labels = from_labels.as_deref().zip(to_labels.as_deref());
+        let interpolation = self.interpolate(gpu, &images(&from)?, &images(&to)?, pair_labels, LERP_STEPS)?;
         Ok(VaeViews { image: self.image(), shown: order[..shown].to_vec(), columns, reconstructions, pairs, interpolation })
     }
 }
@@ -483,14 +543,26 @@ impl Evaluation {
     }
 }
 
-/// The file `kiln encode` writes: "mu" and "logvar", each [n, latent].
-pub fn latents_checkpoint(mu: Vec<f32>, logvar: Vec<f32>, n: usize) -> Checkpoint {
+/// The file `kiln encode` writes: "mu" and "logvar", each [n, latent], and for a conditional
+/// VAE the images' "labels" [n], which `kiln decode` decodes with.
+pub fn latents_checkpoint(mu: Vec<f32>, logvar: Vec<f32>, labels: Option<Vec<f32>>, n: usize) -> Checkpoint {
     let latent = mu.len() / n.max(1);
     let mut file = Checkpoint::default();
     file.metadata.insert("kind".into(), "latents".into());
     file.tensors.insert("mu".into(), (vec![n, latent], mu));
     file.tensors.insert("logvar".into(), (vec![n, latent], logvar));
+    if let Some(labels) = labels {
+        file.tensors.insert("labels".into(), (vec![n], labels));
+    }
     file
+}
+
+/// A labelled set's labels as f32 class indices; an error naming the set when it has none.
+pub fn test_labels(data: &Dataset) -> Result<Vec<f32>> {
+    match data.labels() {
+        Some(l) => Ok(l.iter().map(|&c| c as f32).collect()),
+        None => crate::bail!(Invalid, "{:?} has no labels, and a conditional model needs them (IDX label files, or one sub-folder per class)", data.name),
+    }
 }
 
 /// Writes `images` ([n, c, h, w] in [0, 1]): one grid when `out` ends in .png, otherwise

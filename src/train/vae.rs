@@ -25,13 +25,16 @@ pub struct VaeConfig {
     /// The KL term's weight in the training objective (β-VAE; 1 is the ELBO). Evaluation
     /// always reports the ELBO and the IWAE bound, whatever β.
     pub beta: f32,
+    /// A conditional VAE over this many classes (`--conditional`; labels from the data).
+    pub classes: Option<usize>,
 }
 
 pub struct VaeTrainer {
     pub config: VaeConfig,
     pub model: Vae,
     pub store: Store,
-    gather: Dispatch,
+    /// The batch's images, and its labels when conditional.
+    gather: Vec<Dispatch>,
     step: Program,
     pub opt: Optimizer,
     logged: Vec<Buffer>,
@@ -59,13 +62,32 @@ pub fn shown_layout(available: usize) -> (usize, usize) {
 }
 
 /// The graph of one batch: the input gathered as [0, 1] pixels, the loss and its parts.
+/// A conditional VAE's labels come in as `{input}_labels`.
 fn batch_graph(model: &Vae, b: usize, input: &str, seed: u64, beta: f32) -> Result<(Graph, [Tensor; 4])> {
     let mut g = Graph::new();
     let pixels: usize = model.image.iter().product();
     let flat = g.input(input, &[b, pixels]);
+    let labels = model.labels_input(&mut g, input, b);
     let x = g.reshape(flat, &model.input_shape(b))?;
-    let out = model.loss(&mut g, x, flat, seed, beta)?;
+    let out = model.loss(&mut g, x, flat, labels, seed, beta)?;
     Ok((g, out))
+}
+
+/// Recorded gathers of `b` images of `data` into input `name` and, for a conditional VAE,
+/// their labels into `{name}_labels`.
+fn gathers(gpu: &Gpu, model: &Vae, store: &Store, data: &GpuData, b: usize, name: &str) -> Result<Vec<Dispatch>> {
+    let input = |name: &str| store.input_buffer(name).expect("compiled").buffer.clone();
+    let mut out = vec![data.gather(gpu, b, 1.0 / 255.0, 0.0, &input(name))?];
+    if model.classes.is_some() {
+        out.push(data.gather_labels(gpu, b, &input(&format!("{name}_labels")))?);
+    }
+    Ok(out)
+}
+
+/// Labels of `n` generated images from the first: image i of class i / `per_class` mod
+/// classes (a grid's rows), None for an unconditional VAE.
+pub fn class_rows(classes: Option<usize>, first: usize, n: usize, per_class: usize) -> Option<Vec<f32>> {
+    classes.map(|k| (first..first + n).map(|i| ((i / per_class) % k) as f32).collect())
 }
 
 impl VaeTrainer {
@@ -76,10 +98,10 @@ impl VaeTrainer {
         if !(config.beta >= 0.0 && config.beta.is_finite()) {
             crate::bail!(Invalid, "--beta must be a finite weight >= 0, got {}", config.beta);
         }
-        let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?;
+        let model = Vae::new(config.kind, config.image, config.latent, config.hidden)?.conditional(config.classes);
         let mut store = Store::new();
         let mut rng = InitRng::new(config.seed);
-        crate::nn::register_models(gpu, &mut store, "vae", &model.parts(), &mut rng)?;
+        model.register(gpu, &mut store, &mut rng)?;
         let b = config.batch;
         let seed = config.seed ^ EPS_STREAM;
 
@@ -95,11 +117,11 @@ impl VaeTrainer {
 
         let mut g = Graph::new();
         let z = g.input("sample_z", &[SAMPLES, config.latent]);
-        let images = model.decode(&mut g, z)?;
+        let labels = model.labels_input(&mut g, "sample_z", SAMPLES);
+        let images = model.decode(&mut g, z, labels)?;
         let sampler = Program::compile(gpu, &g, &mut store, &[images], &[])?;
 
-        let input = |name: &str| store.input_buffer(name).expect("compiled").buffer.clone();
-        let gather = train.gather(gpu, b, 1.0 / 255.0, 0.0, &input("batch"))?;
+        let gather = gathers(gpu, &model, &store, train, b, "batch")?;
         let opt = Optimizer::new(gpu, &store, "vae", Config::Adam(Adam { lr: config.lr, ..Adam::default() }))?;
         Ok(VaeTrainer { config, model, store, gather, step, opt, logged, eval, sampler, sample_images: images, shown })
     }
@@ -115,9 +137,13 @@ impl VaeTrainer {
         self.eval.run(gpu, test)
     }
 
-    /// Decoded images (pixel probabilities) for latent codes `z` ([SAMPLES, latent]).
-    pub fn decode(&self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+    /// Decoded images (pixel probabilities) for latent codes `z` ([SAMPLES, latent]), of
+    /// classes `labels` ([SAMPLES]) for a conditional VAE.
+    pub fn decode(&self, gpu: &Gpu, z: &[f32], labels: Option<&[f32]>) -> Result<Vec<f32>> {
         gpu.write(&self.store.input_buffer("sample_z").expect("compiled").buffer, z)?;
+        if let Some(labels) = labels {
+            gpu.write(&self.store.input_buffer("sample_z_labels").expect("conditional").buffer, labels)?;
+        }
         self.sampler.run(gpu)?;
         gpu.read(self.sampler.buffer(self.sample_images))
     }
@@ -129,8 +155,8 @@ impl VaeTrainer {
 pub struct VaeEval {
     images: usize,
     pixels: usize,
-    /// One program per batch size (the full one and the last), each fed by its own gather.
-    programs: Vec<(usize, Dispatch, Program, [Tensor; 2])>,
+    /// One program per batch size (the full one and the last), each fed by its own gathers.
+    programs: Vec<(usize, Vec<Dispatch>, Program, [Tensor; 2])>,
 }
 
 impl VaeEval {
@@ -147,7 +173,7 @@ impl VaeEval {
             let target = g.tensors.iter().position(|t| t.name == input).map(Tensor::from_index).expect("declared");
             let mse = g.apply1(Loss(LossKind::Mse(Reduction::Sum)), &[recon, target], "mse")?;
             let program = Program::compile(gpu, &g, store, &[loss, mse], &[])?;
-            let gather = test.gather(gpu, b, 1.0 / 255.0, 0.0, &store.input_buffer(&input).expect("compiled").buffer)?;
+            let gather = gathers(gpu, model, store, test, b, &input)?;
             programs.push((b, gather, program, [loss, mse]));
         }
         Ok(VaeEval { images: test.len, pixels: test.image_len, programs })
@@ -164,9 +190,11 @@ impl VaeEval {
         for (i, start) in (0..self.images).step_by(EVAL_BATCH).enumerate() {
             let b = EVAL_BATCH.min(self.images - start);
             let (_, gather, program, [l, m]) = self.programs.iter().find(|p| p.0 == b).expect("one program per batch size");
-            crate::kernels::data::set_first(gpu, gather, start);
+            for gather in gather {
+                crate::kernels::data::set_first(gpu, gather, start);
+            }
             program.set_step(gpu, i as u64)?;
-            gpu.submit("evaluation", &[std::slice::from_ref(gather), &program.dispatches], None)?;
+            gpu.submit("evaluation", &[gather, &program.dispatches], None)?;
             loss += gpu.read(program.buffer(*l))?[0] as f64;
             mse += gpu.read(program.buffer(*m))?[0] as f64;
         }
@@ -179,7 +207,7 @@ impl VaeEval {
 struct Reconstructor {
     images: usize,
     columns: usize,
-    gather: Dispatch,
+    gather: Vec<Dispatch>,
     program: Program,
     recon: Tensor,
 }
@@ -189,17 +217,18 @@ impl Reconstructor {
         let (images, columns) = shown_layout(test.len);
         let mut g = Graph::new();
         let flat = g.input("shown_x", &[images, test.image_len]);
+        let labels = model.labels_input(&mut g, "shown_x", images);
         let x = g.reshape(flat, &model.input_shape(images))?;
-        let (mu, _) = model.encode(&mut g, x)?;
-        let recon = model.decode(&mut g, mu)?;
+        let (mu, _) = model.encode(&mut g, x, labels)?;
+        let recon = model.decode(&mut g, mu, labels)?;
         let program = Program::compile(gpu, &g, store, &[recon], &[])?;
-        let gather = test.gather(gpu, images, 1.0 / 255.0, 0.0, &store.input_buffer("shown_x").expect("compiled").buffer)?;
+        let gather = gathers(gpu, model, store, test, images, "shown_x")?;
         Ok(Reconstructor { images, columns, gather, program, recon })
     }
 
     /// (originals, reconstructions), each [images, pixels] in [0, 1].
     fn run(&self, gpu: &Gpu, store: &Store) -> Result<(Vec<f32>, Vec<f32>)> {
-        gpu.submit("reconstruction", &[std::slice::from_ref(&self.gather), &self.program.dispatches], None)?;
+        gpu.submit("reconstruction", &[&self.gather, &self.program.dispatches], None)?;
         Ok((gpu.read(&store.input_buffer("shown_x").expect("compiled").buffer)?, gpu.read(self.program.buffer(self.recon))?))
     }
 }
@@ -228,22 +257,43 @@ impl super::run::Trainer for VaeTrainer {
         true
     }
     fn step_dispatches(&self) -> Vec<&[Dispatch]> {
-        vec![std::slice::from_ref(&self.gather), &self.step.dispatches, &self.opt.dispatches]
+        vec![&self.gather[..], &self.step.dispatches, &self.opt.dispatches]
     }
     fn prepare(&self, gpu: &Gpu, data: &GpuData, step: u64, batch_index: usize) -> Result<()> {
-        data.select(gpu, &self.gather, self.config.batch, batch_index);
+        for gather in &self.gather {
+            data.select(gpu, gather, self.config.batch, batch_index);
+        }
         self.step.set_step(gpu, step)
     }
     fn generate(&self, gpu: &Gpu, n: usize, seed: u64) -> Option<Result<Vec<f32>>> {
-        Some(super::score::generate_in_batches(n, SAMPLES, self.config.latent, seed, |z| self.decode(gpu, z)))
+        // A conditional VAE draws image i of class i mod classes.
+        let mut first = 0;
+        Some(super::score::generate_in_batches(n, SAMPLES, self.config.latent, seed, |z| {
+            let labels = class_rows(self.config.classes, first, SAMPLES, 1);
+            first += SAMPLES;
+            self.decode(gpu, z, labels.as_deref())
+        }))
     }
     /// The grid of decoded z ~ N(0, 1) (the same z every time) and, beside it, the first test
     /// images above their reconstructions decode(mu), so epochs compare.
     fn save_samples(&self, gpu: &Gpu, dir: &std::path::Path, step: u64) -> Result<()> {
         let z = InitRng::new(self.config.seed ^ 0x5A3D).normal(SAMPLES * self.config.latent, 0.0, 1.0);
-        let images = self.decode(gpu, &z)?;
+        // A conditional VAE's grid: one row of 8 per class, the same 8 z in every row.
+        let (images, count) = match self.config.classes {
+            None => (self.decode(gpu, &z, None)?, SAMPLES),
+            Some(k) => {
+                let d = self.config.latent;
+                let mut images = Vec::new();
+                for first in (0..k * 8).step_by(SAMPLES) {
+                    let rows: Vec<f32> = (first..first + SAMPLES).flat_map(|i| z[(i % 8) * d..(i % 8 + 1) * d].to_vec()).collect();
+                    images.extend(self.decode(gpu, &rows, class_rows(Some(k), first, SAMPLES, 8).as_deref())?);
+                }
+                images.truncate(k * 8 * self.config.image.iter().product::<usize>());
+                (images, k * 8)
+            }
+        };
         let [c, h, w] = self.config.image;
-        crate::data::images::save_grid(&images, [SAMPLES, c, h, w], 8, dir.join(format!("step_{step:07}.png")))?;
+        crate::data::images::save_grid(&images, [count, c, h, w], 8, dir.join(format!("step_{step:07}.png")))?;
         let (originals, recon) = self.shown.run(gpu, &self.store)?;
         let paired = crate::data::images::pair_rows(&originals, &recon, c * h * w, self.shown.columns);
         crate::data::images::save_grid(&paired, [2 * self.shown.images, c, h, w], self.shown.columns, dir.join(format!("step_{step:07}_reconstructions.png")))
@@ -256,6 +306,7 @@ impl super::run::Trainer for VaeTrainer {
         serde_json::json!({
             "model": "vae", "kind": format!("{:?}", c.kind).to_lowercase(), "image": c.image, "latent": c.latent,
             "hidden": c.hidden, "batch": c.batch, "lr": c.lr, "seed": c.seed, "beta": c.beta,
+            "classes": c.classes,
         })
         .to_string()
     }
@@ -290,12 +341,13 @@ impl IwaeEval {
         let (rows, pixels) = (images * k, model.image.iter().product());
         let mut g = Graph::new();
         let flat = g.input("iwae_x", &[rows, pixels]);
+        let labels = model.labels_input(&mut g, "iwae_x", rows);
         let x = g.reshape(flat, &model.input_shape(rows))?;
-        let (mu, logvar) = model.encode(&mut g, x)?;
+        let (mu, logvar) = model.encode(&mut g, x, labels)?;
         let shape = g.shape(mu).to_vec();
         let eps = g.apply1(crate::graph::ops::RandomFill { normal: true, a: 0.0, b: 1.0, seed: seed ^ IWAE_STREAM, shape }, &[], "eps")?;
         let z = g.apply1(crate::graph::ops::Reparameterize, &[mu, logvar, eps], "z")?;
-        let recon = model.decode(&mut g, z)?;
+        let recon = model.decode(&mut g, z, labels)?;
         let bce = g.apply1(Loss(LossKind::Bce(Reduction::None)), &[recon, flat], "bce")?;
         let nll = g.apply1(crate::graph::ops::Sum { all: false, mean: false }, &[bce], "nll")?;
         let outs = [nll, mu, logvar, eps];
@@ -304,13 +356,22 @@ impl IwaeEval {
     }
 
     /// The mean over `test` ([0, 1] pixels, whole images) of −log p(x) bounded with k
-    /// samples, in nats per image (lower is better, like the ELBO's loss).
-    pub fn run(&self, gpu: &Gpu, store: &Store, test: &[f32]) -> Result<f64> {
+    /// samples, in nats per image (lower is better, like the ELBO's loss); a conditional VAE
+    /// takes the images' `labels`, and its bound is on log p(x | y).
+    pub fn run(&self, gpu: &Gpu, store: &Store, test: &[f32], labels: Option<&[f32]>) -> Result<f64> {
         let n = test.len() / self.pixels;
         if n == 0 || test.len() != n * self.pixels {
             crate::bail!(Shape, "iwae: {} values are not whole images of {} pixels", test.len(), self.pixels);
         }
+        let label_input = store.input_buffer("iwae_x_labels").map(|s| &s.buffer);
+        match (label_input, labels) {
+            (Some(_), Some(l)) if l.len() == n => {}
+            (None, None) => {}
+            (Some(_), _) => crate::bail!(Invalid, "iwae: a conditional VAE needs one label per test image ({n})"),
+            (None, Some(_)) => crate::bail!(Invalid, "iwae: an unconditional VAE takes no labels"),
+        }
         let input = &store.input_buffer("iwae_x").expect("compiled").buffer;
+        let mut row_labels = vec![0.0f32; self.images * self.k];
         let (k, d) = (self.k, self.latent);
         let mut rows = vec![0.0f32; self.images * k * self.pixels];
         let mut total = 0.0;
@@ -320,8 +381,14 @@ impl IwaeEval {
                 // Rows past the last image repeat it; their weights are not read.
                 let i = first + (r / k).min(count - 1);
                 row.copy_from_slice(&test[i * self.pixels..(i + 1) * self.pixels]);
+                if let Some(labels) = labels {
+                    row_labels[r] = labels[i];
+                }
             }
             gpu.write(input, &rows)?;
+            if let Some(buffer) = label_input {
+                gpu.write(buffer, &row_labels)?;
+            }
             self.program.set_step(gpu, batch as u64)?;
             self.program.run(gpu)?;
             let [nll, mu, logvar, eps] = self.outs.map(|t| gpu.read(self.program.buffer(t)));
