@@ -702,7 +702,8 @@ fn folder_options(image: [usize; 3]) -> kiln::data::folder::FolderOptions {
 fn load_generator(gpu: &kiln::Gpu, checkpoint: &std::path::Path, no_ema: bool) -> kiln::Result<kiln::train::infer::Loaded> {
     let model = if no_ema { kiln::train::infer::load_live(gpu, checkpoint)? } else { kiln::train::infer::load(gpu, checkpoint)? };
     if model.averaged {
-        println!("generator weights: the moving average (ema.*; --no-ema for the live weights)");
+        // On stderr, so that --json output stays one JSON document.
+        eprintln!("generator weights: the moving average (ema.*; --no-ema for the live weights)");
     }
     Ok(model)
 }
