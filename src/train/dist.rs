@@ -214,9 +214,12 @@ pub fn broadcast_u64(value: u64, comm: &dyn Collective) -> Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
-/// Points every random dispatch of the step at this rank's part of the stream, once per run.
+/// Points every random dispatch of the step at this rank's part of the stream, once per run:
+/// those of the full step and of step 0, which also runs what only some steps run (lazy R1's
+/// extra D pass). Setting a dispatch twice writes the same shard.
 pub fn shard_random_streams(gpu: &Gpu, trainer: &dyn Trainer, comm: &dyn Collective) -> Result<()> {
-    for d in trainer.step_dispatches().iter().flat_map(|l| l.iter()).filter(|d| crate::kernels::random::draws_random(d)) {
+    let (full, first) = (trainer.step_dispatches(), trainer.step_dispatches_at(0));
+    for d in full.iter().chain(&first).flat_map(|l| l.iter()).filter(|d| crate::kernels::random::draws_random(d)) {
         crate::kernels::random::set_shard(gpu, d, comm.rank() as u32)?;
     }
     Ok(())
