@@ -564,6 +564,14 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
             }
         },
     };
+    // --conditional: the training set's class count, which it must have.
+    let conditional_classes = || -> kiln::Result<Option<usize>> {
+        match (args.conditional, splits.train.num_classes()) {
+            (false, _) => Ok(None),
+            (true, Some(classes)) => Ok(Some(classes)),
+            (true, None) => Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data))),
+        }
+    };
     let mut vae_test = None;
     let trainer: Box<dyn run::Trainer> = match args.model.as_str() {
         "gan" => {
@@ -593,13 +601,7 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
                 gp_lambda: args.gp_lambda,
                 r1: args.r1.map(|gamma| (gamma, args.r1_every)),
                 augment: kiln::nn::augment::parse_policy(args.augment.as_deref().unwrap_or(""))?,
-                conditional: match (args.conditional, splits.train.num_classes()) {
-                    (false, _) => None,
-                    (true, Some(classes)) => Some(kiln::models::dcgan::Conditioning { classes }),
-                    (true, None) => {
-                        return Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data)))
-                    }
-                },
+                conditional: conditional_classes()?.map(|classes| kiln::models::dcgan::Conditioning { classes }),
             };
             let gan = Gan::new(&gpu, config, &data)?;
             let (planned, naive) = gan.memory();
@@ -614,12 +616,7 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
                 other => return Err(kiln::Error::Invalid(format!("unknown --vae-model {other:?}: expected mlp or conv"))),
             };
             let image = [splits.train.channels(), splits.train.height(), splits.train.width()];
-            let classes = match (args.conditional, splits.train.num_classes()) {
-                (false, _) => None,
-                (true, Some(classes)) => Some(classes),
-                (true, None) => return Err(kiln::Error::Invalid(format!("{}: --conditional needs labelled images (IDX label files, or one sub-folder per class)", args.data))),
-            };
-            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed, beta: args.beta, classes };
+            let config = VaeConfig { kind, image, latent: args.latent, hidden: 400, batch: args.batch_size, lr: args.lr.unwrap_or(1e-3), seed: args.seed, beta: args.beta, classes: conditional_classes()? };
             let test = GpuData::upload(&gpu, &splits.test)?;
             let vae = VaeTrainer::new(&gpu, config, &data, &test)?;
             let (planned, naive) = vae.memory();

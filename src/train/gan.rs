@@ -482,7 +482,7 @@ impl Gan {
     pub fn generate_balanced(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
         let mut first = 0;
         super::score::generate_in_batches(n, SAMPLES, LATENT, seed, |z| {
-            let labels: Option<Vec<f32>> = self.config.conditional.map(|c| (first..first + SAMPLES).map(|i| (i % c.classes) as f32).collect());
+            let labels = self.config.conditional.map(|c| super::score::class_rows(c.classes, first, SAMPLES, 1));
             first += SAMPLES;
             Ok(self.sample(gpu, z, labels.as_deref())?.into_iter().map(|v| (v + 1.0) / 2.0).collect())
         })
@@ -495,15 +495,8 @@ impl Gan {
         let Some(c) = self.config.conditional else {
             return Ok((self.sample(gpu, &noise, None)?.iter().map(|v| (v + 1.0) / 2.0).collect(), SAMPLES));
         };
-        let per_image = noise.len() / SAMPLES;
-        let mut images = Vec::new();
-        for first in (0..c.classes * 8).step_by(SAMPLES) {
-            let z: Vec<f32> = (first..first + SAMPLES).flat_map(|i| noise[(i % 8) * per_image..(i % 8 + 1) * per_image].to_vec()).collect();
-            let labels: Vec<f32> = (first..first + SAMPLES).map(|i| (i / 8).min(c.classes - 1) as f32).collect();
-            images.extend(self.sample(gpu, &z, Some(&labels))?);
-        }
         let ImageShape { channels, size } = self.config.image;
-        images.truncate(c.classes * 8 * channels * size * size);
+        let images = super::score::class_grid(&noise, LATENT, c.classes, SAMPLES, channels * size * size, |z, labels| self.sample(gpu, z, Some(labels)))?;
         Ok((images.iter().map(|v| (v + 1.0) / 2.0).collect(), c.classes * 8))
     }
 }

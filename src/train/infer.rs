@@ -77,6 +77,13 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
     let field = |key: &str| -> Result<usize> {
         config[key].as_u64().map(|v| v as usize).ok_or_else(|| Error::Invalid(format!("checkpoint config has no number {key:?}")))
     };
+    // A conditional model's class count; absent (null) for the others.
+    let classes = || -> Result<Option<usize>> {
+        match &config["classes"] {
+            serde_json::Value::Null => Ok(None),
+            v => Ok(Some(v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize)),
+        }
+    };
     let seed = config["seed"].as_u64().unwrap_or(0);
     let mut store = Store::new();
     // Placeholder values: every tensor is overwritten from the checkpoint below.
@@ -86,10 +93,7 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
             let image = ImageShape { channels: field("channels")?, size: field("size")? };
             let spectral_norm = dcgan::SpectralNorm::parse(config["spectral_norm"].as_str().unwrap_or("none"))?;
             let (generator, discriminator) = spectral_norm.networks(image)?;
-            let conditioning = match &config["classes"] {
-                serde_json::Value::Null => None,
-                v => Some(Conditioning { classes: v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize }),
-            };
+            let conditioning = classes()?.map(|classes| Conditioning { classes });
             let embeddings = conditioning.map(|c| c.init(&generator, &discriminator, false, &mut rng));
             for (i, (model, group)) in [(&generator, "generator"), (&discriminator, "discriminator")].into_iter().enumerate() {
                 let (mut params, states) = model.init(&mut rng);
@@ -106,10 +110,7 @@ fn build(gpu: &Gpu, ckpt: &Checkpoint) -> Result<(Model, Store, u64)> {
             };
             let image: Vec<usize> = config["image"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
             let image: [usize; 3] = image.try_into().map_err(|_| Error::Invalid("checkpoint config has no [c, h, w] \"image\"".into()))?;
-            let classes = match &config["classes"] {
-                serde_json::Value::Null => None,
-                v => Some(v.as_u64().filter(|&k| k > 0).ok_or_else(|| Error::Invalid(format!("checkpoint config has classes {v}, not a count")))? as usize),
-            };
+            let classes = classes()?;
             let vae = Vae::new(kind, image, field("latent")?, field("hidden")?)?.conditional(classes);
             vae.register(gpu, &mut store, &mut rng)?;
             Model::Vae(vae)

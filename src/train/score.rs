@@ -252,3 +252,24 @@ pub fn generate_in_batches(n: usize, batch: usize, latent: usize, seed: u64, mut
     images.truncate(n * pixels);
     Ok(images)
 }
+
+/// Class labels of `n` generated images from the first: image i of class i / `per_class` mod
+/// `classes` (1 per class: every class equally often; a grid's row length: one row each).
+pub fn class_rows(classes: usize, first: usize, n: usize, per_class: usize) -> Vec<f32> {
+    (first..first + n).map(|i| ((i / per_class) % classes) as f32).collect()
+}
+
+/// A conditional model's sample grid: one row of 8 images per class, the same 8 latents (the
+/// first rows of `noise`, `latent` values each) in every row, made in batches of `batch` by
+/// `run(z, labels)`; classes × 8 images of `pixels` values.
+pub fn class_grid(noise: &[f32], latent: usize, classes: usize, batch: usize, pixels: usize, mut run: impl FnMut(&[f32], &[f32]) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+    const PER_ROW: usize = 8;
+    let count = classes * PER_ROW;
+    let mut images = Vec::with_capacity(count.next_multiple_of(batch) * pixels);
+    for first in (0..count).step_by(batch) {
+        let z: Vec<f32> = (first..first + batch).flat_map(|i| noise[(i % PER_ROW) * latent..(i % PER_ROW + 1) * latent].iter().copied()).collect();
+        images.extend(run(&z, &class_rows(classes, first, batch, PER_ROW))?);
+    }
+    images.truncate(count * pixels);
+    Ok(images)
+}

@@ -84,11 +84,7 @@ fn gathers(gpu: &Gpu, model: &Vae, store: &Store, data: &GpuData, b: usize, name
     Ok(out)
 }
 
-/// Labels of `n` generated images from the first: image i of class i / `per_class` mod
-/// classes (a grid's rows), None for an unconditional VAE.
-pub fn class_rows(classes: Option<usize>, first: usize, n: usize, per_class: usize) -> Option<Vec<f32>> {
-    classes.map(|k| (first..first + n).map(|i| ((i / per_class) % k) as f32).collect())
-}
+
 
 impl VaeTrainer {
     pub fn new(gpu: &Gpu, config: VaeConfig, train: &GpuData, test: &GpuData) -> Result<VaeTrainer> {
@@ -269,7 +265,7 @@ impl super::run::Trainer for VaeTrainer {
         // A conditional VAE draws image i of class i mod classes.
         let mut first = 0;
         Some(super::score::generate_in_batches(n, SAMPLES, self.config.latent, seed, |z| {
-            let labels = class_rows(self.config.classes, first, SAMPLES, 1);
+            let labels = self.config.classes.map(|k| super::score::class_rows(k, first, SAMPLES, 1));
             first += SAMPLES;
             self.decode(gpu, z, labels.as_deref())
         }))
@@ -282,14 +278,8 @@ impl super::run::Trainer for VaeTrainer {
         let (images, count) = match self.config.classes {
             None => (self.decode(gpu, &z, None)?, SAMPLES),
             Some(k) => {
-                let d = self.config.latent;
-                let mut images = Vec::new();
-                for first in (0..k * 8).step_by(SAMPLES) {
-                    let rows: Vec<f32> = (first..first + SAMPLES).flat_map(|i| z[(i % 8) * d..(i % 8 + 1) * d].to_vec()).collect();
-                    images.extend(self.decode(gpu, &rows, class_rows(Some(k), first, SAMPLES, 8).as_deref())?);
-                }
-                images.truncate(k * 8 * self.config.image.iter().product::<usize>());
-                (images, k * 8)
+                let pixels = self.config.image.iter().product();
+                (super::score::class_grid(&z, self.config.latent, k, SAMPLES, pixels, |z, labels| self.decode(gpu, z, Some(labels)))?, k * 8)
             }
         };
         let [c, h, w] = self.config.image;
