@@ -3,15 +3,15 @@
 // op(B)[k,j] = b[k*sb_k + j*sb_j], so one kernel covers Linear forward (x·Wᵀ), dX = dY·W and
 // dW = dYᵀ·X without copies.
 //
-// Three variants of the same product here, picked per adapter by the launcher:
+// Two variants of the product here, picked per adapter by the launcher:
 //   simple  — one output per invocation: the readable oracle.
 //   blocked — 16×16 outputs per invocation from registers, no workgroup memory: fastest on
 //             CPU adapters (lavapipe, llvmpipe), where barriers and shared memory cost more
 //             than they save.
-//   tiled   — 64×64 tiles staged through workgroup memory, 4×4 outputs per invocation: the
-//             GPU kernel.
-// A fourth, `windowed`, lives in matmul_window.wgsl: op(A) in uniform-buffer windows and op(B)
-// shuffled round a subgroup of 8, for CPU adapters with subgroups (lavapipe), 2-3× blocked.
+// The GPU kernel, `tiled`, is the tile engine in gemm.wgsl (workgroup-memory tiles, shared
+// with the convolutions); `windowed`, in matmul_window.wgsl, keeps op(A) in uniform-buffer
+// windows and shuffles op(B) round a subgroup of 8, for CPU adapters with subgroups
+// (lavapipe), 2-3× blocked.
 // Every grid is a flat list of output tiles folded into y past 65,535 workgroups.
 //
 // column_sum is the bias gradient of Linear: db[j] (+)= Σ_i dy[i, j].
@@ -173,71 +173,6 @@ fn store_row(i: u32, j0: u32, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: v
     var row = array<vec4<f32>, 4>(c0, c1, c2, c3);
     for (var q = 0u; q < BLOCK && j0 + q < p.n; q++) {
         store(i, j0 + q, row[q / 4u][q % 4u]);
-    }
-}
-
-// 64×64 output tile per workgroup of 16×16 invocations, K in steps of 16. Each invocation owns
-// rows ty + 16r and columns tx + 16c (r, c < 4): strided rather than contiguous, so reads of a
-// tile row are conflict-free across tx and stores of C are coalesced.
-const TS: u32 = 64u;
-const TK: u32 = 16u;
-var<workgroup> ta: array<f32, 1024>; // [TK][TS], op(A) transposed so a k-slice is contiguous
-var<workgroup> tb: array<f32, 1024>; // [TK][TS]
-
-@compute @workgroup_size(16, 16)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tiles_n = (p.n + TS - 1u) / TS;
-    let t = flat_group(wid, nwg);
-    // t is the same for the whole workgroup, so this return keeps the barriers uniform.
-    if (t >= tiles_n * ((p.m + TS - 1u) / TS)) { return; }
-    let i0 = (t / tiles_n) * TS;
-    let j0 = (t % tiles_n) * TS;
-    let tx = lid.x;
-    let ty = lid.y;
-    let l = ty * 16u + tx;
-
-    var acc: array<array<f32, 4>, 4>;
-    for (var k0 = p.k_begin; k0 < p.k; k0 += TK) {
-        // Each invocation stages 4 elements of each operand; neighbouring invocations read
-        // neighbouring addresses along whichever axis has stride 1.
-        for (var q = 0u; q < 4u; q++) {
-            let e = l + q * 256u;
-            var ii = e / TK; var ka = e % TK;
-            if (p.sa_i == 1u) { ii = e % TS; ka = e / TS; }
-            var va = 0.0;
-            if (i0 + ii < p.m && k0 + ka < p.k) { va = a[(i0 + ii) * p.sa_i + (k0 + ka) * p.sa_k]; }
-            ta[ka * TS + ii] = va;
-
-            var jj = e / TK; var kb = e % TK;
-            if (p.sb_j == 1u) { jj = e % TS; kb = e / TS; }
-            var vb = 0.0;
-            if (j0 + jj < p.n && k0 + kb < p.k) { vb = b[(k0 + kb) * p.sb_k + (j0 + jj) * p.sb_j]; }
-            tb[kb * TS + jj] = vb;
-        }
-        workgroupBarrier();
-        // The zero padding past k contributes nothing; skip it (small-k products are common).
-        let k_end = min(TK, p.k - k0);
-        for (var kk = 0u; kk < k_end; kk++) {
-            var xa: array<f32, 4>;
-            var xb: array<f32, 4>;
-            for (var r = 0u; r < 4u; r++) {
-                xa[r] = ta[kk * TS + ty + 16u * r];
-                xb[r] = tb[kk * TS + tx + 16u * r];
-            }
-            for (var r = 0u; r < 4u; r++) {
-                for (var q = 0u; q < 4u; q++) {
-                    acc[r][q] = fma(xa[r], xb[q], acc[r][q]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var r = 0u; r < 4u; r++) {
-        for (var q = 0u; q < 4u; q++) {
-            let i = i0 + ty + 16u * r;
-            let j = j0 + tx + 16u * q;
-            if (i < p.m && j < p.n) { store(i, j, acc[r][q]); }
-        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! Vulkan back ends translate it (wgpu-hal's options, binding maps and language levels), so a
 //! kernel that would break on a Mac or a Windows PC fails here, on Linux, without one.
 //!
-//! Pipeline constants: kiln creates every pipeline without override constants
-//! (`Gpu::pipeline` passes wgpu's default compilation options), so each entry point is
-//! translated once, with its module's defaults. A module that declares an `override` fails
-//! [`constant_sets`] until the sets kiln creates are listed there.
+//! Pipeline constants: kiln creates pipelines of gemm.wgsl (the tile engine) with each tile
+//! shape's constants (`kiln::kernels::gemm::constant_sets`), every other module with its
+//! defaults, so each entry point is translated once per set kiln creates. A module that
+//! declares an `override` fails [`constant_sets`] until the sets kiln creates are listed there.
 //!
 //! A module that needs a shader capability a target lacks (subgroups under DX12's FXC, on old
 //! Apple GPUs or Vulkan 1.0) is not translated for it: wgpu would refuse to create it there, and
@@ -69,8 +69,14 @@ impl Level {
     }
 }
 
-/// The pipeline-constant sets kiln creates pipelines of `shader.entry` with: none yet.
+/// The pipeline-constant sets kiln creates pipelines of `shader.entry` with.
 fn constant_sets(shader: &str, module: &naga::Module) -> Vec<PipelineConstants> {
+    if shader == "gemm" {
+        return kiln::kernels::gemm::constant_sets()
+            .into_iter()
+            .map(|set| set.iter().map(|&(name, value)| (name.to_string(), f64::from(value))).collect())
+            .collect();
+    }
     assert!(
         module.overrides.is_empty(),
         "shaders/{shader}.wgsl declares pipeline-overridable constants: list the sets kiln creates in tests/backends.rs"
@@ -277,7 +283,7 @@ fn every_entry_point_translates_to_msl_hlsl_and_spirv_as_wgpu_does() {
             }
         }
         lines.push(format!(
-            "{:<12} {:<52} {:>2} modules x {:>2} entry points x 1 constant set: {} passed{}",
+            "{:<12} {:<52} {:>2} modules, {:>2} entry points, their constant sets: {} pipelines passed{}",
             target.level.name(),
             target.when,
             tally.modules,

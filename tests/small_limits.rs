@@ -151,7 +151,7 @@ mod without_subgroups {
     #[test]
     fn the_modules_that_need_subgroups_are_refused_by_name() {
         for shader in ["conv_window_subgroup", "matmul_window"] {
-            let err = gpu().pipeline(KernelId { shader, entry: "pack" }).err().map(|e| e.to_string());
+            let err = gpu().pipeline(KernelId::new(shader, "pack")).err().map(|e| e.to_string());
             let err = err.unwrap_or_else(|| panic!("{shader}: created on a device without subgroups"));
             assert!(err.contains(&format!("shaders/{shader}.wgsl")) && err.contains("SUBGROUP"), "{err}");
         }

@@ -27,7 +27,7 @@ pub fn measure_peak(gpu: &Gpu) -> Result<Peak> {
         let iterations = 64 * scale;
         let params = Params { n: THREADS as u32, iterations };
         let cost = Cost { flops: THREADS as u64 * iterations as u64 * FLOPS_PER_ITERATION, bytes: THREADS as u64 * 16 };
-        Ok(vec![gpu.dispatch(KernelId { shader: "peak", entry: "fma_peak" }, "", &params, &[(2, &out)], workgroups_1d(THREADS, 256), cost)?])
+        Ok(vec![gpu.dispatch(KernelId::new("peak", "fma_peak"), "", &params, &[(2, &out)], workgroups_1d(THREADS, 256), cost)?])
     })?;
     let fma_gflops = cost.flops as f64 / seconds / 1e9;
 
@@ -38,7 +38,7 @@ pub fn measure_peak(gpu: &Gpu) -> Result<Peak> {
         let params = Params { n: vec4s as u32, iterations: 1 };
         let cost = Cost { flops: vec4s as u64 * 4, bytes: vec4s as u64 * 32 };
         (0..scale)
-            .map(|_| gpu.dispatch(KernelId { shader: "peak", entry: "copy_peak" }, "", &params, &[(1, &src), (2, &dst)], workgroups_1d(vec4s, 256), cost))
+            .map(|_| gpu.dispatch(KernelId::new("peak", "copy_peak"), "", &params, &[(1, &src), (2, &dst)], workgroups_1d(vec4s, 256), cost))
             .collect()
     })?;
     Ok(Peak { fma_gflops, copy_gbps: cost.bytes as f64 / seconds / 1e9 })

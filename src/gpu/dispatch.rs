@@ -7,16 +7,31 @@ use std::sync::Arc;
 /// WebGPU's guaranteed minimum, and what lavapipe and llvmpipe offer.
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
-/// A kernel is a shader file and an entry point in it: `matmul.forward`.
+/// A kernel is a shader file and an entry point in it, `matmul.blocked`, with the values of
+/// the module's pipeline-overridable constants it is compiled with (tile sizes), if any:
+/// `gemm.conv_forward(TX=16,TY=16,BK=8)`. Each distinct set is its own pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelId {
     pub shader: &'static str,
     pub entry: &'static str,
+    pub constants: &'static [(&'static str, u32)],
+}
+
+impl KernelId {
+    /// An entry point compiled with its module's default constants.
+    pub const fn new(shader: &'static str, entry: &'static str) -> KernelId {
+        KernelId { shader, entry, constants: &[] }
+    }
 }
 
 impl std::fmt::Display for KernelId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.shader, self.entry)
+        write!(f, "{}.{}", self.shader, self.entry)?;
+        if !self.constants.is_empty() {
+            let set: Vec<String> = self.constants.iter().map(|(name, value)| format!("{name}={value}")).collect();
+            write!(f, "({})", set.join(","))?;
+        }
+        Ok(())
     }
 }
 

@@ -135,13 +135,14 @@ impl Gpu {
             return Ok(p.clone());
         }
         let module = self.module(kernel.shader)?;
+        let constants: Vec<(&str, f64)> = kernel.constants.iter().map(|&(name, value)| (name, f64::from(value))).collect();
         let pipeline = self.scoped(&kernel.to_string(), || {
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&kernel.to_string()),
                 layout: None,
                 module: &module,
                 entry_point: Some(kernel.entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
                 cache: None,
             })
         })?;

@@ -19,7 +19,7 @@ struct Params {
 /// `saved` is x (forward input) or the saved tensor in backward; `dy` is present in backward.
 #[allow(clippy::too_many_arguments)]
 fn launch(gpu: &Gpu, entry: &'static str, negative_slope: f32, n: usize, saved: &Buffer, dy: Option<&Buffer>, out: &Buffer, flops: u64) -> Result<Dispatch> {
-    let kernel = KernelId { shader: "activation", entry };
+    let kernel = KernelId::new("activation", entry);
     let name = kernel.to_string();
     let backward = dy.is_some();
     check_len(&name, if backward { "saved tensor" } else { "input x" }, saved, n)?;

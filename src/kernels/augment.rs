@@ -143,7 +143,7 @@ pub fn color_scratch_lens(images: Images) -> Vec<usize> {
 #[allow(clippy::too_many_arguments)]
 pub fn color(gpu: &Gpu, images: Images, backward: bool, x: &Buffer, draws: &Buffer, y: &Buffer, scratch: &[Buffer]) -> Result<Vec<Dispatch>> {
     let entry = if backward { "color_backward" } else { "color_forward" };
-    let kernel = KernelId { shader: "augment", entry };
+    let kernel = KernelId::new("augment", entry);
     let op = kernel.to_string();
     check_buffers(&op, images, x, draws, y)?;
     let [row_means, means, reduce_scratch @ ..] = scratch else {
@@ -168,7 +168,7 @@ pub fn color(gpu: &Gpu, images: Images, backward: bool, x: &Buffer, draws: &Buff
 #[allow(clippy::too_many_arguments)]
 pub fn shift(gpu: &Gpu, images: Images, translation: bool, cutout: bool, backward: bool, x: &Buffer, draws: &Buffer, y: &Buffer) -> Result<Dispatch> {
     let entry = if backward { "shift_backward" } else { "shift_forward" };
-    let kernel = KernelId { shader: "augment", entry };
+    let kernel = KernelId::new("augment", entry);
     let op = kernel.to_string();
     check_buffers(&op, images, x, draws, y)?;
     let params = Params { translation: u32::from(translation), cutout: u32::from(cutout), ..images.params() };

@@ -189,7 +189,7 @@ impl BatchNorm {
 }
 
 fn kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "batchnorm", entry }
+    KernelId::new("batchnorm", entry)
 }
 
 /// Checks that every named buffer holds at least `len` elements.

@@ -7,6 +7,7 @@
 //! the conv weight `[Cout, Cin, kh, kw]` of that swapped conv, stored identically.
 
 mod window;
+mod tiled;
 
 pub(crate) use window::{has_subgroups_of_8, has_windows, WINDOW};
 
@@ -28,18 +29,23 @@ pub enum ConvVariant {
     /// llvmpipe loads far faster than storage buffers. Forward and data gradient also need
     /// subgroups of 8 (lavapipe has them, llvmpipe-GL not).
     Windowed,
+    /// shaders/gemm.wgsl, the tile engine: implicit GEMMs through workgroup-memory tiles, the
+    /// im2col gathered in the tile load, strided data gradients split into their stride
+    /// phases. The GPU kernels.
+    Tiled,
 }
 
 impl ConvVariant {
-    pub const ALL: [ConvVariant; 2] = [ConvVariant::Blocked, ConvVariant::Windowed];
+    pub const ALL: [ConvVariant; 3] = [ConvVariant::Blocked, ConvVariant::Windowed, ConvVariant::Tiled];
 
     /// The concrete variant for `gpu`: windows on CPU adapters (lavapipe, 2 busy cores, DCGAN
-    /// layers at batch 64: 5-10x the blocked kernels), blocked on GPUs, where uniform
-    /// buffers indexed per invocation serialize.
+    /// layers at batch 64: 5-10x the blocked kernels; workgroup memory and barriers cost them
+    /// more than they save), tiles on GPUs, where workgroup memory is what feeds the FMAs and
+    /// uniform buffers indexed per invocation serialize.
     pub fn resolve(self, gpu: &Gpu) -> ConvVariant {
         match self {
             ConvVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => ConvVariant::Windowed,
-            ConvVariant::Auto => ConvVariant::Blocked,
+            ConvVariant::Auto => ConvVariant::Tiled,
             v => v,
         }
     }
@@ -432,7 +438,7 @@ impl Geometry {
 }
 
 fn kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "conv", entry }
+    KernelId::new("conv", entry)
 }
 
 fn bytes(elements: usize) -> u64 {
@@ -494,6 +500,10 @@ fn channel_sliced(
 /// y = conv(x, w) (+ bias): windows where they apply, else one invocation per 8 output
 /// channels x 8 output columns.
 fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Tiled {
+        g.params(false, 0, op)?;
+        return tiled::forward(gpu, g, x, w, bias, y, op);
+    }
     if g.variant.resolve(gpu) == ConvVariant::Windowed {
         g.params(false, 0, op)?;
         if let Some(d) = window::forward(gpu, g, x, w, bias, y, op)? {
@@ -512,6 +522,10 @@ fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&B
 /// dx = conv's data gradient of dy (+ bias): windows where they apply, else 8 input
 /// channels x 8 columns of one residue class per invocation.
 fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Tiled {
+        g.params(false, 0, op)?;
+        return tiled::data_grad(gpu, g, dy, w, bias, dx, op);
+    }
     if g.variant.resolve(gpu) == ConvVariant::Windowed {
         g.params(false, 0, op)?;
         if let Some(d) = window::data_grad(gpu, g, dy, w, bias, dx, op)? {
@@ -537,7 +551,7 @@ const SUM_RUN: usize = 4096;
 /// first pass computes: into `out` directly when there is one, else through scratch buffers
 /// and one `sum_partials` pass per level of [`SUM_RUN`] slices.
 #[allow(clippy::too_many_arguments)]
-fn split_sum(
+pub(crate) fn split_sum(
     gpu: &Gpu,
     op: &str,
     len: usize,
@@ -575,6 +589,10 @@ fn split_sum(
 /// channels x 8 (ci, kh, kw) columns per invocation, the sum over n, oh, ow split into slices
 /// of rows and column segments.
 fn gemm_weight_grad(gpu: &Gpu, g: &Geometry, x: &Buffer, dy: &Buffer, dw: &Buffer, accumulate: bool, op: &str) -> Result<Vec<Dispatch>> {
+    if g.variant.resolve(gpu) == ConvVariant::Tiled {
+        g.params(false, 0, op)?;
+        return tiled::weight_grad(gpu, g, x, dy, dw, accumulate, op);
+    }
     if g.variant.resolve(gpu) == ConvVariant::Windowed {
         g.params(false, 0, op)?;
         if let Some(d) = window::weight_grad(gpu, g, x, dy, dw, accumulate, op)? {

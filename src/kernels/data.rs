@@ -42,7 +42,7 @@ pub struct Gather {
 /// ([`pack_bytes`]) `per_chunk` images each, `order` image indices; `first` is rewritten per
 /// step with [`set_first`].
 pub fn gather(gpu: &Gpu, g: &Gather, chunks: &[Buffer], order: &Buffer, first: usize, y: &Buffer) -> Result<Dispatch> {
-    let k = KernelId { shader: "data", entry: "gather_normalize" };
+    let k = KernelId::new("data", "gather_normalize");
     let name = k.to_string();
     let total = g.images * g.image_len;
     if total > u32::MAX as usize {

@@ -20,7 +20,7 @@ fn launch(gpu: &Gpu, entry: &'static str, alpha: f32, a: Option<&Buffer>, b: Opt
 
 #[allow(clippy::too_many_arguments)]
 fn launch_rows(gpu: &Gpu, entry: &'static str, alpha: f32, a: Option<&Buffer>, b: Option<&Buffer>, y: &Buffer, n: usize, cols: usize, flops: u64) -> Result<Dispatch> {
-    let kernel = KernelId { shader: "elementwise", entry };
+    let kernel = KernelId::new("elementwise", entry);
     let name = kernel.to_string();
     check_len(&name, "output y", y, n)?;
     let mut bindings = vec![(3, y)];

@@ -42,7 +42,7 @@ impl Lookup {
 }
 
 fn kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "embedding", entry }
+    KernelId::new("embedding", entry)
 }
 
 /// rows[r] = weight[labels[r]]: `rows` [batch, dim]; a label outside [0, classes) or not an

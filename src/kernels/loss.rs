@@ -110,7 +110,7 @@ fn check_inputs(op: &str, reduction: Reduction, n: usize, x: &Buffer, target: &B
 fn forward(gpu: &Gpu, op: &str, entry: &'static str, reduction: Reduction, n: usize, inputs: [(&str, &Buffer); 2], loss: &Buffer, scratch: &[Buffer], flops: u64) -> Result<Vec<Dispatch>> {
     let [(xn, x), (tn, t)] = inputs;
     check_inputs(op, reduction, n, x, t, [xn, tn])?;
-    let kernel = KernelId { shader: "loss", entry };
+    let kernel = KernelId::new("loss", entry);
     let params = Params::new(n, 1.0, 0);
     reduced(gpu, op, reduction, n, loss, scratch, |out| {
         gpu.dispatch(kernel, op, &params, &[(1, x), (2, t), (4, out)], workgroups_1d(n, WG), Cost::elementwise(n, flops, 2, 1))
@@ -143,7 +143,7 @@ fn backward(gpu: &Gpu, op: &str, entry: &'static str, reduction: Reduction, n: u
         check_len(op, name, b, n)?;
         bindings.push((binding, *b));
     }
-    let kernel = KernelId { shader: "loss", entry };
+    let kernel = KernelId::new("loss", entry);
     let per_element_g = reduction == Reduction::None;
     let params = Params::new(n, reduction.scale(n), u32::from(per_element_g));
     let cost = Cost::elementwise(n, flops, 2 + u64::from(per_element_g), outputs.len() as u64);
@@ -235,7 +235,7 @@ fn cross_entropy_params(op: &str, reduction: Reduction, shape: Rows, logits: &Bu
 pub fn cross_entropy(gpu: &Gpu, reduction: Reduction, shape: Rows, logits: &Buffer, target: &Buffer, loss: &Buffer, scratch: &[Buffer]) -> Result<Vec<Dispatch>> {
     let op = "cross_entropy";
     let params = cross_entropy_params(op, reduction, shape, logits, target)?;
-    let kernel = KernelId { shader: "loss", entry: "cross_entropy_forward" };
+    let kernel = KernelId::new("loss", "cross_entropy_forward");
     let cost = Cost { flops: 4 * (shape.rows * shape.cols) as u64, bytes: 4 * (shape.rows * (shape.cols + 2)) as u64 };
     reduced(gpu, op, reduction, shape.rows, loss, scratch, |out| {
         gpu.dispatch(kernel, op, &params, &[(1, logits), (2, target), (4, out)], workgroups_1d(shape.rows, WG), cost)
@@ -253,7 +253,7 @@ pub fn cross_entropy_backward(gpu: &Gpu, reduction: Reduction, shape: Rows, logi
     check_len(op, "upstream gradient g", g, reduction.output_len(shape.rows))?;
     check_len(op, "row statistics scratch", row_stats, cross_entropy_row_stats_len(shape.rows))?;
     check_len(op, "dx", dx, n)?;
-    let kernel = |entry| KernelId { shader: "loss", entry };
+    let kernel = |entry| KernelId::new("loss", entry);
     let stats_cost = Cost { flops: 3 * n as u64, bytes: 4 * (n + 2 * shape.rows) as u64 };
     let stats = gpu.dispatch(kernel("cross_entropy_row_stats"), op, &params, &[(1, logits), (6, row_stats)], workgroups_1d(shape.rows, WG), stats_cost)?;
     let bindings = [(1, logits), (2, target), (3, g), (4, dx), (6, row_stats)];

@@ -2,7 +2,7 @@
 //! accumulation, in four variants chosen per adapter; and the Linear layer's forward and
 //! backward built on it.
 
-use super::{check_len, even_slices};
+use super::{check_len, even_slices, gemm};
 use super::conv::{has_subgroups_of_8, has_windows, LOOP_BUDGET, WINDOW};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::Result;
@@ -18,8 +18,9 @@ pub enum MatmulVariant {
     /// 16×16 outputs per invocation from registers, no workgroup memory: best on CPU adapters
     /// without subgroups of 8 (llvmpipe-GL).
     Blocked,
-    /// 64×64 tiles through workgroup memory (8 KiB, 256 invocations: within every adapter's
-    /// limits): best on real GPUs.
+    /// shaders/gemm.wgsl, the tile engine: 128×128, 64×128 or 64×64 tiles through workgroup
+    /// memory, 8×8 outputs per invocation, long or narrow sums split over grid layers: the
+    /// GPU kernel.
     Tiled,
     /// shaders/matmul_window.wgsl: op(A) copied into 64 KiB uniform-buffer windows, op(B)
     /// handed round a subgroup of 8 by shuffles; a copy and one dispatch per 128 rows and
@@ -97,7 +98,6 @@ struct WindowParams {
 const SIMPLE_WG: u32 = 64;
 const BLOCKED_WG: u32 = 8;
 const BLOCK: usize = 16;
-const TILE: usize = 64;
 const COLUMN_SUM_COLS: u32 = 16;
 // Windowed: columns per workgroup and lanes per workgroup (a row block is SG lanes x 8 or 16
 // rows per lane; one chunk of windows holds WINDOW / rows per lane steps of k).
@@ -106,7 +106,7 @@ const SG: usize = 8;
 /// Most steps of k one dispatch of matmul.wgsl sums; longer products are split into slices
 /// that add to C in turn. llvmpipe silently ends an invocation after 65,535 loop iterations
 /// (docs/ARCHITECTURE.md), and a slice costs at most this many plus the stores: `simple` k,
-/// `blocked` k + 256, `tiled` k + k/16 (its constant-bound inner loops are unrolled).
+/// `blocked` k + 256.
 const K_SLICE: usize = 48_000;
 /// `column_sum`'s slice of rows: each of its 16 row lanes walks 1/16 of them.
 const ROW_SLICE: usize = 16 * K_SLICE;
@@ -162,6 +162,24 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
         k_begin: 0,
     };
     let variant = shape.variant.resolve(gpu);
+    if variant == MatmulVariant::Tiled {
+        let gemm_params = gemm::Params { sa_i: params.sa_i, sa_k: params.sa_k, sb_k: params.sb_k, sb_j: params.sb_j, ..Default::default() };
+        let product = gemm::Product {
+            entry: "matmul",
+            m: shape.m,
+            n: shape.n,
+            k: shape.k,
+            params: gemm_params,
+            a,
+            b,
+            bias,
+            c,
+            accumulate: shape.accumulate,
+            dense_c: true,
+            bytes: shape.cost(bias.is_some()).bytes,
+        };
+        return gemm::run(gpu, &what, product);
+    }
     if variant == MatmulVariant::Windowed {
         if let Some(d) = windowed(gpu, shape, params, a, b, bias, c)? {
             return Ok(d);
@@ -169,10 +187,10 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
     }
     let (entry, grid) = match variant {
         MatmulVariant::Simple => ("simple", workgroups_1d(shape.m * shape.n, SIMPLE_WG)),
-        MatmulVariant::Blocked | MatmulVariant::Windowed => ("blocked", workgroups_1d(shape.m.div_ceil(BLOCK) * shape.n.div_ceil(BLOCK), BLOCKED_WG)),
-        MatmulVariant::Tiled | MatmulVariant::Auto => ("tiled", workgroups_1d(shape.m.div_ceil(TILE) * shape.n.div_ceil(TILE), 1)),
+        // Blocked, and Windowed where its kernel does not apply (Tiled returned above).
+        _ => ("blocked", workgroups_1d(shape.m.div_ceil(BLOCK) * shape.n.div_ceil(BLOCK), BLOCKED_WG)),
     };
-    let kernel = KernelId { shader: "matmul", entry };
+    let kernel = KernelId::new("matmul", entry);
     let bindings = [(1, a), (2, b), (3, bias.unwrap_or(&gpu.dummy)), (4, c)];
     // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C.
     even_slices(shape.k, K_SLICE)
@@ -234,7 +252,7 @@ fn windowed(gpu: &Gpu, shape: &Matmul, base: Params, a: &Buffer, b: &Buffer, bia
         chunks: u(chunks),
         tasks: u(tasks),
     };
-    let kernel = |entry| KernelId { shader: "matmul_window", entry };
+    let kernel = |entry| KernelId::new("matmul_window", entry);
     let buffer = gpu.zeros("matmul windows", total)?;
     let pack_cost = Cost { flops: 0, bytes: 4 * (m * k + tasks) as u64 };
     let mut dispatches = vec![gpu.dispatch(kernel(entries.0), "", &params(0, 0, 0, true), &[(1, a), (3, &buffer)], workgroups_1d(tasks, 64), pack_cost)?];
@@ -319,7 +337,7 @@ pub fn linear_backward_bias(gpu: &Gpu, shape: &Linear, dy: &Buffer, db: &Buffer,
     let what = "linear backward_bias";
     u32_dim(what, "rows", r)?;
     let n = u32_dim(what, "out_features", o)?;
-    let kernel = KernelId { shader: "matmul", entry: "column_sum" };
+    let kernel = KernelId::new("matmul", "column_sum");
     even_slices(r, ROW_SLICE)
         .map(|(begin, end)| {
             let add = accumulate || begin > 0;

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod data;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemm;
 pub mod loss;
 pub mod reduce;
 pub mod spectral;

@@ -58,7 +58,7 @@ fn non_negative(x: f32) -> bool {
 }
 
 fn kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "optim", entry }
+    KernelId::new("optim", entry)
 }
 
 /// The step buffer's contents after `t` steps: `[t, 1 − β1^t, 1 − β2^t, 0]` as u32 words.

@@ -192,7 +192,7 @@ struct Params {
 
 fn dispatch(gpu: &Gpu, entry: &'static str, op: &str, params: &Params, bindings: &[(u32, &Buffer)], cost: Cost) -> Result<Dispatch> {
     let grid = workgroups_1d(params.total as usize, WG);
-    gpu.dispatch(KernelId { shader: "pool", entry }, op, params, bindings, grid, cost)
+    gpu.dispatch(KernelId::new("pool", entry), op, params, bindings, grid, cost)
 }
 
 fn check_avg(op: &str, s: &Pool2d) -> Result<()> {

@@ -57,7 +57,7 @@ fn params(rng: Rng, n: usize, a: f32, b: f32, threshold: u32) -> Params {
 }
 
 fn kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "random", entry }
+    KernelId::new("random", entry)
 }
 
 fn check_n(name: &str, n: usize) -> Result<()> {

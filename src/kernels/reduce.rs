@@ -111,7 +111,7 @@ pub fn sum_scaled(gpu: &Gpu, op: &str, shape: Rows, scale: f32, x: &Buffer, y: &
             ("sum_chunks", workgroups_1d(rows * chunks, 1))
         };
         let cost = Cost { flops: (rows * c) as u64, bytes: 4 * (rows * c + rows * chunks.max(1)) as u64 };
-        let kernel = KernelId { shader: "reduce", entry };
+        let kernel = KernelId::new("reduce", entry);
         dispatches.push(gpu.dispatch(kernel, op, &params, &[(1, src), (2, dst)], grid, cost)?);
         src = dst;
     }

@@ -172,7 +172,7 @@ fn matvec(gpu: &Gpu, op: &str, m: Mat, transposed: bool, w: &Buffer, x: &Buffer,
     let (outputs, summed) = if transposed { (cols, m.rows) } else { (m.rows, cols) };
     let (slices, slice_len) = slicing(summed);
     let dst = if slices == 1 { y } else { s.partials };
-    let kernel = KernelId { shader: "spectral", entry: "matvec" };
+    let kernel = KernelId::new("spectral", "matvec");
     let cost = Cost { flops: 2 * (m.rows * cols) as u64, bytes: 4 * (m.rows * cols + summed + outputs * slices) as u64 };
     let p = params(m, transposed, slices, slice_len, 0, 0.0);
     let mut dispatches = vec![gpu.dispatch(kernel, op, &p, &[(1, w), (2, x), (3, dst)], workgroups_1d(outputs * slices, WG), cost)?];
@@ -185,7 +185,7 @@ fn matvec(gpu: &Gpu, op: &str, m: Mat, transposed: bool, w: &Buffer, x: &Buffer,
 /// An elementwise entry over n elements, `per` of them per invocation.
 #[allow(clippy::too_many_arguments)]
 fn elementwise(gpu: &Gpu, op: &str, entry: &'static str, p: Params, bindings: &[(u32, &Buffer)], n: usize, per: usize, reads: u64) -> Result<Dispatch> {
-    let kernel = KernelId { shader: "spectral", entry };
+    let kernel = KernelId::new("spectral", entry);
     gpu.dispatch(kernel, op, &p, bindings, workgroups_1d(n.div_ceil(per), WG), Cost::elementwise(n, 3, reads, 1))
 }
 

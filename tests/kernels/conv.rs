@@ -4,12 +4,12 @@ use kiln::kernels::conv::{self, Conv2d, ConvTranspose2d, ConvVariant};
 use kiln::reference::conv as reference;
 use kiln::Dispatch;
 
-fn conv2d(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize) -> Conv2d {
+pub fn conv2d(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize) -> Conv2d {
     Conv2d { stride: [stride; 2], padding: [padding; 2], ..Conv2d::new(batch, cin, cout, size, [k, k]) }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn transpose(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize, output_padding: usize) -> ConvTranspose2d {
+pub fn transpose(batch: usize, cin: usize, cout: usize, size: [usize; 2], k: usize, stride: usize, padding: usize, output_padding: usize) -> ConvTranspose2d {
     ConvTranspose2d {
         stride: [stride; 2],
         padding: [padding; 2],
@@ -46,6 +46,12 @@ fn windowed(dispatches: &[Dispatch]) -> bool {
     dispatches.iter().any(|d| d.kernel.shader.starts_with("conv_window"))
 }
 
+/// Whether every convolution product of dispatches ran on the tile engine (shaders/gemm.wgsl;
+/// conv.wgsl's `sum_partials` may add a split sum's partial sums).
+fn tiled(dispatches: &[Dispatch]) -> bool {
+    dispatches.iter().all(|d| d.kernel.shader == "gemm" || d.kernel.entry == "sum_partials") && dispatches.iter().any(|d| d.kernel.shader == "gemm")
+}
+
 /// Subgroups of exactly the 8 lanes the subgroup window kernels hand weights round (lavapipe
 /// at LLVM's 256-bit vectors; not llvmpipe-GL, nor lavapipe with LP_NATIVE_VECTOR_WIDTH=1024).
 fn subgroups_of_8() -> bool {
@@ -54,17 +60,19 @@ fn subgroups_of_8() -> bool {
 }
 
 /// Operands fit the windows of the conv's forward, data-gradient and weight-gradient kernels.
-const FITS: [bool; 3] = [true; 3];
+pub const FITS: [bool; 3] = [true; 3];
 
 /// With `ConvVariant::Windowed`, asserts that the conv kernels (forward, data gradient, weight
 /// gradient) whose operands `fit` ran in windows where the adapter has them: on every CPU
 /// adapter, the weight gradient where 15 uniform buffers may be bound (7 x and 7 dy windows,
 /// params; not under WebGPU's default 12), the others where there are subgroups of 8 and 9
-/// uniform buffers. Blocked never does.
+/// uniform buffers. Blocked never does; Tiled runs gemm.wgsl alone.
 fn check_kernels(name: &str, variant: ConvVariant, fits: [bool; 3], [forward, data, weight]: [&[Dispatch]; 3]) {
     let gpu = gpu();
     let ran = [windowed(forward), windowed(data), windowed(weight)];
-    if variant == ConvVariant::Blocked {
+    if variant == ConvVariant::Tiled {
+        assert!(tiled(forward) && tiled(data) && tiled(weight), "{name}: tiled ran other kernels than gemm.wgsl's");
+    } else if variant == ConvVariant::Blocked {
         assert_eq!(ran, [false; 3], "{name}: blocked ran window kernels");
     } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
         let uniforms = |n| gpu.limits.max_uniform_buffers_per_shader_stage >= n;
@@ -76,10 +84,15 @@ fn check_kernels(name: &str, variant: ConvVariant, fits: [bool; 3], [forward, da
 /// Forward (with bias when `bias`), dX, dW and db of a Conv2d against the reference, in every
 /// variant; `fits` as for `check_kernels`.
 fn check_conv2d(name: &str, s: Conv2d, bias: bool, seed: u64, fits: [bool; 3]) {
+    check_conv2d_in(name, s, bias, seed, fits, &ConvVariant::ALL);
+}
+
+/// As `check_conv2d`, in `variants`.
+pub fn check_conv2d_in(name: &str, s: Conv2d, bias: bool, seed: u64, fits: [bool; 3], variants: &[ConvVariant]) {
     let gpu = gpu();
     let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
     let [xb, wb, bb, dyb] = &o.gpu;
-    for variant in ConvVariant::ALL {
+    for &variant in variants {
         let s = Conv2d { variant, ..s };
         let name = format!("{name} {variant:?}");
         let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
@@ -99,10 +112,15 @@ fn check_conv2d(name: &str, s: Conv2d, bias: bool, seed: u64, fits: [bool; 3]) {
 /// As `check_conv2d`; `fits` in the terms of the conv it transposes (its forward is that
 /// conv's data gradient).
 fn check_conv_transpose2d(name: &str, s: ConvTranspose2d, bias: bool, seed: u64, fits: [bool; 3]) {
+    check_conv_transpose2d_in(name, s, bias, seed, fits, &ConvVariant::ALL);
+}
+
+/// As `check_conv_transpose2d`, in `variants`.
+pub fn check_conv_transpose2d_in(name: &str, s: ConvTranspose2d, bias: bool, seed: u64, fits: [bool; 3], variants: &[ConvVariant]) {
     let gpu = gpu();
     let o = operands(seed, s.input_len(), s.weight_len(), s.out_channels, s.output_len());
     let [xb, wb, bb, dyb] = &o.gpu;
-    for variant in ConvVariant::ALL {
+    for &variant in variants {
         let s = ConvTranspose2d { variant, ..s };
         let name = format!("{name} {variant:?}");
         let (y, dx, dw, db) = (zeros("y", s.output_len()), zeros("dx", s.input_len()), zeros("dw", s.weight_len()), zeros("db", s.out_channels));
@@ -302,7 +320,10 @@ fn conv2d_weight_and_bias_grads_sum_millions_of_terms() {
         let weight = conv::conv2d_weight_grad(gpu(), &s, &o.gpu[0], &o.gpu[3], &dw, false).unwrap();
         let bias = conv::conv2d_bias_grad(gpu(), &s, &o.gpu[3], &db, false).unwrap();
         let levels = |d: &[Dispatch]| d.iter().filter(|d| d.kernel.entry == "sum_partials").count();
-        assert_eq!((levels(&weight), levels(&bias)), (2, 2), "{variant:?}: sum_partials levels of dw and db");
+        // The tile engine's grid layers are longer (11,792 steps at its 64x64 tile): 357
+        // partial sums of dw, added in one level.
+        let dw_levels = if variant == ConvVariant::Tiled { 1 } else { 2 };
+        assert_eq!((levels(&weight), levels(&bias)), (dw_levels, 2), "{variant:?}: sum_partials levels of dw and db");
         run(vec![weight, bias]);
         assert_close(&format!("{variant:?} conv2d tall dw"), &read(&dw), &reference::conv2d_weight_grad(&s, &o.x, &o.dy), 1e-4);
         assert_close(&format!("{variant:?} conv2d tall db"), &read(&db), &reference::conv2d_bias_grad(&s, &o.dy), 1e-4);

@@ -16,6 +16,7 @@ mod conv;
 mod data;
 mod elementwise;
 mod embedding;
+mod gemm;
 mod gpu;
 mod loss;
 mod reduce;

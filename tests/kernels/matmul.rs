@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 /// wgpu's GL backend holds one context lock across a submit and its wait, and panics when a
 /// thread waits 6 s for it; run in parallel, the large cases here starve the others on
 /// llvmpipe. So this module's GPU tests take turns.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -15,10 +15,10 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 // workgroups, an exact fit, and one spanning several tiles in every direction; 77 rows end
 // inside the second 8 of a windowed lane's 16.
 const SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (1, 7, 33), (33, 65, 17), (64, 64, 64), (77, 18, 40), (100, 129, 257)];
-const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+pub const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
 
 /// Runs C = op(A)·op(B) (+ bias) (+ c0 when given, accumulating) on the GPU.
-fn gpu_matmul(shape: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c0: Option<&[f32]>) -> Vec<f32> {
+pub fn gpu_matmul(shape: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c0: Option<&[f32]>) -> Vec<f32> {
     let gpu = gpu();
     let (ab, bb) = (upload("a", a), upload("b", b));
     let biasb = bias.map(|v| upload("bias", v));
@@ -30,7 +30,7 @@ fn gpu_matmul(shape: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c0: Op
     read(&cb)
 }
 
-fn label(shape: &Matmul, bias: bool) -> String {
+pub fn label(shape: &Matmul, bias: bool) -> String {
     let Matmul { m, n, k, trans_a, trans_b, variant, .. } = shape;
     format!("{variant:?} matmul m={m} n={n} k={k} trans_a={trans_a} trans_b={trans_b} bias={bias}")
 }

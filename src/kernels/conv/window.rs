@@ -93,11 +93,11 @@ impl Shape {
 }
 
 fn windows_kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "conv_window", entry }
+    KernelId::new("conv_window", entry)
 }
 
 fn subgroup_kernel(entry: &'static str) -> KernelId {
-    KernelId { shader: "conv_window_subgroup", entry }
+    KernelId::new("conv_window_subgroup", entry)
 }
 
 /// Whether a dispatch may bind `count` 64 KiB uniform buffers (params included).

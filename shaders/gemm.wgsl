@@ -1,0 +1,353 @@
+// The tile engine: every GEMM kiln runs on a GPU, C[M,N] (+)= Σ_k A[i,k]·B[k,j], with tiles of
+// A and B staged through workgroup memory. The entry points differ only in how they gather an
+// element of A or B and where an element of C goes:
+//   matmul       op(A)·op(B) through strides (transposes without copies), bias per column;
+//   conv_forward the implicit GEMM of Conv2d: A = weight [cout][cin·kh·kw], B = the input's
+//                im2col, gathered in the tile load and never materialised, bias per channel;
+//   conv_data    one stride phase of Conv2d's data gradient (ConvTranspose2d's forward):
+//                pixels ih ≡ phase (mod stride) and only the taps that reach them, so no zero
+//                tap of a strided conv is multiplied; the launcher runs one per phase;
+//   conv_weight  Conv2d's weight gradient, A = dy [cout][n·ho·wo], B = the im2col transposed;
+//                the long sum over pixels is split over grid layers z, each writing its own
+//                partial sums, which conv.wgsl's `sum_partials` adds.
+// Each entry passes its mode as a literal to `tile_product`; drivers inline the calls (NIR,
+// NVIDIA's and Apple's compilers all do for compute shaders), so the switches below fold away.
+//
+// Tile shape (pipeline-overridable, so the launcher picks it per product and adapter): a
+// workgroup of TX×TY invocations owns an 8·TY × 8·TX tile of C; invocation (tx, ty) owns rows
+// 4ty..4ty+3 and BM/2+4ty.. of it, columns 4tx..4tx+3 and BN/2+4tx.., as 16 named vec4
+// accumulators. Split halves rather than 8 contiguous rows/columns, so a quarter-warp's vec4
+// reads of a tile row cover 32 consecutive words (no bank conflicts) and its stores of C are
+// contiguous. Each step of BK, the next tiles' elements are fetched into registers while the
+// current ones are multiplied (double buffering through registers: one workgroup copy of each
+// tile, two barriers per step).
+//
+// The loads are scalar: a gather (im2col, strided transposes) has no vec4 to load, and on the
+// aligned paths coalescing across lanes already reads whole cache lines. Lanes of a load walk
+// whichever axis of the operand is contiguous in memory.
+//
+// llvmpipe stops an invocation's loops after 65,535 iterations: the launcher keeps each
+// invocation's share of k within LOOP_BUDGET (src/kernels/gemm.rs counts the loops per step).
+
+override TX: u32 = 16u;
+override TY: u32 = 16u;
+override BK: u32 = 8u;
+
+const MATMUL: u32 = 0u;
+const CONV_FORWARD: u32 = 1u;
+const CONV_DATA: u32 = 2u;
+const CONV_WEIGHT: u32 = 3u;
+
+// Bits of `flags`.
+const ADD_BIAS: u32 = 1u;
+const ACCUMULATE: u32 = 2u;
+// Grid layer z writes its partial sums to c[z·m·n + i·n + j] (conv_weight).
+const PARTIAL: u32 = 4u;
+
+struct Params {
+    m: u32,
+    n: u32,
+    // This dispatch sums steps k_begin..k of k, in layers of `split` steps along grid z.
+    k: u32,
+    k_begin: u32,
+    split: u32,
+    flags: u32,
+    tiles_n: u32,
+    tiles: u32,
+    // matmul: op(A)[i,k] = a[i*sa_i + k*sa_k], op(B)[k,j] = b[k*sb_k + j*sb_j].
+    sa_i: u32,
+    sa_k: u32,
+    sb_k: u32,
+    sb_j: u32,
+    // Convolutions, in Conv2d's terms: x [nb, cin, h, w] -> y [nb, cout, ho, wo].
+    cin: i32,
+    cout: i32,
+    h: i32,
+    w: i32,
+    ho: i32,
+    wo: i32,
+    kh: i32,
+    kw: i32,
+    sh: i32,
+    sw: i32,
+    ph: i32,
+    pw: i32,
+    dh: i32,
+    dw: i32,
+    // conv_data's phase: pixels ih0 + t·sh (hp of them) by iw0 + t·sw (wp), taps r0 + j·rstep
+    // (tr of them) by s0 + j·sstep (ts).
+    ih0: i32,
+    iw0: i32,
+    hp: i32,
+    wp: i32,
+    r0: i32,
+    s0: i32,
+    rstep: i32,
+    sstep: i32,
+    tr: i32,
+    ts: i32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// [BK][BM/4] and [BK][BN/4]: A is kept transposed so that a step's column of it is contiguous.
+var<workgroup> tile_a: array<vec4<f32>, BK * TY * 2u>;
+var<workgroup> tile_b: array<vec4<f32>, BK * TX * 2u>;
+
+// Most elements of A or B one invocation fetches per step (8·BK/TX, 8·BK/TY: BK ≤ 16, TX, TY
+// ≥ 8, checked by the launcher).
+const MOST_FETCHES: u32 = 16u;
+
+// conv_data: output channel and taps of step kk of a phase.
+struct Tap {
+    co: i32,
+    r: i32,
+    s: i32,
+}
+
+fn phase_tap(kk: u32) -> Tap {
+    let taps = p.tr * p.ts;
+    let co = i32(kk) / taps;
+    let t = i32(kk) % taps;
+    return Tap(co, p.r0 + (t / p.ts) * p.rstep, p.s0 + (t % p.ts) * p.sstep);
+}
+
+// An output pixel (conv_forward's columns, conv_weight's steps): sample and position.
+struct Pixel {
+    nb: i32,
+    oh: i32,
+    ow: i32,
+}
+
+fn out_pixel(q: u32) -> Pixel {
+    let plane = u32(p.ho * p.wo);
+    let t = i32(q % plane);
+    return Pixel(i32(q / plane), t / p.wo, t % p.wo);
+}
+
+// An im2col row (kk = (ci, r, s)): x at the tap's offset from an output pixel, 0 in padding.
+fn im2col(ci: i32, r: i32, s: i32, px: Pixel) -> f32 {
+    let ih = px.oh * p.sh - p.ph + r * p.dh;
+    let iw = px.ow * p.sw - p.pw + s * p.dw;
+    if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) { return 0.0; }
+    return b[((px.nb * p.cin + ci) * p.h + ih) * p.w + iw];
+}
+
+fn load_a(mode: u32, i: u32, kk: u32) -> f32 {
+    switch mode {
+        case MATMUL: { return a[i * p.sa_i + kk * p.sa_k]; }
+        case CONV_FORWARD: { return a[i * u32(p.cin * p.kh * p.kw) + kk]; }
+        case CONV_DATA: {
+            let t = phase_tap(kk);
+            return a[((t.co * p.cin + i32(i)) * p.kh + t.r) * p.kw + t.s];
+        }
+        default: {
+            let plane = u32(p.ho * p.wo);
+            return a[((kk / plane) * u32(p.cout) + i) * plane + kk % plane];
+        }
+    }
+}
+
+fn load_b(mode: u32, kk: u32, j: u32) -> f32 {
+    switch mode {
+        case MATMUL: { return b[kk * p.sb_k + j * p.sb_j]; }
+        case CONV_FORWARD: {
+            let taps = p.kh * p.kw;
+            let t = i32(kk) % taps;
+            return im2col(i32(kk) / taps, t / p.kw, t % p.kw, out_pixel(j));
+        }
+        case CONV_DATA: {
+            let t = phase_tap(kk);
+            let plane = u32(p.hp * p.wp);
+            let q = i32(j % plane);
+            let ih = p.ih0 + (q / p.wp) * p.sh;
+            let iw = p.iw0 + (q % p.wp) * p.sw;
+            // Exact divisions: the phase's taps are those that land on a stride step.
+            let oh = (ih + p.ph - t.r * p.dh) / p.sh;
+            let ow = (iw + p.pw - t.s * p.dw) / p.sw;
+            if (oh < 0 || oh >= p.ho || ow < 0 || ow >= p.wo) { return 0.0; }
+            return b[((i32(j / plane) * p.cout + t.co) * p.ho + oh) * p.wo + ow];
+        }
+        default: {
+            let taps = p.kh * p.kw;
+            let t = i32(j) % taps;
+            return im2col(i32(j) / taps, t / p.kw, t % p.kw, out_pixel(kk));
+        }
+    }
+}
+
+// Where C[i, j] lives.
+fn c_index(mode: u32, i: u32, j: u32) -> u32 {
+    switch mode {
+        case CONV_FORWARD: {
+            let plane = u32(p.ho * p.wo);
+            return ((j / plane) * u32(p.cout) + i) * plane + j % plane;
+        }
+        case CONV_DATA: {
+            let plane = u32(p.hp * p.wp);
+            let q = i32(j % plane);
+            let ih = p.ih0 + (q / p.wp) * p.sh;
+            let iw = p.iw0 + (q % p.wp) * p.sw;
+            return u32(((i32(j / plane) * p.cin + i32(i)) * p.h + ih) * p.w + iw);
+        }
+        default: { return i * p.n + j; }
+    }
+}
+
+// Whether the lanes of a fetch walk k (else the rows of A / columns of B): the axis along
+// which neighbouring elements are neighbours in memory.
+fn a_along_k(mode: u32) -> bool {
+    return mode != MATMUL || p.sa_k == 1u;
+}
+
+fn b_along_k(mode: u32) -> bool {
+    switch mode {
+        case MATMUL: { return p.sb_j != 1u; }
+        case CONV_WEIGHT: { return true; }
+        default: { return false; }
+    }
+}
+
+fn fetch_a(mode: u32, e: u32, i0: u32, k0: u32) -> f32 {
+    let bm = 8u * TY;
+    var ii = e / BK;
+    var kk = e % BK;
+    if (!a_along_k(mode)) { ii = e % bm; kk = e / bm; }
+    if (i0 + ii >= p.m || k0 + kk >= p.k) { return 0.0; }
+    return load_a(mode, i0 + ii, k0 + kk);
+}
+
+fn put_a(mode: u32, e: u32, v: f32) {
+    let bm = 8u * TY;
+    var ii = e / BK;
+    var kk = e % BK;
+    if (!a_along_k(mode)) { ii = e % bm; kk = e / bm; }
+    tile_a[kk * 2u * TY + ii / 4u][ii % 4u] = v;
+}
+
+fn fetch_b(mode: u32, e: u32, j0: u32, k0: u32) -> f32 {
+    let bn = 8u * TX;
+    var jj = e % bn;
+    var kk = e / bn;
+    if (b_along_k(mode)) { jj = e / BK; kk = e % BK; }
+    if (j0 + jj >= p.n || k0 + kk >= p.k) { return 0.0; }
+    return load_b(mode, k0 + kk, j0 + jj);
+}
+
+fn put_b(mode: u32, e: u32, v: f32) {
+    let bn = 8u * TX;
+    var jj = e % bn;
+    var kk = e / bn;
+    if (b_along_k(mode)) { jj = e / BK; kk = e % BK; }
+    tile_b[kk * 2u * TX + jj / 4u][jj % 4u] = v;
+}
+
+// Stores 4 outputs of row i from column j on: bias, accumulation and partial sums fused.
+fn store4(mode: u32, z: u32, i: u32, j: u32, v: vec4<f32>) {
+    if (i >= p.m) { return; }
+    for (var q = 0u; q < 4u; q++) {
+        if (j + q >= p.n) { return; }
+        var o = c_index(mode, i, j + q);
+        var x = v[q];
+        // A split sum's bias goes into layer 0's partial sums only.
+        if ((p.flags & ADD_BIAS) != 0u && z == 0u) {
+            if (mode == MATMUL) { x += bias[j + q]; } else { x += bias[i]; }
+        }
+        if ((p.flags & PARTIAL) != 0u) { o += z * p.m * p.n; }
+        if ((p.flags & ACCUMULATE) != 0u) { x += c[o]; }
+        c[o] = x;
+    }
+}
+
+fn tile_product(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) {
+    let t = wid.y * nwg.x + wid.x;
+    // t and z are the same for the whole workgroup: these returns keep the barriers uniform.
+    if (t >= p.tiles) { return; }
+    let z = wid.z;
+    let k_first = p.k_begin + z * p.split;
+    let k_last = min(p.k, k_first + p.split);
+    let i0 = (t / p.tiles_n) * 8u * TY;
+    let j0 = (t % p.tiles_n) * 8u * TX;
+    let tx = lid.x;
+    let ty = lid.y;
+    let lane = ty * TX + tx;
+    let threads = TX * TY;
+    let fetches_a = 8u * BK / TX;
+    let fetches_b = 8u * BK / TY;
+
+    let zero = vec4<f32>(0.0);
+    var c0l = zero; var c0h = zero; var c1l = zero; var c1h = zero;
+    var c2l = zero; var c2h = zero; var c3l = zero; var c3h = zero;
+    var c4l = zero; var c4h = zero; var c5l = zero; var c5h = zero;
+    var c6l = zero; var c6h = zero; var c7l = zero; var c7h = zero;
+
+    var next_a: array<f32, MOST_FETCHES>;
+    var next_b: array<f32, MOST_FETCHES>;
+    if (k_first < k_last) {
+        for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane + q * threads, i0, k_first); }
+        for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane + q * threads, j0, k_first); }
+    }
+    for (var k0 = k_first; k0 < k_last; k0 += BK) {
+        workgroupBarrier();
+        for (var q = 0u; q < fetches_a; q++) { put_a(mode, lane + q * threads, next_a[q]); }
+        for (var q = 0u; q < fetches_b; q++) { put_b(mode, lane + q * threads, next_b[q]); }
+        workgroupBarrier();
+        let k1 = k0 + BK;
+        if (k1 < k_last) {
+            for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane + q * threads, i0, k1); }
+            for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane + q * threads, j0, k1); }
+        }
+        // Steps past k_last hold zeros: a full BK keeps the loop's trip count constant.
+        for (var kk = 0u; kk < BK; kk++) {
+            let lo = tile_a[kk * 2u * TY + ty];
+            let hi = tile_a[kk * 2u * TY + TY + ty];
+            let bl = tile_b[kk * 2u * TX + tx];
+            let bh = tile_b[kk * 2u * TX + TX + tx];
+            c0l = fma(vec4<f32>(lo.x), bl, c0l); c0h = fma(vec4<f32>(lo.x), bh, c0h);
+            c1l = fma(vec4<f32>(lo.y), bl, c1l); c1h = fma(vec4<f32>(lo.y), bh, c1h);
+            c2l = fma(vec4<f32>(lo.z), bl, c2l); c2h = fma(vec4<f32>(lo.z), bh, c2h);
+            c3l = fma(vec4<f32>(lo.w), bl, c3l); c3h = fma(vec4<f32>(lo.w), bh, c3h);
+            c4l = fma(vec4<f32>(hi.x), bl, c4l); c4h = fma(vec4<f32>(hi.x), bh, c4h);
+            c5l = fma(vec4<f32>(hi.y), bl, c5l); c5h = fma(vec4<f32>(hi.y), bh, c5h);
+            c6l = fma(vec4<f32>(hi.z), bl, c6l); c6h = fma(vec4<f32>(hi.z), bh, c6h);
+            c7l = fma(vec4<f32>(hi.w), bl, c7l); c7h = fma(vec4<f32>(hi.w), bh, c7h);
+        }
+    }
+
+    let lo_row = i0 + 4u * ty;
+    let hi_row = i0 + 4u * TY + 4u * ty;
+    let lo_col = j0 + 4u * tx;
+    let hi_col = j0 + 4u * TX + 4u * tx;
+    store4(mode, z, lo_row, lo_col, c0l); store4(mode, z, lo_row, hi_col, c0h);
+    store4(mode, z, lo_row + 1u, lo_col, c1l); store4(mode, z, lo_row + 1u, hi_col, c1h);
+    store4(mode, z, lo_row + 2u, lo_col, c2l); store4(mode, z, lo_row + 2u, hi_col, c2h);
+    store4(mode, z, lo_row + 3u, lo_col, c3l); store4(mode, z, lo_row + 3u, hi_col, c3h);
+    store4(mode, z, hi_row, lo_col, c4l); store4(mode, z, hi_row, hi_col, c4h);
+    store4(mode, z, hi_row + 1u, lo_col, c5l); store4(mode, z, hi_row + 1u, hi_col, c5h);
+    store4(mode, z, hi_row + 2u, lo_col, c6l); store4(mode, z, hi_row + 2u, hi_col, c6h);
+    store4(mode, z, hi_row + 3u, lo_col, c7l); store4(mode, z, hi_row + 3u, hi_col, c7h);
+}
+
+@compute @workgroup_size(TX, TY)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_product(MATMUL, wid, nwg, lid);
+}
+
+@compute @workgroup_size(TX, TY)
+fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_product(CONV_FORWARD, wid, nwg, lid);
+}
+
+@compute @workgroup_size(TX, TY)
+fn conv_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_product(CONV_DATA, wid, nwg, lid);
+}
+
+@compute @workgroup_size(TX, TY)
+fn conv_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_product(CONV_WEIGHT, wid, nwg, lid);
+}

@@ -1,0 +1,219 @@
+//! shaders/gemm.wgsl: the tile engine that runs every GEMM on GPUs (matmul and the three
+//! convolution GEMMs), its tile shapes, and how a product is cut into dispatches: tiles of C
+//! over the grid, long sums split over grid layers (partial sums added by conv.wgsl's
+//! `sum_partials`) or over dispatches that add to C.
+
+use super::conv::{split_sum, LOOP_BUDGET};
+use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
+use crate::{Error, Result};
+
+/// One tile shape: a workgroup of `cols/8 × rows/8` invocations computes a `rows × cols` tile
+/// of C in steps of `depth` along k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub rows: usize,
+    pub cols: usize,
+    pub depth: usize,
+    /// The pipeline constants that compile gemm.wgsl for this shape.
+    pub constants: &'static [(&'static str, u32)],
+}
+
+/// The shapes kiln compiles, largest first. Each fits WebGPU's guaranteed limits (256
+/// invocations, 8 KiB of the 16 KiB of workgroup storage), so any adapter runs them. The
+/// larger the tile, the more FMAs per element staged (16 per element at 128², 8 at 64²); the
+/// smaller, the more workgroups a small product spreads over.
+pub const TILES: [Tile; 3] = [
+    Tile { rows: 128, cols: 128, depth: 8, constants: &[("TX", 16), ("TY", 16), ("BK", 8)] },
+    Tile { rows: 64, cols: 128, depth: 8, constants: &[("TX", 16), ("TY", 8), ("BK", 8)] },
+    Tile { rows: 64, cols: 64, depth: 16, constants: &[("TX", 8), ("TY", 8), ("BK", 16)] },
+];
+
+/// Workgroups worth having in flight: a large GPU has 100+ compute units (an H100/H200 132
+/// SMs, a 4090 128), a laptop's 8-40, so fewer tiles than this leave units idle.
+const WANTED_WORKGROUPS: usize = 256;
+
+/// Fewest steps of k a grid layer of a split sum takes: below this the partial sums' traffic
+/// outweighs the parallelism gained.
+const LEAST_LAYER_STEPS: usize = 256;
+
+/// Most grid layers a sum is split into for parallelism alone.
+const MOST_LAYERS: usize = 64;
+
+impl Tile {
+    fn threads(&self) -> usize {
+        self.rows * self.cols / 64
+    }
+
+    /// Loop iterations of one invocation per step of `depth` (gemm.wgsl's k loop: fetching
+    /// and storing its share of both tiles, then the FMA loop), and those outside the k loop.
+    fn iterations_per_step(&self) -> usize {
+        let fetches = (self.rows + self.cols) * self.depth / self.threads();
+        1 + 2 * fetches + self.depth
+    }
+
+    /// Most steps of k one invocation may sum within llvmpipe's loop budget (the stores: 16
+    /// calls of a loop of 4; the first fetch: one step's).
+    fn most_steps(&self) -> usize {
+        (LOOP_BUDGET - 64 - 2 * self.iterations_per_step()) / self.iterations_per_step() * self.depth
+    }
+
+    fn tiles(&self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.rows) * n.div_ceil(self.cols)
+    }
+}
+
+/// The tile for an `m × n` product: the one with the least padded work once a tile count
+/// below [`WANTED_WORKGROUPS`] is charged for the idle units, larger tiles counted slightly
+/// cheaper per element (they stage fewer elements per FMA). An estimate, not a measurement:
+/// the GPU benchmark (`scripts/device-bench.sh`) is where it gets checked.
+pub fn choose_tile(m: usize, n: usize) -> Tile {
+    let score = |t: &Tile| {
+        let count = t.tiles(m, n);
+        let staging = 1.0 + 8.0 / t.rows.min(t.cols) as f64;
+        (count * t.rows * t.cols) as f64 * staging * (WANTED_WORKGROUPS as f64 / count as f64).max(1.0)
+    };
+    *TILES.iter().min_by(|a, b| score(a).total_cmp(&score(b))).unwrap()
+}
+
+thread_local! {
+    static FORCED: std::cell::Cell<Option<Tile>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every product it launches on this thread tiled by `tile`, whatever
+/// [`choose_tile`] would pick: how the tests prove each shape correct on any adapter.
+pub fn with_tile<T>(tile: Tile, f: impl FnOnce() -> T) -> T {
+    let before = FORCED.with(|forced| forced.replace(Some(tile)));
+    let value = f();
+    FORCED.with(|forced| forced.set(before));
+    value
+}
+
+/// Field order and types match `Params` in shaders/gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub k_begin: u32,
+    pub split: u32,
+    pub flags: u32,
+    pub tiles_n: u32,
+    pub tiles: u32,
+    pub sa_i: u32,
+    pub sa_k: u32,
+    pub sb_k: u32,
+    pub sb_j: u32,
+    pub cin: i32,
+    pub cout: i32,
+    pub h: i32,
+    pub w: i32,
+    pub ho: i32,
+    pub wo: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub ph: i32,
+    pub pw: i32,
+    pub dh: i32,
+    pub dw: i32,
+    pub ih0: i32,
+    pub iw0: i32,
+    pub hp: i32,
+    pub wp: i32,
+    pub r0: i32,
+    pub s0: i32,
+    pub rstep: i32,
+    pub sstep: i32,
+    pub tr: i32,
+    pub ts: i32,
+}
+
+const ADD_BIAS: u32 = 1;
+const ACCUMULATE: u32 = 2;
+const PARTIAL: u32 = 4;
+
+/// One product for the engine: `entry` of gemm.wgsl over operands `a`, `b` into `c`, with the
+/// entry's geometry in `params` (m, n, k and the tiling are filled in here).
+pub(crate) struct Product<'a> {
+    pub entry: &'static str,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub params: Params,
+    pub a: &'a Buffer,
+    pub b: &'a Buffer,
+    pub bias: Option<&'a Buffer>,
+    pub c: &'a Buffer,
+    pub accumulate: bool,
+    /// Whether C is the row-major `m × n` array the partial sums of a split may be added into
+    /// (matmul, conv_weight); otherwise long sums are split over dispatches that add to C.
+    pub dense_c: bool,
+    /// Bytes the product reads and writes once, for the profiler.
+    pub bytes: u64,
+}
+
+/// The dispatches of `product`, in order: one, or with a long or narrow sum split over grid
+/// layers, that and `sum_partials`' passes; or one per slice of k, the later ones adding.
+pub(crate) fn run(gpu: &Gpu, op: &str, product: Product) -> Result<Vec<Dispatch>> {
+    let Product { entry, m, n, k, params, a, b, bias, c, accumulate, dense_c, bytes } = product;
+    let largest = (m * n).max(m * k).max(k * n);
+    if m == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
+    if largest > u32::MAX as usize / 2 {
+        return Err(Error::Limit(format!("{op}: a {m}×{n}×{k} product is over the tile kernels' 2^31 indexing")));
+    }
+    let tile = FORCED.with(|forced| forced.get()).unwrap_or_else(|| choose_tile(m, n));
+    let kernel = KernelId { shader: "gemm", entry, constants: tile.constants };
+    let tiles_n = n.div_ceil(tile.cols);
+    let tiles = tile.tiles(m, n);
+    let base = Params { m: m as u32, n: n as u32, tiles_n: tiles_n as u32, tiles: tiles as u32, ..params };
+    let bias_flag = if bias.is_some() { ADD_BIAS } else { 0 };
+    let bias_buffer = bias.unwrap_or(&gpu.dummy);
+    let bias_flops = if bias.is_some() { (m * n) as u64 } else { 0 };
+    let most = tile.most_steps();
+    let flops = |steps: usize| (2 * m * n * steps) as u64;
+
+    // Layers of a split sum: as many as keep each invocation within the loop budget, and more
+    // where the sum is long and the tiles too few to fill the GPU. Past the grid's depth or
+    // the largest binding for their partial sums, slices of k add to C in turn instead.
+    let needed = k.div_ceil(most).max(1);
+    let wanted = if dense_c { WANTED_WORKGROUPS.div_ceil(tiles).min(k / LEAST_LAYER_STEPS).min(MOST_LAYERS) } else { 1 };
+    let layers = needed.max(wanted);
+    let scratch = (4 * m * n * layers) as u64;
+    let deep = layers <= gpu.limits.max_compute_workgroups_per_dimension as usize && (layers == 1 || scratch <= gpu.max_binding_bytes());
+    if dense_c && deep {
+        let split = k.div_ceil(layers).next_multiple_of(tile.depth);
+        let layers = k.div_ceil(split).max(1);
+        let mut grid = workgroups_1d(tiles, 1);
+        grid[2] = layers as u32;
+        let cost = Cost { flops: flops(k) + bias_flops, bytes };
+        return split_sum(gpu, op, m * n, layers, c, accumulate, |out, add| {
+            let partial = if layers > 1 { PARTIAL } else { 0 };
+            let flags = bias_flag | partial | if add { ACCUMULATE } else { 0 };
+            let p = Params { k: k as u32, k_begin: 0, split: split as u32, flags, ..base };
+            let cost = Cost { bytes: cost.bytes + if add { (4 * m * n) as u64 } else { 0 }, ..cost };
+            Ok(vec![gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, out)], grid, cost)?])
+        });
+    }
+    // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C.
+    super::even_slices(k, most)
+        .map(|(begin, end)| {
+            let first = begin == 0;
+            let flags = if first { bias_flag | if accumulate { ACCUMULATE } else { 0 } } else { ACCUMULATE };
+            let steps = end - begin;
+            let p = Params { k: end as u32, k_begin: begin as u32, split: steps.max(1) as u32, flags, ..base };
+            let share = |v: u64| if k == 0 { v } else { v * steps as u64 / k as u64 };
+            let cost = Cost { flops: flops(steps) + if first { bias_flops } else { 0 }, bytes: share(bytes) };
+            gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, c)], workgroups_1d(tiles, 1), cost)
+        })
+        .collect()
+}
+
+/// Every (entry, constants) pair kiln may create a gemm.wgsl pipeline with, for the tests that
+/// translate each pipeline for every back end.
+pub fn constant_sets() -> Vec<&'static [(&'static str, u32)]> {
+    TILES.iter().map(|t| t.constants).collect()
+}
