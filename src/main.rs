@@ -22,11 +22,17 @@ struct DeviceArgs {
     /// Read WGSL kernels from this folder instead of the built-in copies (also KILN_SHADERS=DIR)
     #[arg(long, global = true)]
     shaders: Option<PathBuf>,
+    /// GEMM kernels for every matmul and convolution: auto (the adapter's best), tiled (the GPU
+    /// tile engine), windowed or blocked (the CPU-adapter kernels) (default: KILN_KERNELS, else auto)
+    #[arg(long, global = true, value_parser = ["auto", "tiled", "windowed", "blocked"])]
+    kernels: Option<String>,
 }
 
 impl DeviceArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), shaders: self.shaders.clone(), ..Default::default() }
+        // The value parser admits only names Kernels::parse knows.
+        let kernels = self.kernels.as_deref().map(|k| kiln::gpu::Kernels::parse(k).unwrap_or_default());
+        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), shaders: self.shaders.clone(), kernels, ..Default::default() }
     }
 }
 

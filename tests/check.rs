@@ -4,7 +4,7 @@
 use kiln::check::{
     check_case, check_file, compare, CaseFile, CaseResult, HostTensor, OpResult, OpSpec, Registry, Verdict, SPEC_OPS,
 };
-use kiln::gpu::{Gpu, GpuOptions};
+use kiln::gpu::{Gpu, GpuOptions, Kernels};
 use kiln::kernels::elementwise;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -329,6 +329,29 @@ fn check_fixture_mse_none_cases_pass_through_the_gpu() {
         eprintln!("{r}");
         assert!(r.passed(), "{r}");
     }
+}
+
+/// The ops whose runners go through the GEMM kernels (matmul.wgsl, conv*.wgsl, gemm.wgsl).
+const GEMM_OPS: [&str; 4] = ["matmul", "linear", "conv2d", "conv_transpose2d"];
+
+#[test]
+fn check_fixture_gemm_cases_pass_with_every_kernel_family_forced() {
+    // `Auto` picks one family per adapter; each must pass PyTorch's cases on any adapter.
+    let file = CaseFile::load(FIXTURE).unwrap();
+    let registry = Registry::builtin();
+    let cases: Vec<_> = file.cases.iter().filter(|c| GEMM_OPS.contains(&c.op.as_str())).collect();
+    assert!(cases.len() >= 4 * 3, "{} GEMM cases in the fixture", cases.len());
+    let mut failed = Vec::new();
+    for kernels in [Kernels::Tiled, Kernels::Windowed, Kernels::Blocked] {
+        let gpu = Gpu::new(&GpuOptions { kernels: Some(kernels), ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
+        for case in &cases {
+            let r = check_case(&gpu, &registry, case);
+            if !r.passed() {
+                failed.push(format!("{kernels:?}: {}", r.line(34)));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{} cases failed:\n{}", failed.len(), failed.join("\n"));
 }
 
 /// The ops whose runners use kiln's activation and loss kernels.

@@ -28,6 +28,37 @@ pub struct GpuOptions {
     /// Which of several equally ranked adapters to take (modulo their count): a data-parallel
     /// rank's local rank, so the ranks on one machine open different GPUs of one kind.
     pub nth_of_best: usize,
+    /// The GEMM kernels (matmul, convolutions) every `Auto` variant resolves to. Default:
+    /// `KILN_KERNELS`, else the adapter's best.
+    pub kernels: Option<Kernels>,
+}
+
+/// Which family of GEMM kernels runs the matmuls and convolutions whose variant is `Auto`
+/// (every one a model builds): the adapter's best, or one family forced, to measure it or to
+/// run the conformance cases through it on any adapter (`--kernels`, `KILN_KERNELS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// Windows on CPU adapters, the tile engine on GPUs.
+    #[default]
+    Auto,
+    /// The tile engine (shaders/gemm.wgsl), the GPU kernels.
+    Tiled,
+    /// The uniform-window kernels for CPU adapters, where they apply (else blocked).
+    Windowed,
+    /// The register-blocked kernels (matmul.wgsl, conv.wgsl).
+    Blocked,
+}
+
+impl Kernels {
+    pub fn parse(name: &str) -> Result<Kernels> {
+        match name.to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Kernels::Auto),
+            "tiled" => Ok(Kernels::Tiled),
+            "windowed" => Ok(Kernels::Windowed),
+            "blocked" => Ok(Kernels::Blocked),
+            other => Err(Error::Invalid(format!("kernels {other:?}: expected auto, tiled, windowed or blocked"))),
+        }
+    }
 }
 
 impl GpuOptions {
@@ -54,6 +85,14 @@ impl GpuOptions {
             },
         };
         Ok(asked.map_or_else(|| adapter.clone(), |l| l.or_worse_values_from(adapter)))
+    }
+
+    /// [`GpuOptions::kernels`], else `KILN_KERNELS`, else `Auto`.
+    pub fn kernels(&self) -> Result<Kernels> {
+        match self.kernels {
+            Some(k) => Ok(k),
+            None => Kernels::parse(&std::env::var("KILN_KERNELS").unwrap_or_default()).map_err(|e| Error::Invalid(format!("KILN_KERNELS: {e}"))),
+        }
     }
 }
 

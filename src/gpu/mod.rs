@@ -7,7 +7,7 @@ mod dispatch;
 mod readback;
 mod shaders;
 
-pub use adapter::{describe_adapters, skipped_gpus_warning, AdapterReport, GpuOptions};
+pub use adapter::{describe_adapters, skipped_gpus_warning, AdapterReport, GpuOptions, Kernels};
 pub use buffer::Buffer;
 pub use readback::Readback;
 pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};
@@ -26,6 +26,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The GEMM kernels `Auto` variants resolve to.
+    pub kernels: Kernels,
     shaders: ShaderSet,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<KernelId, Arc<wgpu::ComputePipeline>>>,
@@ -75,6 +77,7 @@ impl Gpu {
             features.remove(wgpu::Features::SUBGROUP);
         }
         let limits = options.limits_for(&adapter.limits())?;
+        let kernels = options.kernels()?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -110,6 +113,7 @@ impl Gpu {
             info,
             limits,
             features,
+            kernels,
             shaders: ShaderSet::new(options.shaders.clone())?,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),

@@ -43,10 +43,14 @@ impl ConvVariant {
     /// more than they save), tiles on GPUs, where workgroup memory is what feeds the FMAs and
     /// uniform buffers indexed per invocation serialize.
     pub fn resolve(self, gpu: &Gpu) -> ConvVariant {
-        match self {
-            ConvVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => ConvVariant::Windowed,
-            ConvVariant::Auto => ConvVariant::Tiled,
-            v => v,
+        use crate::gpu::Kernels;
+        match (self, gpu.kernels) {
+            (ConvVariant::Auto, Kernels::Tiled) => ConvVariant::Tiled,
+            (ConvVariant::Auto, Kernels::Windowed) => ConvVariant::Windowed,
+            (ConvVariant::Auto, Kernels::Blocked) => ConvVariant::Blocked,
+            (ConvVariant::Auto, Kernels::Auto) if gpu.info.device_type == wgpu::DeviceType::Cpu => ConvVariant::Windowed,
+            (ConvVariant::Auto, Kernels::Auto) => ConvVariant::Tiled,
+            (v, _) => v,
         }
     }
 }

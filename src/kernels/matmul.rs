@@ -39,11 +39,16 @@ impl MatmulVariant {
     /// loads are what a CPU adapter spends its time on, and the windowed kernel avoids most
     /// (docs/BENCHMARKS.md).
     pub fn resolve(self, gpu: &Gpu) -> MatmulVariant {
-        match self {
-            MatmulVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu && windows_apply(gpu) => MatmulVariant::Windowed,
-            MatmulVariant::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => MatmulVariant::Blocked,
-            MatmulVariant::Auto => MatmulVariant::Tiled,
-            v => v,
+        use crate::gpu::Kernels;
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        match (self, gpu.kernels) {
+            (MatmulVariant::Auto, Kernels::Tiled) => MatmulVariant::Tiled,
+            (MatmulVariant::Auto, Kernels::Windowed) => MatmulVariant::Windowed,
+            (MatmulVariant::Auto, Kernels::Blocked) => MatmulVariant::Blocked,
+            (MatmulVariant::Auto, Kernels::Auto) if cpu && windows_apply(gpu) => MatmulVariant::Windowed,
+            (MatmulVariant::Auto, Kernels::Auto) if cpu => MatmulVariant::Blocked,
+            (MatmulVariant::Auto, Kernels::Auto) => MatmulVariant::Tiled,
+            (v, _) => v,
         }
     }
 }
