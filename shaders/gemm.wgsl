@@ -212,38 +212,44 @@ fn b_along_k(mode: u32) -> bool {
     }
 }
 
-fn fetch_a(mode: u32, e: u32, i0: u32, k0: u32) -> f32 {
+// Element q of an invocation's share of a tile, as (row or column, step). A workgroup's
+// invocations are a whole number of the tile's rows, columns and steps (TY, TX ∈ {8, 16},
+// BK | 64), so an invocation keeps one row or column or one step of k for all its q: the
+// index arithmetic that depends on it alone is done once, outside the k loop.
+fn a_element(mode: u32, lane: u32, q: u32) -> vec2<u32> {
+    let threads = TX * TY;
     let bm = 8u * TY;
-    var ii = e / BK;
-    var kk = e % BK;
-    if (!a_along_k(mode)) { ii = e % bm; kk = e / bm; }
-    if (i0 + ii >= p.m || k0 + kk >= p.k) { return 0.0; }
-    return load_a(mode, i0 + ii, k0 + kk);
+    if (a_along_k(mode)) { return vec2<u32>(lane / BK + q * (threads / BK), lane % BK); }
+    return vec2<u32>(lane % bm, lane / bm + q * (threads / bm));
 }
 
-fn put_a(mode: u32, e: u32, v: f32) {
-    let bm = 8u * TY;
-    var ii = e / BK;
-    var kk = e % BK;
-    if (!a_along_k(mode)) { ii = e % bm; kk = e / bm; }
-    tile_a[kk * 2u * TY + ii / 4u][ii % 4u] = v;
-}
-
-fn fetch_b(mode: u32, e: u32, j0: u32, k0: u32) -> f32 {
+fn b_element(mode: u32, lane: u32, q: u32) -> vec2<u32> {
+    let threads = TX * TY;
     let bn = 8u * TX;
-    var jj = e % bn;
-    var kk = e / bn;
-    if (b_along_k(mode)) { jj = e / BK; kk = e % BK; }
-    if (j0 + jj >= p.n || k0 + kk >= p.k) { return 0.0; }
-    return load_b(mode, k0 + kk, j0 + jj);
+    if (b_along_k(mode)) { return vec2<u32>(lane / BK + q * (threads / BK), lane % BK); }
+    return vec2<u32>(lane % bn, lane / bn + q * (threads / bn));
 }
 
-fn put_b(mode: u32, e: u32, v: f32) {
-    let bn = 8u * TX;
-    var jj = e % bn;
-    var kk = e / bn;
-    if (b_along_k(mode)) { jj = e / BK; kk = e % BK; }
-    tile_b[kk * 2u * TX + jj / 4u][jj % 4u] = v;
+fn fetch_a(mode: u32, lane: u32, q: u32, i0: u32, k0: u32) -> f32 {
+    let e = a_element(mode, lane, q);
+    if (i0 + e.x >= p.m || k0 + e.y >= p.k) { return 0.0; }
+    return load_a(mode, i0 + e.x, k0 + e.y);
+}
+
+fn put_a(mode: u32, lane: u32, q: u32, v: f32) {
+    let e = a_element(mode, lane, q);
+    tile_a[e.y * 2u * TY + e.x / 4u][e.x % 4u] = v;
+}
+
+fn fetch_b(mode: u32, lane: u32, q: u32, j0: u32, k0: u32) -> f32 {
+    let e = b_element(mode, lane, q);
+    if (j0 + e.x >= p.n || k0 + e.y >= p.k) { return 0.0; }
+    return load_b(mode, k0 + e.y, j0 + e.x);
+}
+
+fn put_b(mode: u32, lane: u32, q: u32, v: f32) {
+    let e = b_element(mode, lane, q);
+    tile_b[e.y * 2u * TX + e.x / 4u][e.x % 4u] = v;
 }
 
 // Stores 4 outputs of row i from column j on: bias, accumulation and partial sums fused.
@@ -275,7 +281,6 @@ fn tile_product(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) {
     let tx = lid.x;
     let ty = lid.y;
     let lane = ty * TX + tx;
-    let threads = TX * TY;
     let fetches_a = 8u * BK / TX;
     let fetches_b = 8u * BK / TY;
 
@@ -288,18 +293,18 @@ fn tile_product(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) {
     var next_a: array<f32, MOST_FETCHES>;
     var next_b: array<f32, MOST_FETCHES>;
     if (k_first < k_last) {
-        for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane + q * threads, i0, k_first); }
-        for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane + q * threads, j0, k_first); }
+        for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane, q, i0, k_first); }
+        for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane, q, j0, k_first); }
     }
     for (var k0 = k_first; k0 < k_last; k0 += BK) {
         workgroupBarrier();
-        for (var q = 0u; q < fetches_a; q++) { put_a(mode, lane + q * threads, next_a[q]); }
-        for (var q = 0u; q < fetches_b; q++) { put_b(mode, lane + q * threads, next_b[q]); }
+        for (var q = 0u; q < fetches_a; q++) { put_a(mode, lane, q, next_a[q]); }
+        for (var q = 0u; q < fetches_b; q++) { put_b(mode, lane, q, next_b[q]); }
         workgroupBarrier();
         let k1 = k0 + BK;
         if (k1 < k_last) {
-            for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane + q * threads, i0, k1); }
-            for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane + q * threads, j0, k1); }
+            for (var q = 0u; q < fetches_a; q++) { next_a[q] = fetch_a(mode, lane, q, i0, k1); }
+            for (var q = 0u; q < fetches_b; q++) { next_b[q] = fetch_b(mode, lane, q, j0, k1); }
         }
         // Steps past k_last hold zeros: a full BK keeps the loop's trip count constant.
         for (var kk = 0u; kk < BK; kk++) {

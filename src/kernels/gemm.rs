@@ -217,3 +217,26 @@ pub(crate) fn run(gpu: &Gpu, op: &str, product: Product) -> Result<Vec<Dispatch>
 pub fn constant_sets() -> Vec<&'static [(&'static str, u32)]> {
     TILES.iter().map(|t| t.constants).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gemm.wgsl's assumptions about a tile: its invocations cover whole rows, columns and
+    /// steps of the tile (so each keeps one of them for all its fetches), each fetches at most
+    /// MOST_FETCHES (16) elements of A and of B per step, and its workgroup storage and
+    /// invocations fit WebGPU's guaranteed 16 KiB and 256.
+    #[test]
+    fn every_tile_meets_the_shaders_assumptions() {
+        for t in TILES {
+            let (tx, ty) = (t.cols / 8, t.rows / 8);
+            let threads = tx * ty;
+            assert!([8, 16].contains(&tx) && [8, 16].contains(&ty), "{t:?}");
+            assert_eq!(threads % t.depth, 0, "{t:?}");
+            assert!(t.rows * t.depth / threads <= 16 && t.cols * t.depth / threads <= 16, "{t:?}");
+            assert!((t.rows + t.cols) * t.depth * 4 <= 16 * 1024 && threads <= 256, "{t:?}");
+            let value = |name| t.constants.iter().find(|(n, _)| *n == name).map(|&(_, v)| v as usize);
+            assert_eq!((value("TX"), value("TY"), value("BK")), (Some(tx), Some(ty), Some(t.depth)), "{t:?}");
+        }
+    }
+}
