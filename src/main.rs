@@ -26,13 +26,19 @@ struct DeviceArgs {
     /// tile engine), windowed or blocked (the CPU-adapter kernels) (default: KILN_KERNELS, else auto)
     #[arg(long, global = true, value_parser = ["auto", "tiled", "windowed", "blocked"])]
     kernels: Option<String>,
+    /// Do not time the tile engine's tile shapes on the device; use its size rule (also
+    /// KILN_AUTOTUNE=0). On by default on GPUs, with choices kept in KILN_AUTOTUNE_CACHE,
+    /// else autotune.json in kiln's cache folder
+    #[arg(long, global = true)]
+    no_autotune: bool,
 }
 
 impl DeviceArgs {
     fn options(&self) -> GpuOptions {
         // The value parser admits only names Kernels::parse knows.
         let kernels = self.kernels.as_deref().map(|k| kiln::gpu::Kernels::parse(k).unwrap_or_default());
-        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), shaders: self.shaders.clone(), kernels, ..Default::default() }
+        let autotune = self.no_autotune.then_some(false);
+        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), shaders: self.shaders.clone(), kernels, autotune, ..Default::default() }
     }
 }
 
@@ -370,6 +376,15 @@ fn check(args: &CheckArgs) -> kiln::Result<ExitCode> {
     Ok(if report.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// What `--kernels auto` picks on an adapter like `info`'s (kernels::conv and matmul `resolve`).
+fn auto_kernels(info: &wgpu::AdapterInfo) -> &'static str {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        " (windowed where the adapter has subgroups of 8 and the uniform windows, else blocked: CPU adapter)"
+    } else {
+        " (tiled: the tile engine, shaders/gemm.wgsl)"
+    }
+}
+
 fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
     let options = dev.options();
     let adapters = describe_adapters(&options)?;
@@ -403,6 +418,13 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
             if let Some(warning) = kiln::gpu::skipped_gpus_warning(i) {
                 eprintln!("warning: {warning}");
             }
+            let kernels = options.kernels()?;
+            let autotune = if options.autotune(i.device_type)? {
+                options.autotune_cache().map_or("on, in memory only".to_string(), |f| format!("on, choices in {}", f.display()))
+            } else {
+                "off".to_string()
+            };
+            println!("    GEMM kernels: {kernels:?}{}; autotune {autotune}", if kernels == kiln::gpu::Kernels::Auto { auto_kernels(i) } else { "" });
         }
     }
     if !adapters.iter().any(|a| a.chosen) {

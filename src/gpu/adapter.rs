@@ -31,6 +31,13 @@ pub struct GpuOptions {
     /// The GEMM kernels (matmul, convolutions) every `Auto` variant resolves to. Default:
     /// `KILN_KERNELS`, else the adapter's best.
     pub kernels: Option<Kernels>,
+    /// Time the tile engine's shapes on the device and keep the fastest per product shape.
+    /// Default: `KILN_AUTOTUNE` (0 or off: no), else on for GPUs and off for CPU adapters
+    /// (which never pick the tile engine).
+    pub autotune: Option<bool>,
+    /// Where the choices are kept (default: `KILN_AUTOTUNE_CACHE`, else autotune.json in
+    /// kiln's cache folder).
+    pub autotune_cache: Option<std::path::PathBuf>,
 }
 
 /// Which family of GEMM kernels runs the matmuls and convolutions whose variant is `Auto`
@@ -85,6 +92,28 @@ impl GpuOptions {
             },
         };
         Ok(asked.map_or_else(|| adapter.clone(), |l| l.or_worse_values_from(adapter)))
+    }
+
+    /// Whether to autotune on an adapter of `device_type` (see [`GpuOptions::autotune`]).
+    pub fn autotune(&self, device_type: wgpu::DeviceType) -> Result<bool> {
+        if let Some(on) = self.autotune {
+            return Ok(on);
+        }
+        match std::env::var("KILN_AUTOTUNE").unwrap_or_default().to_ascii_lowercase().as_str() {
+            "" => Ok(device_type != wgpu::DeviceType::Cpu),
+            "1" | "on" | "yes" => Ok(true),
+            "0" | "off" | "no" => Ok(false),
+            other => Err(Error::Invalid(format!("KILN_AUTOTUNE={other:?}: expected 1/on or 0/off"))),
+        }
+    }
+
+    /// The autotune cache file: [`GpuOptions::autotune_cache`], else `KILN_AUTOTUNE_CACHE`, else
+    /// `autotune.json` in kiln's cache folder (none where there is no cache folder).
+    pub fn autotune_cache(&self) -> Option<std::path::PathBuf> {
+        self.autotune_cache
+            .clone()
+            .or_else(|| std::env::var_os("KILN_AUTOTUNE_CACHE").filter(|v| !v.is_empty()).map(Into::into))
+            .or_else(|| crate::data::download::cache_dir().ok().map(|d| d.join("autotune.json")))
     }
 
     /// [`GpuOptions::kernels`], else `KILN_KERNELS`, else `Auto`.

@@ -6,12 +6,14 @@ mod buffer;
 mod dispatch;
 mod readback;
 mod shaders;
+mod tune;
 
 pub use adapter::{describe_adapters, skipped_gpus_warning, AdapterReport, GpuOptions, Kernels};
 pub use buffer::Buffer;
 pub use readback::Readback;
 pub use dispatch::{workgroups_1d, Cost, Dispatch, KernelId, MAX_WORKGROUPS_PER_DIM};
 pub use shaders::{check_capabilities, validate_wgsl, ShaderSet, SHADER_FILES};
+pub use tune::TuneCache;
 
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -28,6 +30,8 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// The GEMM kernels `Auto` variants resolve to.
     pub kernels: Kernels,
+    /// Kernel configurations measured on this adapter, where autotuning is on.
+    pub tune: Option<Mutex<TuneCache>>,
     shaders: ShaderSet,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<KernelId, Arc<wgpu::ComputePipeline>>>,
@@ -78,6 +82,11 @@ impl Gpu {
         }
         let limits = options.limits_for(&adapter.limits())?;
         let kernels = options.kernels()?;
+        let tune = options.autotune(info.device_type)?.then(|| {
+            // Choices hold for this adapter, driver and build of kiln's kernels.
+            let section = format!("{} | {} | {:?} | kiln {}", info.name, info.driver_info, info.backend, env!("CARGO_PKG_VERSION"));
+            Mutex::new(TuneCache::open(options.autotune_cache(), section))
+        });
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -114,6 +123,7 @@ impl Gpu {
             limits,
             features,
             kernels,
+            tune,
             shaders: ShaderSet::new(options.shaders.clone())?,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),

@@ -136,6 +136,7 @@ const PARTIAL: u32 = 4;
 
 /// One product for the engine: `entry` of gemm.wgsl over operands `a`, `b` into `c`, with the
 /// entry's geometry in `params` (m, n, k and the tiling are filled in here).
+#[derive(Clone, Copy)]
 pub(crate) struct Product<'a> {
     pub entry: &'static str,
     pub m: usize,
@@ -157,6 +158,60 @@ pub(crate) struct Product<'a> {
 /// The dispatches of `product`, in order: one, or with a long or narrow sum split over grid
 /// layers, that and `sum_partials`' passes; or one per slice of k, the later ones adding.
 pub(crate) fn run(gpu: &Gpu, op: &str, product: Product) -> Result<Vec<Dispatch>> {
+    let forced = FORCED.with(|forced| forced.get());
+    let tile = match forced {
+        Some(tile) => tile,
+        None => tuned(gpu, op, &product)?.unwrap_or_else(|| choose_tile(product.m, product.n)),
+    };
+    launch(gpu, op, product, tile)
+}
+
+/// The fastest tile for `product` on this adapter, timed now if no earlier launch (in this
+/// process or, through the cache file, an earlier one) timed it; `None` without autotuning.
+/// Each tile runs the product once to warm up and three times timed, on scratch operands of
+/// the same sizes, so no caller's buffer is touched.
+fn tuned(gpu: &Gpu, op: &str, product: &Product) -> Result<Option<Tile>> {
+    let Some(cache) = &gpu.tune else { return Ok(None) };
+    if product.m == 0 || product.n == 0 || product.k == 0 {
+        return Ok(None);
+    }
+    let key = shape_key(product);
+    let by_name = |name: &str| TILES.iter().copied().find(|t| tile_name(t) == name);
+    if let Some(tile) = cache.lock().unwrap().get(&key).and_then(by_name) {
+        return Ok(Some(tile));
+    }
+    let scratch = |what: &str, like: &Buffer| gpu.zeros(&format!("autotune {what}"), like.len);
+    let (a, b, c) = (scratch("a", product.a)?, scratch("b", product.b)?, scratch("c", product.c)?);
+    let bias = product.bias.map(|bias| scratch("bias", bias)).transpose()?;
+    let trial = Product { a: &a, b: &b, c: &c, bias: bias.as_ref(), ..*product };
+    let mut best: Option<(f64, Tile)> = None;
+    for tile in TILES {
+        let dispatches = launch(gpu, op, trial, tile)?;
+        let seconds = crate::bench::time_dispatches(gpu, &dispatches, 3)?;
+        if best.is_none_or(|(fastest, _)| seconds < fastest) {
+            best = Some((seconds, tile));
+        }
+    }
+    let tile = best.map(|(_, t)| t).unwrap_or_else(|| choose_tile(product.m, product.n));
+    cache.lock().unwrap().insert(key, tile_name(&tile));
+    Ok(Some(tile))
+}
+
+/// `128x128x8`: rows, columns and depth.
+fn tile_name(t: &Tile) -> String {
+    format!("{}x{}x{}", t.rows, t.cols, t.depth)
+}
+
+/// What identifies a product for the autotune cache: entry, sizes, whether its sum may be
+/// split, and the geometry fields of its parameters (FNV-1a of their bytes).
+fn shape_key(p: &Product) -> String {
+    let geometry = Params { m: 0, n: 0, k: 0, k_begin: 0, split: 0, flags: 0, tiles_n: 0, tiles: 0, ..p.params };
+    let hash = bytemuck::bytes_of(&geometry).iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &byte| (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
+    format!("{} {}x{}x{} split={} bias={} {hash:016x}", p.entry, p.m, p.n, p.k, p.dense_c, p.bias.is_some())
+}
+
+/// The dispatches of `product` in `tile`.
+fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispatch>> {
     let Product { entry, m, n, k, params, a, b, bias, c, accumulate, dense_c, bytes } = product;
     let largest = (m * n).max(m * k).max(k * n);
     if m == 0 || n == 0 {
@@ -165,7 +220,6 @@ pub(crate) fn run(gpu: &Gpu, op: &str, product: Product) -> Result<Vec<Dispatch>
     if largest > u32::MAX as usize / 2 {
         return Err(Error::Limit(format!("{op}: a {m}×{n}×{k} product is over the tile kernels' 2^31 indexing")));
     }
-    let tile = FORCED.with(|forced| forced.get()).unwrap_or_else(|| choose_tile(m, n));
     let kernel = KernelId { shader: "gemm", entry, constants: tile.constants };
     let tiles_n = n.div_ceil(tile.cols);
     let tiles = tile.tiles(m, n);

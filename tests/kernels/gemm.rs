@@ -70,3 +70,49 @@ fn every_tile_shape_convolves_forward_and_back() {
         });
     }
 }
+
+#[test]
+fn autotune_times_a_shape_once_and_keeps_its_choice_in_the_cache_file() {
+    let _turn = one_at_a_time();
+    let dir = std::env::temp_dir().join(format!("kiln-autotune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.join("autotune.json");
+    let open = || {
+        let options = kiln::gpu::GpuOptions {
+            kernels: Some(kiln::gpu::Kernels::Tiled),
+            autotune: Some(true),
+            autotune_cache: Some(cache.clone()),
+            ..crate::options()
+        };
+        kiln::Gpu::new(&options).unwrap()
+    };
+    let (m, n, k) = (70, 33, 20);
+    let (a, b, bias) = (rand(500, m * k), rand(501, k * n), rand(502, n));
+    let want = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, false, false);
+    let product = |gpu: &kiln::Gpu| {
+        let (ab, bb, biasb, c) = (gpu.upload("a", &a).unwrap(), gpu.upload("b", &b).unwrap(), gpu.upload("bias", &bias).unwrap(), gpu.zeros("c", m * n).unwrap());
+        let shape = Matmul { m, n, k, ..Default::default() };
+        gpu.run(&kiln::kernels::matmul::matmul(gpu, &shape, &ab, &bb, Some(&biasb), &c).unwrap()).unwrap();
+        gpu.read(&c).unwrap()
+    };
+    let timed = |gpu: &kiln::Gpu| gpu.tune.as_ref().unwrap().lock().unwrap().timed;
+
+    let first = open();
+    assert_close("autotuned matmul", &product(&first), &want, 1e-4);
+    assert_eq!(timed(&first), 1, "the first launch of a shape times it");
+    assert_close("autotuned matmul again", &product(&first), &want, 1e-4);
+    assert_eq!(timed(&first), 1, "a shape is timed once per process");
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert!(text.contains("matmul 70x33x20") && TILES.iter().any(|t| text.contains(&format!("{}x{}x{}", t.rows, t.cols, t.depth))), "{text}");
+
+    let second = open();
+    assert_close("matmul tuned by an earlier process", &product(&second), &want, 1e-4);
+    assert_eq!(timed(&second), 0, "the cache file's choice is used");
+
+    std::fs::write(&cache, "not json").unwrap();
+    let third = open();
+    assert_close("matmul over a corrupt cache", &product(&third), &want, 1e-4);
+    assert_eq!(timed(&third), 1, "a corrupt cache is ignored and rewritten");
+    assert!(std::fs::read_to_string(&cache).unwrap().contains("matmul 70x33x20"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
