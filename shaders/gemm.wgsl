@@ -166,10 +166,14 @@ fn load_b(mode: u32, kk: u32, j: u32) -> f32 {
             let q = i32(j % plane);
             let ih = p.ih0 + (q / p.wp) * p.sh;
             let iw = p.iw0 + (q % p.wp) * p.sw;
-            // Exact divisions: the phase's taps are those that land on a stride step.
-            let oh = (ih + p.ph - t.r * p.dh) / p.sh;
-            let ow = (iw + p.pw - t.s * p.dw) / p.sw;
-            if (oh < 0 || oh >= p.ho || ow < 0 || ow >= p.wo) { return 0.0; }
+            // Exact divisions: the phase's taps are those that land on a stride step. Negative
+            // offsets are out of range anyway, and GLSL leaves their division undefined.
+            let offset_h = ih + p.ph - t.r * p.dh;
+            let offset_w = iw + p.pw - t.s * p.dw;
+            if (offset_h < 0 || offset_w < 0) { return 0.0; }
+            let oh = offset_h / p.sh;
+            let ow = offset_w / p.sw;
+            if (oh >= p.ho || ow >= p.wo) { return 0.0; }
             return b[((i32(j / plane) * p.cout + t.co) * p.ho + oh) * p.wo + ow];
         }
         default: {
