@@ -317,12 +317,16 @@ struct BenchArgs {
     /// steps: the GAN's batch size
     #[arg(long, default_value_t = 16)]
     gan_batch: usize,
-    /// steps: the VAE's batch size
-    #[arg(long, default_value_t = 128)]
+    /// steps: the VAE's batch size (`kiln train`'s default)
+    #[arg(long, default_value_t = 64)]
     vae_batch: usize,
-    /// steps: timed steps per model (after one warm-up step)
+    /// steps: timed steps per model, back to back as `kiln train` submits them and then as
+    /// many one at a time (after two warm-up steps)
     #[arg(long, default_value_t = 3)]
     timed_steps: usize,
+    /// steps: the models timed, comma-separated (gan, vae, vae-mlp)
+    #[arg(long, value_delimiter = ',', default_value = "gan,vae,vae-mlp")]
+    models: Vec<String>,
     /// Print machine-readable JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -480,25 +484,24 @@ fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
     let mut steps = Vec::new();
     if args.what == "steps" || args.what == "all" {
         let data = profile_data()?;
-        for (model, batch) in [("gan", args.gan_batch), ("vae", args.vae_batch), ("vae-mlp", args.vae_batch)] {
-            let trainer = build_trainer(&gpu, model, batch, &data)?;
-            let dispatches: Vec<kiln::Dispatch> = trainer.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect();
-            let seconds = kiln::bench::time_dispatches(&gpu, &dispatches, args.timed_steps)?;
-            let flops: u64 = dispatches.iter().map(|d| d.cost.flops).sum();
-            let row = serde_json::json!({
-                "model": model, "batch": batch, "step_ms": seconds * 1e3, "images_per_s": batch as f64 / seconds,
-                "gflops": flops as f64 / seconds / 1e9, "dispatches": dispatches.len(),
-            });
+        for model in &args.models {
+            let batch = if model == "gan" { args.gan_batch } else { args.vae_batch };
+            let (trainer, train) = build_trainer(&gpu, model, batch, &data)?;
+            let t = kiln::bench::steps::time_training_steps(&gpu, trainer.as_ref(), &train, args.timed_steps.max(1) as u64)?;
             if !args.json {
                 println!(
-                    "{model} step, batch {batch}: {:.1} ms, {:.1} images/s, {:.2} GFLOP/s over {} dispatches in one submit",
-                    seconds * 1e3,
-                    batch as f64 / seconds,
-                    flops as f64 / seconds / 1e9,
-                    dispatches.len()
+                    "{model} step, batch {batch}: {:.1} ms, {:.1} images/s, {:.2} GFLOP/s as `kiln train` submits ({} steps back to back); \
+                     one step alone {:.1} ms ({:.1} images/s); {} dispatches in one submit",
+                    t.pipelined * 1e3,
+                    t.images_per_second(),
+                    t.flops / t.pipelined / 1e9,
+                    t.steps,
+                    t.alone * 1e3,
+                    batch as f64 / t.alone,
+                    t.dispatches
                 );
             }
-            steps.push(row);
+            steps.push(t.json(model));
         }
     }
     if args.json {
@@ -517,11 +520,12 @@ fn bench(args: &BenchArgs) -> kiln::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A GAN or VAE trainer on `data`, as `kiln profile` and `kiln bench steps` measure them.
-fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::Splits) -> kiln::Result<Box<dyn kiln::train::run::Trainer>> {
+/// A GAN or VAE trainer on `data`, as `kiln profile` and `kiln bench steps` measure them, and
+/// the training images on the GPU that its gathers read.
+fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::Splits) -> kiln::Result<(Box<dyn kiln::train::run::Trainer>, kiln::train::data::GpuData)> {
     use kiln::train::{data::GpuData, gan::{Gan, GanConfig, Recipe}, vae::{VaeConfig, VaeTrainer}};
     let train = GpuData::upload(gpu, &data.train)?;
-    Ok(match model {
+    let trainer: Box<dyn kiln::train::run::Trainer> = match model {
         "gan" => {
             let image = kiln::models::dcgan::ImageShape { channels: 1, size: 28 };
             let config = GanConfig { image, batch, recipe: Recipe::Paper, lr_g: None, lr_d: None, real_label: 1.0, seed: 0, ..GanConfig::default() };
@@ -534,7 +538,8 @@ fn build_trainer(gpu: &kiln::Gpu, model: &str, batch: usize, data: &kiln::data::
             Box::new(VaeTrainer::new(gpu, config, &train, &test)?)
         }
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or vae-mlp"))),
-    })
+    };
+    Ok((trainer, train))
 }
 
 /// `kiln train`, alone or as one rank of `mpirun -np N kiln train` (docs/DISTRIBUTED.md). A
@@ -693,7 +698,7 @@ fn profile_data() -> kiln::Result<kiln::data::Splits> {
 
 fn profile(args: &ProfileArgs) -> kiln::Result<ExitCode> {
     let gpu = kiln::Gpu::new(&args.device.options())?;
-    let trainer = build_trainer(&gpu, &args.model, args.batch_size, &profile_data()?)?;
+    let (trainer, _) = build_trainer(&gpu, &args.model, args.batch_size, &profile_data()?)?;
     let dispatches: Vec<kiln::Dispatch> = trainer.step_dispatches().iter().flat_map(|l| l.iter().cloned()).collect();
     let peak = kiln::bench::measure_peak(&gpu)?;
     let timing = kiln::profile::Timing::best(&gpu);

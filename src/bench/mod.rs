@@ -3,6 +3,7 @@
 
 mod kernels;
 mod peak;
+pub mod steps;
 
 pub use kernels::{bench_kernels, dcgan_layers, ConvLayer, KernelRow, Suite, MATMUL_SIZES};
 pub use peak::{measure_peak, Peak};
