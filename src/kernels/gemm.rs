@@ -151,7 +151,10 @@ pub(crate) struct Product<'a> {
     /// Whether C is the row-major `m × n` array the partial sums of a split may be added into
     /// (matmul, conv_weight); otherwise long sums are split over dispatches that add to C.
     pub dense_c: bool,
-    /// Bytes the product reads and writes once, for the profiler.
+    /// Flops the profiler counts for the product (2·m·n·k, or for a stride phase of a data
+    /// gradient its share of the dense count, stride gaps included, as every conv kernel
+    /// counts them), and the bytes it reads and writes once.
+    pub flops: u64,
     pub bytes: u64,
 }
 
@@ -212,7 +215,7 @@ fn shape_key(p: &Product) -> String {
 
 /// The dispatches of `product` in `tile`.
 fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispatch>> {
-    let Product { entry, m, n, k, params, a, b, bias, c, accumulate, dense_c, bytes } = product;
+    let Product { entry, m, n, k, params, a, b, bias, c, accumulate, dense_c, flops, bytes } = product;
     let largest = (m * n).max(m * k).max(k * n);
     if m == 0 || n == 0 {
         return Ok(Vec::new());
@@ -228,7 +231,7 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
     let bias_buffer = bias.unwrap_or(&gpu.dummy);
     let bias_flops = if bias.is_some() { (m * n) as u64 } else { 0 };
     let most = tile.most_steps();
-    let flops = |steps: usize| (2 * m * n * steps) as u64;
+    let flops = |steps: usize| if k == 0 { 0 } else { flops * steps as u64 / k as u64 };
 
     // Layers of a split sum: as many as keep each invocation within the loop budget, and more
     // where the sum is long and the tiles too few to fill the GPU. Past the grid's depth or

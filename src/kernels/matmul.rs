@@ -181,6 +181,7 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
             c,
             accumulate: shape.accumulate,
             dense_c: true,
+            flops: (2 * shape.m * shape.n * shape.k) as u64,
             bytes: shape.cost(bias.is_some()).bytes,
         };
         return gemm::run(gpu, &what, product);

@@ -42,6 +42,7 @@ pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Opt
         c: y,
         accumulate: false,
         dense_c: false,
+        flops: g.gemm_flops(),
         bytes: bytes(g.x_len() + g.w_len() + g.y_len()),
     };
     gemm::run(gpu, op, product)
@@ -119,6 +120,7 @@ pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: 
                 c: dx,
                 accumulate: false,
                 dense_c: false,
+                flops: g.gemm_flops() * n as u64 / (g.n * g.size[0] * g.size[1]) as u64,
                 bytes: bytes(share(g.x_len()) + share(g.y_len()) + g.w_len() * rows.taps * cols.taps / (g.kernel[0] * g.kernel[1])),
             };
             dispatches.extend(gemm::run(gpu, op, product)?);
@@ -142,6 +144,7 @@ pub(super) fn weight_grad(gpu: &Gpu, g: &Geometry, x: &Buffer, dy: &Buffer, dw: 
         c: dw,
         accumulate,
         dense_c: true,
+        flops: g.gemm_flops(),
         bytes: bytes(g.x_len() + g.y_len() + g.w_len()),
     };
     gemm::run(gpu, op, product)
