@@ -106,12 +106,12 @@ pub fn dcgan_layers(batch: usize) -> Vec<ConvLayer> {
 /// CPU adapter takes a minute or two), and returns the rows.
 pub fn bench_kernels(gpu: &Gpu, peak: &Peak, suite: &Suite, mut on_row: impl FnMut(&KernelRow)) -> Result<Vec<KernelRow>> {
     let mut rows = Vec::new();
-    let mut push = |kernel: &str, shape: String, variant: &str, (flops, seconds): (u64, f64)| {
+    let mut push = |kernel: &str, shape: String, variant: &str, (flops, seconds, tiles): (u64, f64, String)| {
         let gflops = flops as f64 / seconds / 1e9;
         let row = KernelRow {
             kernel: kernel.to_string(),
             shape,
-            variant: variant.to_string(),
+            variant: if tiles.is_empty() { variant.to_string() } else { format!("{variant} {tiles}") },
             seconds,
             gflops,
             fraction_of_peak: gflops / peak.fma_gflops,
@@ -177,20 +177,41 @@ fn nchw(n: usize, c: usize, [h, w]: [usize; 2]) -> String {
 /// the median of up to three more runs within about two seconds (one run for the big shapes
 /// of CPU adapters, which take seconds each); a shorter one by `time_scaled`, which repeats it
 /// within one submit.
-fn measure(gpu: &Gpu, min_seconds: f64, mut make: impl FnMut() -> Result<Vec<Dispatch>>) -> Result<(u64, f64)> {
+fn measure(gpu: &Gpu, min_seconds: f64, make: impl FnMut() -> Result<Vec<Dispatch>>) -> Result<(u64, f64, String)> {
+    let mut make = make;
     let call = make()?;
+    let (flops, seconds) = time_call(gpu, min_seconds, &call, make)?;
+    Ok((flops, seconds, tiles(&call)))
+}
+
+/// The tile engine's tile shapes a call ran (`128x128x8`: rows, columns, k step), from its
+/// pipeline constants; empty for the other kernels.
+fn tiles(call: &[Dispatch]) -> String {
+    let mut shapes: Vec<String> = call
+        .iter()
+        .filter(|d| !d.kernel.constants.is_empty())
+        .map(|d| {
+            let value = |name| d.kernel.constants.iter().find(|(n, _)| *n == name).map_or(0, |&(_, v)| v);
+            format!("{}x{}x{}", 8 * value("TY"), 8 * value("TX"), value("BK"))
+        })
+        .collect();
+    shapes.dedup();
+    shapes.join("+")
+}
+
+fn time_call(gpu: &Gpu, min_seconds: f64, call: &[Dispatch], mut make: impl FnMut() -> Result<Vec<Dispatch>>) -> Result<(u64, f64)> {
     let flops: u64 = call.iter().map(|d| d.cost.flops).sum();
     let start = Instant::now();
-    gpu.run(&call)?;
+    gpu.run(call)?;
     let first = start.elapsed().as_secs_f64();
     if first > 1.0 {
         let start = Instant::now();
-        gpu.run(&call)?;
+        gpu.run(call)?;
         return Ok((flops, start.elapsed().as_secs_f64()));
     }
     if first >= min_seconds {
         let repeats = ((2.0 / first) as usize).clamp(1, 3);
-        return Ok((flops, time_dispatches(gpu, &call, repeats)?));
+        return Ok((flops, time_dispatches(gpu, call, repeats)?));
     }
     let mut calls = 1;
     let (_, seconds) = time_scaled(gpu, min_seconds, |scale| {
