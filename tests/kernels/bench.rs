@@ -28,6 +28,9 @@ fn kernel_benchmark_gives_a_finite_row_per_kernel() {
         "conv_transpose2d", "conv_transpose2d.data_grad", "conv_transpose2d.weight_grad"];
     assert_eq!(kernels, want);
     assert_eq!(streamed, rows.len(), "every row is reported as it is measured");
+    // The tile engine's row names the tile the size rule chose for 33x33 (one 64x64 tile).
+    let variants: Vec<&str> = rows[..4].iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(variants, ["blocked", "simple", "blocked", "tiled 64x64x16"], "sizes in order: 17, then 33");
     for r in &rows {
         eprintln!("{} {} {}: {:.3} ms, {:.3} GFLOP/s", r.kernel, r.shape, r.variant, r.seconds * 1e3, r.gflops);
         let finite = [r.seconds, r.gflops, r.fraction_of_peak].iter().all(|v| v.is_finite() && *v > 0.0);
