@@ -85,7 +85,9 @@ impl Default for SyncOptions {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncTimes {
     pub steps: u64,
-    /// Waiting for the GPU to finish the work a gradient copy follows (its own compute).
+    /// Waiting for the GPU: for the work a gradient copy follows (its own compute), and in
+    /// submits, which some drivers (lavapipe) return from only once the work submitted
+    /// before is done.
     pub compute: Duration,
     /// Copying finished gradients into mapped memory and out to the host.
     pub staging: Duration,
@@ -265,12 +267,12 @@ impl<'a> GradientSync<'a> {
         for (i, segment) in segments.iter().enumerate() {
             match segment {
                 Segment::Run(lists) => {
+                    let began = Instant::now();
                     let index = gpu.submit("training step", lists, if i == last { readback.take() } else { None })?;
                     if i != last {
-                        let began = Instant::now();
                         gpu.wait(Some(index), "training step")?;
-                        self.times.compute += began.elapsed();
                     }
+                    self.times.compute += began.elapsed();
                 }
                 Segment::AllReduce(group) => {
                     let grads = &store.groups[*group].grads;
@@ -310,7 +312,9 @@ impl<'a> GradientSync<'a> {
         let mut summing: Vec<(usize, Pending<Vec<f32>>)> = Vec::new();
         for (at, event) in events {
             if at > submitted {
+                let began = Instant::now();
                 gpu.submit("training step", &between(&lists, submitted, at), None)?;
+                self.times.compute += began.elapsed();
                 submitted = at;
                 // Buckets whose copies are already done go to the communication thread now,
                 // while the GPU runs what was just submitted (a driver whose submit returns
@@ -323,7 +327,9 @@ impl<'a> GradientSync<'a> {
                     let grads = &store.groups[bucket.group].grads;
                     let mut encoder = gpu.device.create_command_encoder(&Default::default());
                     encoder.copy_buffer_to_buffer(&grads.raw, grads.offset + bucket.start as u64 * 4, &self.staging[b], 0, (bucket.end - bucket.start) as u64 * 4);
+                    let began = Instant::now();
                     let index = gpu.queue.submit([encoder.finish()]);
+                    self.times.compute += began.elapsed();
                     // Mapped once the copy is done, while later pieces run.
                     let (tx, rx) = std::sync::mpsc::channel();
                     self.staging[b].map_async(wgpu::MapMode::Read, .., move |r| {
@@ -357,7 +363,9 @@ impl<'a> GradientSync<'a> {
         if !summing.is_empty() || !copied.is_empty() {
             crate::bail!(Invalid, "{} trainer: a gradient bucket was summed after its optimizer ran", self.trainer.kind());
         }
+        let began = Instant::now();
         gpu.submit("training step", &between(&lists, submitted, total), readback.take())?;
+        self.times.compute += began.elapsed();
         Ok(())
     }
 

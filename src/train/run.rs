@@ -233,7 +233,7 @@ pub fn run_on_with(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunO
         let t = sync.times;
         let per_step = |d: std::time::Duration| 1e3 * d.as_secs_f64() / t.steps as f64;
         log::info!(
-            "rank {}: {:.1} ms per step ({}); waiting for the GPU before all-reduces {:.2} ms, staging {:.2} ms, all-reduce {:.2} ms, upload {:.2} ms",
+            "rank {}: {:.1} ms per step ({}); waiting for the GPU {:.2} ms, staging {:.2} ms, all-reduce {:.2} ms, upload {:.2} ms",
             comm.rank(),
             1e3 * seconds / done.max(1) as f64,
             sync.describe(),
