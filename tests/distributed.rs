@@ -159,7 +159,8 @@ fn gradient_buckets_cover_every_element_once_last_parameters_first() {
         for (g, group) in store.groups.iter().enumerate() {
             for bytes in [SyncOptions::default().bucket_bytes, 64 << 10] {
                 let buckets = plan_buckets(g, &group.layout, group.grads.len, bytes as usize / 4);
-                eprintln!("{}: {:.2} MB in {} buckets of {} KiB", group.name, group.grads.bytes() as f64 / 1e6, buckets.len(), bytes >> 10);
+                let sizes: Vec<String> = buckets.iter().map(|b| format!("{:.2} MB {:?}", (b.end - b.start) as f64 * 4e-6, b.params)).collect();
+                eprintln!("{}: {:.2} MB in {} buckets of {} KiB: {}", group.name, group.grads.bytes() as f64 / 1e6, buckets.len(), bytes >> 10, sizes.join("; "));
                 assert_covers(&buckets, &group.layout, group.grads.len, &group.name);
                 if group.grads.bytes() > 2 * bytes {
                     assert!(buckets.len() > 1, "{}: one bucket", group.name);
