@@ -75,7 +75,8 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     /// Overlapped, buckets of 1 MiB: DDP's 25 MiB would make one bucket of each of these
     /// models' arenas (the DCGAN's generator 9.2 MB, its discriminator 0.85, the MLP VAE's 2.6),
-    /// and so no overlap; 1 MiB is DDP's first bucket and splits them into ~10 and ~3.
+    /// and so no overlap; 1 MiB, DDP's first bucket, cuts them into 2, 1 and 2 (buckets are
+    /// whole parameters, and the generator's first Linear alone is 5 MB).
     fn default() -> SyncOptions {
         SyncOptions { overlap: true, bucket_bytes: 1 << 20 }
     }
