@@ -297,12 +297,12 @@ impl<'a> GradientSync<'a> {
     }
 
     /// The step submitted in pieces that end where buckets become ready, each piece followed
-    /// by the copies of its buckets into their staging buffers, all queued before any is
-    /// read: the GPU runs the rest of the backward while this thread maps and reads each
-    /// finished bucket and posts its sum to the communication thread, which runs the
-    /// all-reduces in the order posted (the same on every rank). Before an optimizer, its
-    /// group's sums are waited for and written back. Each element is summed by the same
-    /// MPI_Allreduce as the whole arena would be, over the same values.
+    /// by the copies of its buckets into their staging buffers: the GPU runs the rest of the
+    /// backward while this thread reads each finished bucket out (after every submit those
+    /// already copied, before an optimizer all the rest) and posts its sum to the
+    /// communication thread, which runs the all-reduces in the order posted (the same on
+    /// every rank). Before an optimizer, its group's sums are waited for and written back.
+    /// Each element is summed by an MPI_Allreduce over the same values as the whole arena's.
     fn step_overlapped(&mut self, gpu: &Gpu, step: u64, comm: &dyn Collective, mut readback: Option<(&mut Readback, u64)>) -> Result<()> {
         let store = self.trainer.store();
         let lists = self.trainer.step_dispatches_at(step);
