@@ -303,6 +303,13 @@ struct TrainArgs {
     /// The feature network of --eval-every (see `kiln eval --backbone`)
     #[arg(long, default_value = "lenet-mnist")]
     backbone: String,
+    /// mpirun: all-reduce each network's whole gradient arena after its backward instead of
+    /// buckets overlapped with it (docs/DISTRIBUTED.md); the same sums, for measurement
+    #[arg(long)]
+    no_overlap: bool,
+    /// mpirun: the size of an overlapped all-reduce's gradient buckets, in MiB
+    #[arg(long, default_value_t = 1.0)]
+    bucket_mb: f64,
 }
 
 #[derive(Args)]
@@ -670,7 +677,8 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
         other => return Err(kiln::Error::Invalid(format!("unknown model {other:?}: expected gan, vae or classifier"))),
     };
     say!("ready in {:.2} s (data, shaders, pipelines); training into {}", started.elapsed().as_secs_f64(), out.display());
-    let summary = run::run_on(&gpu, trainer.as_ref(), &data, &opts, comm)?;
+    let sync = kiln::train::dist::SyncOptions { overlap: !args.no_overlap, bucket_bytes: (args.bucket_mb * (1 << 20) as f64).max(0.0) as u64 };
+    let summary = run::run_on_with(&gpu, trainer.as_ref(), &data, &opts, comm, sync)?;
     let last: Vec<String> = summary.last.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
     say!(
         "trained {} steps at {:.1} images/s; {}; checkpoint {}; samples in {}",

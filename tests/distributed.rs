@@ -1,14 +1,15 @@
 //! Data-parallel training. Without MPI: a rank's random numbers and images are its slice of
 //! one process's at N times the batch, and each optimizer gets an all-reduce before it. With
 //! `--features mpi` (and `mpirun` installed, as `.ci/run` does), `mpirun -np 2 kiln train`
-//! itself: bit-identical ranks, 2 × B against 1 × 2B, a killed rank and `--resume`.
+//! itself: bit-identical ranks, 2 × B against 1 × 2B, a killed rank and `--resume`, the
+//! overlapped all-reduce against the whole-arena one, n_critic and lazy R1 steps.
 
 use kiln::data::synthetic::{digits, DigitsOptions};
 use kiln::gpu::{Gpu, GpuOptions};
 use kiln::kernels::random::{self, Rng};
 use kiln::models::{dcgan::ImageShape, vae::Kind};
 use kiln::train::data::GpuData;
-use kiln::train::dist::{segments, Segment};
+use kiln::train::dist::{overlap_events, plan_buckets, segments, Bucket, Event, GradientSync, Segment, SyncOptions};
 use kiln::train::gan::{Gan, GanConfig, Recipe};
 use kiln::train::run::Trainer;
 use kiln::train::vae::{VaeConfig, VaeTrainer};
@@ -112,6 +113,139 @@ fn every_optimizer_runs_after_an_all_reduce_of_its_own_gradients() {
     assert!(vae.loss_sums_batch() && !gan(Recipe::Paper).loss_sums_batch());
 }
 
+/// Checks that `buckets` of an arena of `len` elements laid out as `layout` hold every
+/// element once and every parameter whole, last parameters first.
+fn assert_covers(buckets: &[Bucket], layout: &[(String, usize, usize)], len: usize, what: &str) {
+    let mut owner = vec![usize::MAX; len];
+    for (i, b) in buckets.iter().enumerate() {
+        assert!(b.start < b.end && b.end <= len, "{what}: bucket {i} is {}..{} of {len}", b.start, b.end);
+        for o in &mut owner[b.start..b.end] {
+            assert_eq!(*o, usize::MAX, "{what}: an element lies in two buckets");
+            *o = i;
+        }
+        if i > 0 {
+            assert_eq!(b.end, buckets[i - 1].start, "{what}: buckets go from the arena's end back");
+        }
+    }
+    assert!(owner.iter().all(|&o| o != usize::MAX), "{what}: an element lies in no bucket");
+    for (name, start, n) in layout {
+        let holders: Vec<usize> = (0..buckets.len()).filter(|&i| buckets[i].params.contains(name)).collect();
+        assert_eq!(holders.len(), 1, "{what}: {name} is in buckets {holders:?}");
+        assert!(owner[*start..start + n].iter().all(|&o| o == holders[0]), "{what}: {name} is split");
+    }
+}
+
+#[test]
+fn gradient_buckets_cover_every_element_once_last_parameters_first() {
+    let layout = |spans: &[(usize, usize)]| spans.iter().enumerate().map(|(i, &(s, n))| (format!("p{i}"), s, n)).collect::<Vec<_>>();
+    // Padding after parameters, one parameter bigger than a bucket, a tail past the last one.
+    let padded = layout(&[(0, 5), (8, 100), (108, 3), (112, 1), (116, 40)]);
+    for elems in [1, 4, 16, 64, 1000] {
+        let buckets = plan_buckets(0, &padded, 160, elems);
+        assert_covers(&buckets, &padded, 160, &format!("{elems}-element buckets"));
+        // Filled to the size, except the one holding the first parameter.
+        assert!(buckets.iter().rev().skip(1).all(|b| b.end - b.start >= elems), "{elems}: {buckets:?}");
+    }
+    assert_eq!(plan_buckets(0, &padded, 160, 1000).len(), 1);
+    assert_eq!(plan_buckets(0, &padded, 160, 1).len(), 5);
+    assert!(plan_buckets(0, &[], 0, 16).is_empty());
+
+    let gpu = gpu();
+    let splits = digits(&DigitsOptions { seed: 1, train: 64, test: 64 }).unwrap();
+    let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
+    let gan = Gan::new(gpu, GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, seed: 1, ..GanConfig::default() }, &train).unwrap();
+    let vae = VaeTrainer::new(gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 20, hidden: 400, batch: 4, lr: 1e-3, seed: 1, beta: 1.0, classes: None }, &train, &test).unwrap();
+    for store in [gan.store(), vae.store()] {
+        for (g, group) in store.groups.iter().enumerate() {
+            for bytes in [SyncOptions::default().bucket_bytes, 64 << 10] {
+                let buckets = plan_buckets(g, &group.layout, group.grads.len, bytes as usize / 4);
+                let sizes: Vec<String> = buckets.iter().map(|b| format!("{:.2} MB {:?}", (b.end - b.start) as f64 * 4e-6, b.params)).collect();
+                eprintln!("{}: {:.2} MB in {} buckets of {} KiB: {}", group.name, group.grads.bytes() as f64 / 1e6, buckets.len(), bytes >> 10, sizes.join("; "));
+                assert_covers(&buckets, &group.layout, group.grads.len, &group.name);
+                if group.grads.bytes() > 2 * bytes {
+                    assert!(buckets.len() > 1, "{}: one bucket", group.name);
+                }
+            }
+        }
+    }
+}
+
+/// A DCGAN whose steps take every path: n_critic 2 (D-only steps) and lazy R1 every 2 steps
+/// (a second D update in steps 0, 2, ...).
+fn critic_r1_gan(gpu: &Gpu, train: &GpuData) -> Gan {
+    let config = GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, seed: 5, n_critic: 2, r1: Some((1.0, 2)), ..GanConfig::default() };
+    Gan::new(gpu, config, train).unwrap()
+}
+
+#[test]
+fn each_bucket_is_ready_after_the_last_dispatch_touching_its_gradients() {
+    let gpu = gpu();
+    let splits = digits(&DigitsOptions { seed: 1, train: 64, test: 64 }).unwrap();
+    let train = GpuData::upload(gpu, &splits.train).unwrap();
+    for (name, gan) in [("paper", Gan::new(gpu, GanConfig { image: ImageShape { channels: 1, size: 28 }, batch: 4, seed: 1, ..GanConfig::default() }, &train).unwrap()), ("n_critic 2, lazy R1", critic_r1_gan(gpu, &train))] {
+        let store = gan.store();
+        let buckets: Vec<Bucket> = store.groups.iter().enumerate().flat_map(|(g, group)| plan_buckets(g, &group.layout, group.grads.len, (256 << 10) / 4)).collect();
+        for step in 0..2u64 {
+            let lists = gan.step_dispatches_at(step);
+            let flat: Vec<&kiln::Dispatch> = lists.iter().flat_map(|l| l.iter()).collect();
+            let touches = |at: usize, b: &Bucket| store.gradient_uses(flat[at]).iter().any(|p| b.params.contains(p));
+            let events = overlap_events(&gan, &lists, &buckets).unwrap();
+            let mut ready_at = Vec::new();
+            for (i, &(at, event)) in events.iter().enumerate() {
+                let Event::Ready(b) = event else { continue };
+                let bucket = &buckets[b];
+                // The next optimizer of its group, and its previous one (or the step's start).
+                let (reduce, _) = events[i..].iter().find(|(_, e)| *e == Event::Reduce(bucket.group)).expect("an optimizer follows");
+                let since = events[..i].iter().filter(|(_, e)| *e == Event::Reduce(bucket.group)).map(|(at, _)| *at).last().unwrap_or(0);
+                assert!((at..*reduce).all(|p| !touches(p, bucket)), "{name}, step {step}: bucket {b} is touched after it is ready");
+                assert!(at == since || touches(at - 1, bucket), "{name}, step {step}: bucket {b} could be ready earlier");
+                ready_at.push((store.groups[bucket.group].name.as_str(), at));
+            }
+            eprintln!("{name}, step {step}: {} dispatches, buckets ready at {ready_at:?}", flat.len());
+            // The generator's 9 MB arrive over its backward: more than one piece to overlap.
+            let generator: std::collections::BTreeSet<usize> = ready_at.iter().filter(|(g, _)| *g == "generator").map(|(_, at)| *at).collect();
+            assert!(generator.is_empty() || generator.len() > 1, "{name}, step {step}: the generator's buckets are ready at once");
+        }
+    }
+}
+
+/// Every group's parameters, as bits.
+fn parameter_bits(gpu: &Gpu, trainer: &dyn Trainer) -> Vec<Vec<u32>> {
+    trainer.store().groups.iter().map(|g| gpu.read_as::<u32>(&g.params).unwrap()).collect()
+}
+
+#[test]
+fn an_overlapped_step_of_one_process_trains_exactly_as_its_single_submit() {
+    let gpu = gpu();
+    let splits = digits(&DigitsOptions { seed: 3, train: 64, test: 64 }).unwrap();
+    let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
+    let vae = || VaeTrainer::new(gpu, VaeConfig { kind: Kind::Mlp, image: [1, 28, 28], latent: 8, hidden: 64, batch: 4, lr: 1e-3, seed: 1, beta: 1.0, classes: None }, &train, &test).unwrap();
+    let models: [(&str, Box<dyn Fn() -> Box<dyn Trainer>>); 2] = [("mlp vae", Box::new(|| Box::new(vae()))), ("dcgan, n_critic 2, lazy R1", Box::new(|| Box::new(critic_r1_gan(gpu, &train))))];
+    for (name, make) in &models {
+        let mut trained = Vec::new();
+        for overlap in [false, true] {
+            let trainer = make();
+            let mut sync = overlap.then(|| GradientSync::with_options(gpu, trainer.as_ref(), &kiln::dist::Single, SyncOptions { overlap: true, bucket_bytes: 32 << 10 }).unwrap());
+            train.shuffle(gpu, 7, 0).unwrap();
+            for step in 0..4u64 {
+                trainer.prepare(gpu, &train, step, step as usize).unwrap();
+                match &mut sync {
+                    Some(sync) => sync.step(gpu, step, &kiln::dist::Single, None).unwrap(),
+                    None => drop(gpu.submit("training step", &trainer.step_dispatches_at(step), None).unwrap()),
+                }
+            }
+            if let Some(sync) = &sync {
+                eprintln!("{name}: {}", sync.describe());
+            }
+            trained.push(parameter_bits(gpu, trainer.as_ref()));
+        }
+        let differ: usize = trained[0].iter().zip(&trained[1]).map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count()).sum();
+        eprintln!("{name}: {differ} parameters differ after 4 steps between one submit and the overlapped pieces");
+        assert_eq!(differ, 0, "{name}");
+        assert_ne!(trained[0], parameter_bits(gpu, make().as_ref()), "{name}: training changed nothing");
+    }
+}
+
 #[cfg(feature = "mpi")]
 mod under_mpirun {
     //! `mpirun -np 2 kiln train` on lavapipe, one CPU thread per rank.
@@ -208,6 +342,70 @@ mod under_mpirun {
                 eprintln!("step {}: {key} one process {p:.4}, rank 0 of 2 {q:.4}", x["step"]);
                 assert!((p - q).abs() < 0.05, "step {}: {key} {p} vs {q}", x["step"]);
             }
+        }
+    }
+
+    /// Every tensor of the two checkpoints (parameters, optimizer moments and steps, batch
+    /// norm's statistics) equal bit for bit; the count of differing values printed.
+    fn assert_same_bits(a: &Path, b: &Path, what: &str) {
+        let (a, b) = (tensors(a), tensors(b));
+        assert_eq!(a.tensors.len(), b.tensors.len(), "{what}");
+        let mut differ = 0;
+        for (name, (shape, x)) in &a.tensors {
+            let (shape2, y) = &b.tensors[name];
+            assert_eq!(shape, shape2, "{what}: {name}");
+            differ += x.iter().zip(y).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        }
+        eprintln!("{what}: {} tensors, {differ} values differ in their bits", a.tensors.len());
+        assert_eq!(differ, 0, "{what}");
+    }
+
+    fn gan_args(out: &Path, batch: &str, steps: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["gan", "--batch-size", batch, "--steps", steps, "--checkpoint-every", "2", "--sample-every", "1000", "--seed", "2", "--out"].map(String::from).into();
+        args.push(out.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn overlapped_bucket_all_reduces_train_bit_identically_to_whole_arenas() {
+        // The MLP VAE (2.6 MB in buckets of 0.5 MiB) and the DCGAN (G 9.2 MB, D 0.85 MB, in
+        // buckets of 1 MiB, as many as whole parameters allow), each with and without overlap.
+        let (vae_whole, vae_overlap) = (out_dir("vae-whole"), out_dir("vae-overlap"));
+        let mut args = vae_args(vae_whole.to_str().unwrap(), "16", "6");
+        args.push("--no-overlap");
+        let log = succeed(kiln(2, &args));
+        assert!(log.contains("whole arenas, not overlapped"), "{log}");
+        let mut args = vae_args(vae_overlap.to_str().unwrap(), "16", "6");
+        args.extend(["--bucket-mb", "0.5"]);
+        let log = succeed(kiln(2, &args));
+        assert!(log.contains("step 6: parameters and optimizer state bit-identical on 2 ranks") && log.contains("buckets of 0.50 MiB"), "{log}");
+        assert_same_bits(&vae_whole, &vae_overlap, "mlp vae, 2 ranks x 16, 6 steps: whole arenas vs 0.5 MiB buckets");
+
+        let (gan_whole, gan_overlap) = (out_dir("gan-whole"), out_dir("gan-overlap"));
+        succeed(kiln(2, &strs(&gan_args(&gan_whole, "8", "4", &["--no-overlap"]))));
+        let log = succeed(kiln(2, &strs(&gan_args(&gan_overlap, "8", "4", &[]))));
+        assert!(log.contains("step 4: parameters and optimizer state bit-identical on 2 ranks") && log.contains("buckets of 1.00 MiB"), "{log}");
+        assert_same_bits(&gan_whole, &gan_overlap, "dcgan, 2 ranks x 8, 4 steps: whole arenas vs 1 MiB buckets");
+    }
+
+    #[test]
+    fn n_critic_and_lazy_r1_steps_keep_the_ranks_bit_identical() {
+        for (name, extra) in [("n-critic", &["--n-critic", "2"][..]), ("lazy-r1", &["--r1", "1", "--r1-every", "2"][..])] {
+            let (whole, overlap) = (out_dir(&format!("{name}-whole")), out_dir(&format!("{name}-overlap")));
+            let log = succeed(kiln(2, &strs(&gan_args(&overlap, "8", "4", extra))));
+            for step in [2, 4] {
+                assert!(log.contains(&format!("step {step}: parameters and optimizer state bit-identical on 2 ranks")), "{name}: {log}");
+            }
+            let mut extra = extra.to_vec();
+            extra.push("--no-overlap");
+            let log = succeed(kiln(2, &strs(&gan_args(&whole, "8", "4", &extra))));
+            assert!(log.contains("step 4: parameters and optimizer state bit-identical on 2 ranks"), "{name}: {log}");
+            assert_same_bits(&whole, &overlap, &format!("dcgan {extra:?}, 2 ranks x 8, 4 steps: whole arenas vs buckets"));
         }
     }
 

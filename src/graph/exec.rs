@@ -121,6 +121,9 @@ impl Program {
             }
         }
 
+        // Which parameter's gradient each gradient tensor (or a view of it) is, so that every
+        // dispatch touching one is noted in the store (data-parallel overlap, train::dist).
+        let grad_of: std::collections::HashMap<usize, &str> = grads.iter().map(|&(p, g)| (g.0, graph.info(p).name.as_str())).collect();
         let mut dispatches = Vec::new();
         let mut node_starts = Vec::with_capacity(graph.nodes.len());
         for (n, node) in graph.nodes.iter().enumerate() {
@@ -136,6 +139,11 @@ impl Program {
             };
             for mut d in node.op.lower(gpu, &io)? {
                 d.label = node.layer.clone();
+                for t in node.inputs.iter().chain(&node.outputs) {
+                    if let Some(param) = grad_of.get(&graph.storage(*t).0) {
+                        store.note_gradient_use(&d, param);
+                    }
+                }
                 dispatches.push(d);
             }
         }

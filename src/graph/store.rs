@@ -3,9 +3,9 @@
 //! inputs. Programs that share a store share these buffers: a GAN's training step and its
 //! sampler are two programs over one store.
 
-use crate::gpu::{Buffer, Gpu};
+use crate::gpu::{Buffer, Dispatch, Gpu};
 use crate::{Error, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A group of parameters laid out in one buffer, and their gradients in another.
 pub struct ParamGroup {
@@ -28,6 +28,9 @@ pub struct Store {
     grads: BTreeMap<String, Buffer>,
     states: BTreeMap<String, Stored>,
     inputs: BTreeMap<String, Stored>,
+    /// The parameters whose gradients each compiled dispatch writes or reads, the dispatch
+    /// known by its uniform buffer (its own): see [`gradient_uses`](Self::gradient_uses).
+    gradient_users: HashMap<wgpu::Buffer, Vec<String>>,
 }
 
 impl Store {
@@ -84,6 +87,21 @@ impl Store {
 
     pub fn param_names(&self) -> impl Iterator<Item = &String> {
         self.params.keys()
+    }
+
+    /// Notes that `dispatch` writes or reads the gradient of `param` (Program::compile).
+    pub fn note_gradient_use(&mut self, dispatch: &Dispatch, param: &str) {
+        let users = self.gradient_users.entry(dispatch.params.clone()).or_default();
+        if !users.iter().any(|p| p == param) {
+            users.push(param.to_string());
+        }
+    }
+
+    /// The parameters whose gradients `dispatch` writes or reads: a data-parallel step
+    /// (train::dist) all-reduces a bucket of a gradient arena once the last dispatch touching
+    /// it has run, while the GPU goes on with the rest of the backward.
+    pub fn gradient_uses(&self, dispatch: &Dispatch) -> &[String] {
+        self.gradient_users.get(&dispatch.params).map_or(&[], Vec::as_slice)
     }
 
     /// Registers a state tensor (running statistics) with its initial values.

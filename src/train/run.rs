@@ -98,6 +98,11 @@ pub fn run(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions) 
 /// logs, samples and writes checkpoints, and its parameters and optimizer state start every
 /// rank. With [`Single`](crate::dist::Single) this is [`run`]: one submit per step.
 pub fn run_on(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions, comm: &dyn crate::dist::Collective) -> Result<Summary> {
+    run_on_with(gpu, trainer, data, opts, comm, super::dist::SyncOptions::default())
+}
+
+/// [`run_on`] with the gradient all-reduce configured (`--no-overlap`, `--bucket-mb`).
+pub fn run_on_with(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOptions, comm: &dyn crate::dist::Collective, sync_options: super::dist::SyncOptions) -> Result<Summary> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
@@ -139,7 +144,7 @@ pub fn run_on(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOption
         start = super::dist::broadcast_u64(start, comm)?;
         super::dist::broadcast_from_rank0(gpu, trainer.store(), &trainer.optimizers(), comm)?;
         super::dist::shard_random_streams(gpu, trainer, comm)?;
-        sync = Some(super::dist::GradientSync::new(gpu, trainer, comm)?);
+        sync = Some(super::dist::GradientSync::with_options(gpu, trainer, comm, sync_options)?);
     }
     let metrics_path = opts.out.join("metrics.jsonl");
     let samples = opts.out.join("samples");
@@ -228,9 +233,10 @@ pub fn run_on(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData, opts: &RunOption
         let t = sync.times;
         let per_step = |d: std::time::Duration| 1e3 * d.as_secs_f64() / t.steps as f64;
         log::info!(
-            "rank {}: {:.1} ms per step; waiting for the GPU before all-reduces {:.2} ms, staging {:.2} ms, all-reduce {:.2} ms, upload {:.2} ms",
+            "rank {}: {:.1} ms per step ({}); waiting for the GPU {:.2} ms, staging {:.2} ms, all-reduce {:.2} ms, upload {:.2} ms",
             comm.rank(),
             1e3 * seconds / done.max(1) as f64,
+            sync.describe(),
             per_step(t.compute),
             per_step(t.staging),
             per_step(t.all_reduce),
