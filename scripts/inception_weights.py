@@ -171,7 +171,9 @@ def convert(pth, path):
     if missing:
         sys.exit(f"{pth}: lacks {missing[:5]}")
     save_file(out, path, metadata={"source": pth.split("/")[-1], "network": "pytorch-fid InceptionV3 pool3"})
-    print(f"wrote {path}: {len(out)} tensors, {sum(v.numel() for v in out.values())} values (dropped: {sorted(k for k in sd if k not in out)})")
+    dropped = sorted(k for k in sd if k not in out)
+    kinds = sorted({k.split(".")[-1] if "num_batches" in k else k for k in dropped})
+    print(f"wrote {path}: {len(out)} tensors, {sum(v.numel() for v in out.values())} values; dropped {len(dropped)} unused: {kinds}")
 
 
 def reference(pth, path):

@@ -222,3 +222,54 @@ fn timing_at_299() {
     let per_image = start.elapsed().as_secs_f64() / n as f64;
     eprintln!("{}: inception features at 299x299: {per_image:.2} s per image (batch {n}; weights and compile {compiled:.1} s)", gpu().describe());
 }
+
+/// cat through the graph: its GPU lowering and autodiff (narrow per input, and a tensor
+/// concatenated with itself, as a grey image is, accumulating) against the CPU reference of
+/// the same graph, and the reference gradients against central differences.
+#[test]
+fn cat_differentiates_through_the_graph() {
+    use kiln::graph::ops::{Cat, Mul, Sum};
+    use kiln::graph::{Graph, Program, Store};
+    let gpu = gpu();
+    let mut g = Graph::new();
+    let a = g.param("a", &[2, 3, 4, 5]);
+    let b = g.param("b", &[2, 1, 4, 5]);
+    let y = g.apply1(Cat { dim: 1 }, &[a, b, a], "cat").unwrap();
+    assert_eq!(g.shape(y), [2, 7, 4, 5]);
+    let w = g.input("w", &[2, 7, 4, 5]);
+    let weighted = g.apply1(Mul, &[y, w], "weighted").unwrap();
+    let loss = g.apply1(Sum { all: true, mean: false }, &[weighted], "loss").unwrap();
+    let forward = g.clone();
+    let grads = g.gradients(loss, &[a, b]).unwrap();
+
+    let values = |n: usize, seed: u64| -> Vec<f32> { uniform(seed, n) };
+    let (va, vb, vw) = (values(120, 1), values(40, 2), values(280, 3));
+    let mut store = Store::new();
+    store.add_group(gpu, "p", vec![("a".into(), vec![2, 3, 4, 5], va.clone()), ("b".into(), vec![2, 1, 4, 5], vb.clone())]).unwrap();
+    let program = Program::compile(gpu, &g, &mut store, &[loss, y], &grads).unwrap();
+    gpu.write(&store.input_buffer("w").unwrap().buffer, &vw).unwrap();
+    program.run(gpu).unwrap();
+
+    let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    let leaves = vec![(a, f64s(&va)), (b, f64s(&vb)), (w, f64s(&vw))];
+    let want = g.evaluate_reference(&leaves).unwrap();
+    let got_y = gpu.read(program.buffer(y)).unwrap();
+    let want_y: Vec<f32> = want[y.index()].as_ref().unwrap().1.iter().map(|&v| v as f32).collect();
+    assert_eq!(got_y, want_y, "cat forward: GPU vs reference");
+    for (slot, (param, grad)) in grads.iter().enumerate() {
+        let name = &g.info(*param).name;
+        let got = gpu.read(store.grad(name).unwrap()).unwrap();
+        let reference: Vec<f32> = want[grad.index()].as_ref().unwrap().1.iter().map(|&v| v as f32).collect();
+        let err = rel_l2(&got, &reference);
+        let step = 1e-6;
+        let at = |i: usize, d: f64| {
+            let mut l = leaves.clone();
+            l[slot].1[i] += d;
+            forward.evaluate_reference(&l).unwrap()[loss.index()].as_ref().unwrap().1[0]
+        };
+        let numeric: Vec<f32> = (0..leaves[slot].1.len()).map(|i| ((at(i, step) - at(i, -step)) / (2.0 * step)) as f32).collect();
+        let fd_err = rel_l2(&reference, &numeric);
+        eprintln!("d{name}: GPU vs reference {err:.2e}, reference vs finite differences {fd_err:.2e}");
+        assert!(err <= 1e-6 && fd_err <= 1e-5, "d{name}: {err:.3e}, {fd_err:.3e}");
+    }
+}
