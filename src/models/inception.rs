@@ -275,7 +275,7 @@ impl Weights {
 pub fn batch_for(gpu: &crate::gpu::Gpu, resize: usize) -> usize {
     let side = (resize.saturating_sub(3) / 2).saturating_sub(1).max(1);
     let per_image = 64 * side * side * 4;
-    ((gpu.limits.max_storage_buffer_binding_size as usize / per_image.max(1)).clamp(1, 16)).max(1)
+    (gpu.limits.max_storage_buffer_binding_size as usize / per_image.max(1)).clamp(1, 16)
 }
 
 /// The compiled network for one image shape: [0, 1] images in, pool3 features out.
