@@ -125,10 +125,15 @@ struct EvalArgs {
     /// With a GAN or VAE checkpoint: --n generated images against --n test images of --data
     #[arg(long)]
     metrics: Option<String>,
-    /// The feature network of --metrics: lenet-mnist (built in; 28x28 grey images), or a
-    /// classifier checkpoint from `kiln train classifier`
+    /// The feature network of --metrics: lenet-mnist (built in; 28x28 grey images), inception
+    /// (pytorch-fid's FID Inception-v3, pool3; weights from --fid-weights), or a classifier
+    /// checkpoint from `kiln train classifier`
     #[arg(long, default_value = "lenet-mnist")]
     backbone: String,
+    /// --backbone inception: pytorch-fid's weights converted by scripts/inception_weights.py
+    /// (default: $XDG_CACHE_HOME/kiln/pt_inception-2015-12-05.safetensors). Never downloaded
+    #[arg(long)]
+    fid_weights: Option<PathBuf>,
     /// Images scored on each side (the literature's 10,000 generated vs 10,000 test images)
     #[arg(long, default_value_t = 10_000)]
     n: usize,
@@ -310,6 +315,9 @@ struct TrainArgs {
     /// mpirun: the size of an overlapped all-reduce's gradient buckets, in MiB
     #[arg(long, default_value_t = 1.0)]
     bucket_mb: f64,
+    /// --backbone inception: its weights (see `kiln eval --fid-weights`)
+    #[arg(long)]
+    fid_weights: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -597,7 +605,8 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
         eval: match args.eval_every {
             0 => None,
             every => {
-                let backbone = kiln::train::score::Backbone::open(&gpu, &args.backbone)?;
+                let image = splits.test.shape()[1..].try_into().expect("NCHW data");
+                let backbone = kiln::train::score::Backbone::open_with(&gpu, &args.backbone, args.fid_weights.as_deref(), image)?;
                 let eval = kiln::train::score::SampleEval::new(&gpu, backbone, &splits.test, every, args.eval_n, args.seed)?;
                 say!("FID every {every} steps: {} generated vs {} test images, backbone {}", eval.n, eval.reference.n, eval.backbone.id);
                 Some(std::sync::Arc::new(eval))
@@ -800,10 +809,19 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         let Some(reference) = &args.reference else {
             return Err(kiln::Error::Invalid("eval needs --checkpoint, or --data with --reference to score one image set against another".into()));
         };
-        let backbone = Backbone::open(&gpu, &args.backbone)?;
+        // Inception takes any image size: it is opened for the scored set's shape (folders
+        // read at 299x299 RGB).
+        let inception_image = [3, kiln::models::inception::INPUT_SIZE, kiln::models::inception::INPUT_SIZE];
+        let backbone = if args.backbone == kiln::train::score::INCEPTION {
+            let image = image_set(&args.data, inception_image)?.shape()[1..].try_into().expect("NCHW data");
+            Backbone::open_with(&gpu, &args.backbone, args.fid_weights.as_deref(), image)?
+        } else {
+            Backbone::open(&gpu, &args.backbone)?
+        };
         let wanted: Wanted = args.metrics.as_deref().unwrap_or("fid,kid,pr").parse()?;
+        let folder_image = if args.backbone == kiln::train::score::INCEPTION { inception_image } else { backbone.image };
         let set = |spec: &str| {
-            let data = image_set(spec, backbone.image)?;
+            let data = image_set(spec, folder_image)?;
             if data.shape()[1..] != backbone.image {
                 return Err(kiln::Error::Invalid(format!("{spec}: images of {:?}, the backbone {} takes {:?}", &data.shape()[1..], backbone.id, backbone.image)));
             }
@@ -825,7 +843,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         if model.kind() == "classifier" {
             return Err(kiln::Error::Invalid(format!("{}: --metrics scores a GAN's or VAE's samples; a classifier is evaluated by its accuracy (drop --metrics)", checkpoint.display())));
         }
-        let backbone = Backbone::open(&gpu, &args.backbone)?;
+        let backbone = Backbone::open_with(&gpu, &args.backbone, args.fid_weights.as_deref(), model.image())?;
         if backbone.image != model.image() {
             return Err(kiln::Error::Invalid(format!("{}: the model makes {:?} images, the backbone {} takes {:?}", checkpoint.display(), model.image(), backbone.id, backbone.image)));
         }

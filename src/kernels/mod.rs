@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod augment;
 pub mod batchnorm;
+pub mod concat;
 pub mod conv;
 pub mod data;
 pub mod elementwise;
@@ -12,6 +13,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod loss;
 pub mod reduce;
+pub mod resize;
 pub mod spectral;
 pub mod optim;
 pub mod pool;

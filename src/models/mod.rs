@@ -3,4 +3,5 @@
 
 pub mod classifier;
 pub mod dcgan;
+pub mod inception;
 pub mod vae;

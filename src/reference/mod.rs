@@ -4,11 +4,13 @@
 pub mod activation;
 pub mod augment;
 pub mod batchnorm;
+pub mod concat;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod reduce;
+pub mod resize;
 pub mod spectral;
 pub mod optim;
 pub mod pool;

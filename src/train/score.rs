@@ -8,6 +8,7 @@ use super::infer::{self, Loaded, Model};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
 use crate::metrics::{self, ClassStats, Features, Kid, PrecisionRecall};
+use crate::models::inception::{self, InceptionFeatures};
 use crate::{bail, Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -19,25 +20,53 @@ const BUILTIN: &[(&str, &[u8], &str)] = &[(
     "MNIST's 60,000 training images, 4 epochs (99.13% test accuracy; docs/METRICS.md)",
 )];
 
-/// A classifier whose penultimate activations are the feature space.
+/// A feature network: a classifier whose penultimate activations are the feature space, or
+/// pytorch-fid's Inception (pool3, 2048 features; weights the user supplies).
 pub struct Backbone {
     /// `name@hash`: the name, and the first 8 hex digits of the weights' SHA-256.
     pub id: String,
     pub image: [usize; 3],
+    /// The classifier's classes (0 for inception, which has no classifier head).
     pub classes: usize,
-    loaded: Loaded,
-    eval: ClassifierEval,
+    net: Net,
 }
 
+enum Net {
+    Classifier { loaded: Loaded, eval: ClassifierEval },
+    Inception(InceptionFeatures),
+}
+
+/// The name of pytorch-fid's Inception among the backbones.
+pub const INCEPTION: &str = "inception";
+
 impl Backbone {
-    /// A built-in backbone by name, or a classifier checkpoint (`kiln train classifier`) by path.
+    /// A built-in backbone by name, or a classifier checkpoint (`kiln train classifier`) by path;
+    /// `inception` with its weights at the cache path, for 3×299×299 images (see
+    /// [`Backbone::open_with`]).
     pub fn open(gpu: &Gpu, spec: &str) -> Result<Backbone> {
+        Backbone::open_with(gpu, spec, None, [3, inception::INPUT_SIZE, inception::INPUT_SIZE])
+    }
+
+    /// [`Backbone::open`], where `inception` loads its weights from `fid_weights` (else
+    /// [`inception::cache_path`]) and takes images of shape `image` (grey or RGB, any size:
+    /// it resizes them to 299×299 as pytorch-fid does). Classifier backbones ignore both.
+    pub fn open_with(gpu: &Gpu, spec: &str, fid_weights: Option<&Path>, image: [usize; 3]) -> Result<Backbone> {
+        if spec == INCEPTION {
+            let path = match fid_weights {
+                Some(p) => p.to_path_buf(),
+                None => inception::cache_path()?,
+            };
+            let weights = inception::Weights::load(&path)?;
+            let net = inception::Inception::default();
+            let features = InceptionFeatures::new(gpu, net, &weights, image, inception::batch_for(gpu, net.resize))?;
+            return Ok(Backbone { id: format!("{INCEPTION}@{}", weights.hash), image, classes: 0, net: Net::Inception(features) });
+        }
         if let Some((name, bytes, _)) = BUILTIN.iter().find(|b| b.0 == spec) {
             return Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"));
         }
         let path = Path::new(spec);
         if !path.exists() {
-            let names: Vec<&str> = BUILTIN.iter().map(|b| b.0).collect();
+            let names: Vec<&str> = BUILTIN.iter().map(|b| b.0).chain([INCEPTION]).collect();
             bail!(Invalid, "backbone {spec:?} is neither built in ({}) nor a file", names.join(", "));
         }
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: spec.to_string(), source })?;
@@ -54,17 +83,20 @@ impl Backbone {
         };
         let (image, classes) = (classifier.image, classifier.classes);
         let eval = ClassifierEval::new(gpu, classifier, &mut loaded.store)?;
-        Ok(Backbone { id, image, classes, loaded, eval })
+        Ok(Backbone { id, image, classes, net: Net::Classifier { loaded, eval } })
     }
 
     /// (features, logits) of `images` ([0, 1] pixels of the backbone's image shape); `what`
-    /// names the set in errors.
+    /// names the set in errors. Inception has no logits (empty).
     pub fn features(&self, gpu: &Gpu, what: &str, images: &[f32]) -> Result<(Features, Vec<f32>)> {
         let pixels: usize = self.image.iter().product();
         if images.is_empty() || !images.len().is_multiple_of(pixels) {
             bail!(Shape, "{what}: {} values are not whole {:?} images for the backbone {}", images.len(), self.image, self.id);
         }
-        let (f, logits) = self.eval.run(gpu, &self.loaded.store, images)?;
+        let (f, logits) = match &self.net {
+            Net::Classifier { loaded, eval } => eval.run(gpu, &loaded.store, images)?,
+            Net::Inception(net) => (net.run(gpu, images)?, Vec::new()),
+        };
         let n = images.len() / pixels;
         Ok((Features::new(what, n, f.len() / n, f)?, logits))
     }
@@ -127,6 +159,9 @@ pub fn score(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f3
 /// [`score`] for images generated as the classes `intended` (one per image): with the
 /// `classes` metric it also gives each class's agreement.
 pub fn score_labelled(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&str, &[f32]), intended: Option<&[usize]>, reference: (&str, &[f32]), seed: u64) -> Result<Scores> {
+    if wanted.classes && backbone.classes == 0 {
+        bail!(Invalid, "the classes metric needs a classifier backbone (lenet-*); {} has no classes", backbone.id);
+    }
     let (a, logits) = backbone.features(gpu, scored.0, scored.1)?;
     let (b, _) = backbone.features(gpu, reference.0, reference.1)?;
     Ok(Scores {
