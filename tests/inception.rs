@@ -190,7 +190,7 @@ fn images_of_other_channel_counts_are_refused() {
 /// `scripts/inception_weights.py reference PTH OUT`): pool3 features at 299×299 against
 /// pytorch-fid's. `cargo test --release --test inception -- --ignored real_weights`.
 #[test]
-#[ignore]
+#[ignore = "needs pytorch-fid's 2015 weights and their reference features (KILN_FID_WEIGHTS, KILN_FID_REFERENCE), which the repo does not ship (about 95 MB, supplied by the user)"]
 fn real_weights_match_pytorch_fid_at_299() {
     let (Ok(weights), Ok(reference)) = (std::env::var("KILN_FID_WEIGHTS"), std::env::var("KILN_FID_REFERENCE")) else {
         panic!("set KILN_FID_WEIGHTS and KILN_FID_REFERENCE (see the test's comment)");
@@ -209,7 +209,7 @@ fn real_weights_match_pytorch_fid_at_299() {
 /// Features per image at 299×299 on this adapter (fixture weights; the time does not depend on
 /// them). `cargo test --release --test inception -- --ignored --nocapture timing`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a check (about 31 s on lavapipe): speed is printed, never asserted, and kept out of the suite's time"]
 fn timing_at_299() {
     let n = 2;
     let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|i| (i % 251) as f32 / 251.0).collect();
