@@ -187,14 +187,7 @@ fn measure(gpu: &Gpu, min_seconds: f64, make: impl FnMut() -> Result<Vec<Dispatc
 /// The tile engine's tile shapes a call ran (`128x128x8`: rows, columns, k step), from its
 /// pipeline constants; empty for the other kernels.
 fn tiles(call: &[Dispatch]) -> String {
-    let mut shapes: Vec<String> = call
-        .iter()
-        .filter(|d| !d.kernel.constants.is_empty())
-        .map(|d| {
-            let value = |name| d.kernel.constants.iter().find(|(n, _)| *n == name).map_or(0, |&(_, v)| v);
-            format!("{}x{}x{}", 8 * value("TY"), 8 * value("TX"), value("BK"))
-        })
-        .collect();
+    let mut shapes: Vec<String> = call.iter().filter_map(|d| crate::kernels::gemm::Tile::of_constants(d.kernel.constants)).map(|t| t.name()).collect();
     shapes.dedup();
     shapes.join("+")
 }

@@ -40,6 +40,16 @@ const LEAST_LAYER_STEPS: usize = 256;
 const MOST_LAYERS: usize = 64;
 
 impl Tile {
+    /// `128x128x8`: rows, columns and depth, as the autotune cache and `bench` name it.
+    pub fn name(&self) -> String {
+        format!("{}x{}x{}", self.rows, self.cols, self.depth)
+    }
+
+    /// The tile whose pipeline constants these are (a gemm.wgsl dispatch's `KernelId`).
+    pub fn of_constants(constants: &[(&str, u32)]) -> Option<Tile> {
+        TILES.iter().copied().find(|t| t.constants == constants)
+    }
+
     fn threads(&self) -> usize {
         self.rows * self.cols / 64
     }
@@ -179,7 +189,7 @@ fn tuned(gpu: &Gpu, op: &str, product: &Product) -> Result<Option<Tile>> {
         return Ok(None);
     }
     let key = shape_key(product);
-    let by_name = |name: &str| TILES.iter().copied().find(|t| tile_name(t) == name);
+    let by_name = |name: &str| TILES.iter().copied().find(|t| t.name() == name);
     if let Some(tile) = cache.lock().unwrap().get(&key).and_then(by_name) {
         return Ok(Some(tile));
     }
@@ -196,14 +206,10 @@ fn tuned(gpu: &Gpu, op: &str, product: &Product) -> Result<Option<Tile>> {
         }
     }
     let tile = best.map(|(_, t)| t).unwrap_or_else(|| choose_tile(product.m, product.n));
-    cache.lock().unwrap().insert(key, tile_name(&tile));
+    cache.lock().unwrap().insert(key, tile.name());
     Ok(Some(tile))
 }
 
-/// `128x128x8`: rows, columns and depth.
-fn tile_name(t: &Tile) -> String {
-    format!("{}x{}x{}", t.rows, t.cols, t.depth)
-}
 
 /// What identifies a product for the autotune cache: entry, sizes, whether its sum may be
 /// split, and the geometry fields of its parameters (FNV-1a of their bytes).

@@ -26,7 +26,7 @@ fn every_tile_shape_multiplies_across_tile_edges() {
                 let product = reference::matmul(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, n, k, trans_a, trans_b);
                 let want: Vec<f64> = product.iter().zip(&c0).map(|(p, &c)| if accumulate { p + c as f64 } else { *p }).collect();
                 let got = gemm::with_tile(tile, || gpu_matmul(&shape, &a, &b, Some(&bias), accumulate.then_some(&c0[..])));
-                assert_close(&format!("{}x{} tile: {}", tile.rows, tile.cols, label(&shape, true)), &got, &want, 1e-4);
+                assert_close(&format!("{} tile: {}", tile.name(), label(&shape, true)), &got, &want, 1e-4);
             }
         }
     }
@@ -59,7 +59,7 @@ fn every_tile_shape_convolves_forward_and_back() {
         ConvTranspose2d { stride: [2, 2], dilation: [2, 2], output_padding: [1, 1], ..ConvTranspose2d::new(2, 3, 4, [5, 4], [3, 3]) },
     ];
     for tile in TILES {
-        let at = format!("{}x{} tile", tile.rows, tile.cols);
+        let at = format!("{} tile", tile.name());
         gemm::with_tile(tile, || {
             for (i, s) in convs.iter().enumerate() {
                 check_conv2d_in(&format!("{at} conv2d {}", s.describe()), *s, i % 2 == 0, 200 + i as u64, FITS, &tiled);
@@ -103,7 +103,7 @@ fn autotune_times_a_shape_once_and_keeps_its_choice_in_the_cache_file() {
     assert_close("autotuned matmul again", &product(&first), &want, 1e-4);
     assert_eq!(timed(&first), 1, "a shape is timed once per process");
     let text = std::fs::read_to_string(&cache).unwrap();
-    assert!(text.contains("matmul 70x33x20") && TILES.iter().any(|t| text.contains(&format!("{}x{}x{}", t.rows, t.cols, t.depth))), "{text}");
+    assert!(text.contains("matmul 70x33x20") && TILES.iter().any(|t| text.contains(&t.name())), "{text}");
 
     let second = open();
     assert_close("matmul tuned by an earlier process", &product(&second), &want, 1e-4);
