@@ -812,22 +812,28 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         // Inception takes any image size: it is opened for the scored set's shape (folders
         // read at 299x299 RGB).
         let inception_image = [3, kiln::models::inception::INPUT_SIZE, kiln::models::inception::INPUT_SIZE];
-        let backbone = if args.backbone == kiln::train::score::INCEPTION {
-            let image = image_set(&args.data, inception_image)?.shape()[1..].try_into().expect("NCHW data");
-            Backbone::open_with(&gpu, &args.backbone, args.fid_weights.as_deref(), image)?
+        // Inception's scored set is read first (once), for the shape the backbone opens with.
+        let (backbone, scored, folder_image) = if args.backbone == kiln::train::score::INCEPTION {
+            let scored = image_set(&args.data, inception_image)?;
+            let image = scored.shape()[1..].try_into().expect("NCHW data");
+            (Backbone::open_with(&gpu, &args.backbone, args.fid_weights.as_deref(), image)?, Some(scored), inception_image)
         } else {
-            Backbone::open(&gpu, &args.backbone)?
+            let backbone = Backbone::open(&gpu, &args.backbone)?;
+            let image = backbone.image;
+            (backbone, None, image)
         };
         let wanted: Wanted = args.metrics.as_deref().unwrap_or("fid,kid,pr").parse()?;
-        let folder_image = if args.backbone == kiln::train::score::INCEPTION { inception_image } else { backbone.image };
-        let set = |spec: &str| {
-            let data = image_set(spec, folder_image)?;
+        let checked = |spec: &str, data: kiln::data::Dataset| {
             if data.shape()[1..] != backbone.image {
                 return Err(kiln::Error::Invalid(format!("{spec}: images of {:?}, the backbone {} takes {:?}", &data.shape()[1..], backbone.id, backbone.image)));
             }
             Ok(data)
         };
-        let (scored, reference_set) = (set(&args.data)?, set(reference)?);
+        let scored = checked(&args.data, match scored {
+            Some(data) => data,
+            None => image_set(&args.data, folder_image)?,
+        })?;
+        let reference_set = checked(reference, image_set(reference, folder_image)?)?;
         let seed = args.seed.unwrap_or(0);
         let (a, b) = (take(&scored, args.n, seed)?, take(&reference_set, args.n, seed ^ 1)?);
         report(score(&gpu, &backbone, wanted, (&args.data, &a), (reference, &b), seed)?);
