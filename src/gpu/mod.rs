@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// Shaders created without wgpu's runtime bounds checks (see [`Gpu::trusted_shaders`]): those a
-/// test proves index in range, through accessors that check every index under an override.
+/// Shaders created without wgpu's runtime bounds checks (see [`Gpu::trusts`]): those a test
+/// proves index in range, through accessors that check every index under an override.
 pub const TRUSTED_SHADERS: &[&str] = &["gemm"];
 
 /// What trusted modules do without: bounds checks (workgroup and private arrays clamped on
@@ -193,9 +193,10 @@ impl Gpu {
         }
         let downlevel = self.adapter.get_downlevel_capabilities().flags;
         let source = self.shaders.validated_source(shader, self.features, downlevel)?;
+        let trusted = self.trusts(shader, &source);
         let descriptor = wgpu::ShaderModuleDescriptor { label: Some(shader), source: wgpu::ShaderSource::Wgsl(source.into()) };
         let module = self.scoped(shader, || {
-            if self.trusted_shaders && TRUSTED_SHADERS.contains(&shader) {
+            if trusted {
                 // SAFETY: tests/kernels/trusted.rs (`every_gemm_entry_indexes_in_range_in_every_tile`)
                 // runs every entry of each trusted shader in every constant set kiln creates,
                 // with its CHECK_INDICES accessors on, over edge shapes of every launcher, and
@@ -210,6 +211,13 @@ impl Gpu {
         let module = Arc::new(module);
         self.modules.lock().unwrap().insert(shader, module.clone());
         Ok(module)
+    }
+
+    /// Whether `shader`'s module is created without wgpu's runtime checks: one of
+    /// [`TRUSTED_SHADERS`], from the source the proof test ran (the embedded copy, not an edited
+    /// one from a shader folder), unless `KILN_CHECKED_SHADERS=1`.
+    pub fn trusts(&self, shader: &str, source: &str) -> bool {
+        self.trusted_shaders && TRUSTED_SHADERS.contains(&shader) && SHADER_FILES.iter().any(|&(name, text)| name == shader && text == source)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns whatever they

@@ -119,3 +119,12 @@ fn index_checks_catch_a_launch_claiming_more_than_its_buffers_hold() {
         assert_eq!(count(&cols, "a"), 0, "{} tile: A's rows are as many as claimed: {cols:?}", tile.name());
     }
 }
+
+#[test]
+fn only_the_embedded_tile_engine_is_trusted() {
+    let gpu = gpu();
+    let embedded = |name: &str| kiln::gpu::SHADER_FILES.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(gpu.trusts("gemm", embedded("gemm")), gpu.trusted_shaders);
+    assert!(!gpu.trusts("gemm", &format!("{}\n// edited in a shader folder\n", embedded("gemm"))), "an edited copy is not what the test proved");
+    assert!(!gpu.trusts("matmul", embedded("matmul")), "no test proves the other shaders' indexing");
+}
