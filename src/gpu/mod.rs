@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex};
 /// proves index in range, through accessors that check every index under an override.
 pub const TRUSTED_SHADERS: &[&str] = &["gemm"];
 
-/// What trusted modules do without: bounds checks (workgroup and private arrays clamped on
-/// every backend, storage buffers too where the driver does not check them itself) and the
-/// counter wgpu adds to every loop against infinite ones.
-const UNCHECKED_INDICES: wgpu::ShaderRuntimeChecks =
+/// What trusted modules do without (wgpu-hal 30): the clamp of every dynamic index into a
+/// fixed-size array or vector (Vulkan, Metal, DX12), of every storage access too on Metal and
+/// on Vulkan without robustBufferAccess2, and the counter added to every loop against infinite
+/// ones. GL adds neither, trusted or not.
+const TRUSTED_CHECKS: wgpu::ShaderRuntimeChecks =
     wgpu::ShaderRuntimeChecks { bounds_checks: false, force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
 
 /// An open device with its queue and the caches every kernel launch goes through.
@@ -203,7 +204,7 @@ impl Gpu {
                 // finds no index out of range, so these modules do without wgpu's bounds
                 // checks; their loops end (k < 2^31, launchers check), so without loop
                 // counters. Divisions keep their guards: no test proves divisors nonzero.
-                unsafe { self.device.create_shader_module_trusted(descriptor, UNCHECKED_INDICES) }
+                unsafe { self.device.create_shader_module_trusted(descriptor, TRUSTED_CHECKS) }
             } else {
                 self.device.create_shader_module(descriptor)
             }
