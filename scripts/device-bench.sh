@@ -164,6 +164,10 @@ run() {
                 part "PyTorch $torch_device steps, batch $b" 60 torch.txt python3 "$torch_steps" --device "$torch_device" --batch "$b" --steps "$torch_steps_n"
             fi
         done
+        # The tile engine runs trusted (no wgpu bounds checks or loop counters); the same steps
+        # with the checks kept say what that is worth on this GPU.
+        part "kiln bench steps, batch ${batches[0]}, wgpu's checks kept" 60 steps_checked.txt \
+            env KILN_CHECKED_SHADERS=1 "$kiln" bench steps --gan-batch "${batches[0]}" --vae-batch "${batches[0]}" --timed-steps $((profiled * 4))
         # Last, with what is left of the budget: --json prints nothing until the whole suite
         # is done, so a cut-off run would return nothing at all.
         part "kiln bench $bench --json" "$BUDGET" bench.json "$kiln" bench "$bench" --json --gan-batch "${batches[0]}" --vae-batch "${batches[0]}"
@@ -172,7 +176,7 @@ run() {
         echo "device-bench done in $((SECONDS - BEGAN)) s"
     } 2>&1 | tee "$OUT/summary.log"
     # The results' short form at the end of the reply (output_tail).
-    grep -hE "step, batch|ms/step|^peak|\"(fma_gflops|copy_gbps)\"" "$OUT/steps.txt" "$OUT/torch.txt" "$OUT/bench.json" 2>/dev/null || true
+    grep -HE "step, batch|ms/step|^peak|\"(fma_gflops|copy_gbps)\"" "$OUT/steps.txt" "$OUT/steps_checked.txt" "$OUT/torch.txt" "$OUT/bench.json" 2>/dev/null || true
 }
 
 case ${1:-} in

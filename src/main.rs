@@ -445,6 +445,12 @@ fn info(dev: &DeviceArgs) -> kiln::Result<ExitCode> {
                 "off".to_string()
             };
             println!("    GEMM kernels: {kernels:?}{}; autotune {autotune}", if kernels == kiln::gpu::Kernels::Auto { auto_kernels(i) } else { "" });
+            let trusted = kiln::gpu::TRUSTED_SHADERS.join(", ");
+            if kiln::gpu::trusted_shaders_wanted() {
+                println!("    trusted modules (no wgpu bounds checks or loop counters; indexing proven by tests/kernels/trusted.rs): {trusted}; KILN_CHECKED_SHADERS=1 keeps the checks");
+            } else {
+                println!("    trusted modules: none (KILN_CHECKED_SHADERS keeps wgpu's bounds checks in {trusted} too)");
+            }
         }
     }
     if !adapters.iter().any(|a| a.chosen) {

@@ -134,7 +134,7 @@ impl Gpu {
             label: label.into(),
         };
         let (dummy, dummy_rw) = (dummy_buffer("kiln.dummy"), dummy_buffer("kiln.dummy_rw"));
-        let trusted_shaders = !matches!(std::env::var("KILN_CHECKED_SHADERS").as_deref(), Ok("1" | "on" | "yes"));
+        let trusted_shaders = trusted_shaders_wanted();
         Ok(Gpu {
             adapter,
             device,
@@ -297,4 +297,9 @@ impl Gpu {
         }
         Err(lost("a buffer map did not complete within 60 s of its work finishing"))
     }
+}
+
+/// Whether [`TRUSTED_SHADERS`] are created trusted: unless `KILN_CHECKED_SHADERS` is 1, on or yes.
+pub fn trusted_shaders_wanted() -> bool {
+    !matches!(std::env::var("KILN_CHECKED_SHADERS").as_deref(), Ok("1" | "on" | "yes"))
 }
