@@ -6,6 +6,7 @@
 
 mod autodiff;
 mod exec;
+mod fuse;
 mod op;
 pub mod ops;
 pub mod plan;
@@ -13,6 +14,7 @@ mod store;
 mod tensor;
 
 pub use exec::{MemoryReport, Program};
+pub use fuse::{without_fusion, Fusion};
 pub use op::{HostValue, NodeView, Op, OpIo};
 pub use store::{ParamGroup, Store, Stored};
 pub use tensor::{Role, Tensor, TensorInfo};
