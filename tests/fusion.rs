@@ -10,7 +10,7 @@ mod common;
 
 use kiln::gpu::{Gpu, GpuOptions, Kernels};
 use kiln::graph::ops::{Act, Activation, Add, Conv2d, ConvTranspose2d, Linear, Mul, Sum};
-use kiln::graph::{without_fusion, Graph, Program, Store, Tensor};
+use kiln::graph::{without_fusion, Graph, Op, Program, Store, Tensor};
 use kiln::kernels::gemm::{self, TILES};
 use std::sync::OnceLock;
 
@@ -146,6 +146,8 @@ struct Run {
     values: Vec<(String, Vec<f32>)>,
     fused: usize,
     kernels: Vec<String>,
+    /// Each dispatch's label, as the profile shows it.
+    labels: Vec<String>,
 }
 
 fn run(gpu: &Gpu, pair: &Pair) -> Run {
@@ -162,7 +164,8 @@ fn run(gpu: &Gpu, pair: &Pair) -> Run {
         values.push((format!("d{name}"), gpu.read(store.grad(&name).unwrap()).unwrap()));
     }
     let kernels = program.dispatches.iter().map(|d| format!("{}.{}", d.kernel.shader, d.kernel.entry)).collect();
-    Run { values, fused: program.fused.len(), kernels }
+    let labels = program.dispatches.iter().map(|d| d.label.clone()).collect();
+    Run { values, fused: program.fused.len(), kernels, labels }
 }
 
 /// The reference's y and gradients, in [`run`]'s order.
@@ -187,6 +190,14 @@ fn check(name: &str, producer: &Producer, act: Act, bias: bool, seed: u64) {
     let forward = |r: &Run| r.kernels.iter().filter(|k| k.starts_with("activation.") && k.ends_with("_forward")).count();
     assert_eq!((forward(&fused), forward(&unfused)), (0, 1), "{name}: activation passes, fused and unfused");
     assert!(fused.kernels.len() < unfused.kernels.len(), "{name}: fewer dispatches");
+    // The profile names what ran: both layers and both ops.
+    let op = match producer {
+        Producer::Conv { .. } => "conv2d",
+        Producer::Transpose { .. } => "conv_transpose2d",
+        Producer::Linear { .. } => "linear",
+    };
+    let act_name = Activation(act).name();
+    assert_eq!(fused.labels[0], format!("layer+act ({op}+{act_name})"), "{name}: the fused dispatch's label");
     for (run, how) in [(&fused, "fused"), (&unfused, "unfused")] {
         for ((what, got), want) in run.values.iter().zip(&want) {
             assert_close(&format!("{name} {how} {what}"), got, want, 2e-5);
