@@ -172,9 +172,10 @@ impl Program {
         self.dispatches.split_at(self.node_starts.get(n).copied().unwrap_or(self.dispatches.len()))
     }
 
-    /// The buffer holding `t` (views share their base's).
+    /// The buffer holding `t` (views share their base's). A pre-activation fused into its
+    /// producer has none: list it in `keep` at compile to read it.
     pub fn buffer(&self, t: Tensor) -> &Buffer {
-        self.buffers[t.0].as_ref().expect("compiled")
+        self.buffers[t.0].as_ref().unwrap_or_else(|| panic!("tensor {} has no buffer: it was fused away (keep it to store it)", t.0))
     }
 
     /// Records the whole step into one compute pass and submits it once. Does not wait.

@@ -72,6 +72,24 @@ impl Tile {
     }
 }
 
+/// Grid layers a dense product (matmul, conv_weight) of `m × n × k` is summed over in `tile`:
+/// as many as keep each invocation within the loop budget, and more where the sum is long and
+/// the tiles too few to fill the GPU.
+fn layers(tile: &Tile, m: usize, n: usize, k: usize) -> usize {
+    let needed = k.div_ceil(tile.most_steps()).max(1);
+    let wanted = WANTED_WORKGROUPS.div_ceil(tile.tiles(m, n)).min(k / LEAST_LAYER_STEPS).min(MOST_LAYERS);
+    needed.max(wanted)
+}
+
+/// Whether a dense `m × n × k` product is summed in one grid layer whatever the tile, so its
+/// epilogue stores final values: an activation applied there then changes nothing else (the
+/// same dispatch, the same order of summation). The graph fuses an activation into a linear
+/// layer only then; a product split over layers keeps its parallelism and the activation its
+/// own pass.
+pub fn sums_in_one_layer(m: usize, n: usize, k: usize) -> bool {
+    TILES.iter().all(|tile| layers(tile, m, n, k) == 1)
+}
+
 /// The tile for an `m × n` product: the one with the least padded work once a tile count
 /// below [`WANTED_WORKGROUPS`] is charged for the idle units, larger tiles counted slightly
 /// cheaper per element (they stage fewer elements per FMA). An estimate, not a measurement:
@@ -276,14 +294,12 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
     let most = tile.most_steps();
     let flops = |steps: usize| if k == 0 { 0 } else { flops * steps as u64 / k as u64 };
 
-    // Layers of a split sum: as many as keep each invocation within the loop budget, and more
-    // where the sum is long and the tiles too few to fill the GPU. Past the grid's depth or
-    // the largest binding for their partial sums, slices of k add to C in turn instead. With
-    // an activation, only one layer: partial sums are not final values.
+    // Layers of a split sum (see `layers`). Past the grid's depth or the largest binding for
+    // their partial sums, slices of k add to C in turn instead. With an activation, only one
+    // layer: partial sums are not final values (the graph fuses none where that matters:
+    // `sums_in_one_layer`).
     let layered = dense_c && activation == Activation::Identity;
-    let needed = k.div_ceil(most).max(1);
-    let wanted = if layered { WANTED_WORKGROUPS.div_ceil(tiles).min(k / LEAST_LAYER_STEPS).min(MOST_LAYERS) } else { 1 };
-    let layers = needed.max(wanted);
+    let layers = if layered { layers(&tile, m, n, k) } else { k.div_ceil(most).max(1) };
     let scratch = (4 * m * n * layers) as u64;
     let deep = layers <= gpu.limits.max_compute_workgroups_per_dimension as usize && (layers == 1 || scratch <= gpu.max_binding_bytes());
     if dense_c && deep && (layers == 1 || layered) {

@@ -97,9 +97,11 @@ impl Op for Linear {
         let s = linear_shape(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
         k::linear_forward(gpu, &s, io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0])
     }
-    /// On the tile engine, whose epilogue can apply an activation.
+    /// On the tile engine, whose epilogue can apply an activation, where the product is summed
+    /// in one grid layer (else its partial sums' total is formed outside the epilogue).
     fn fuses(&self, gpu: &Gpu, x: &[&[usize]], _: Act) -> bool {
-        linear_shape(x[0], x[1]).is_ok_and(|s| s.variant.resolve(gpu) == k::MatmulVariant::Tiled)
+        let on_tiles = |s: &k::Linear| s.variant.resolve(gpu) == k::MatmulVariant::Tiled;
+        linear_shape(x[0], x[1]).is_ok_and(|s| on_tiles(&s) && crate::kernels::gemm::sums_in_one_layer(s.rows, s.out_features, s.in_features))
     }
     fn lower_fused(&self, gpu: &Gpu, io: &OpIo, act: Act) -> Result<Vec<Dispatch>> {
         let s = linear_shape(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
