@@ -323,6 +323,44 @@ def cross_entropy(c):
               lambda x, t, a=attrs: F.cross_entropy(x, t.long(), **a), attrs, grads=("input",))
 
 
+def reshaping(c):
+    """torch.cat (with its gradient: each input's slice of the upstream gradient), narrow and
+    F.interpolate(mode="bilinear", align_corners=False) as pytorch-fid resizes to 299: odd
+    sizes, a batch of 1, up- and downsampling. narrow and interpolate are forward only in kiln
+    (neither has a backward)."""
+    cat_cases = [  # name, shapes, dim
+        ("cat_channels_odd", [(2, 3, 5, 7), (2, 1, 5, 7), (2, 4, 5, 7)], 1),
+        ("cat_batch", [(1, 3, 4, 4), (2, 3, 4, 4)], 0),
+        ("cat_last_dim", [(3, 5), (3, 1), (3, 9)], 1),
+        ("cat_one_tensor", [(2, 6, 3, 3)], 1),
+        ("cat_inception_block", [(1, 8, 17, 17), (1, 12, 17, 17), (1, 4, 17, 17)], 1),
+        ("cat_width", [(2, 2, 3, 4), (2, 2, 3, 5)], 3),
+    ]
+    for name, shapes, dim in cat_cases:
+        names = [f"t{i}" for i in range(len(shapes))]
+        inputs = [(n, c.randn(*shape)) for n, shape in zip(names, shapes)]
+        c.add(name, "cat", inputs, lambda *xs, d=dim: torch.cat(xs, dim=d), {"dim": dim}, grads=tuple(names))
+    narrow_cases = [  # name, shape, dim, start, length
+        ("narrow_channels", (2, 7, 3, 5), 1, 2, 4),
+        ("narrow_batch1_tail", (1, 5, 4, 4), 1, 4, 1),
+        ("narrow_rows", (3, 11), 0, 0, 2),
+        ("narrow_last_dim", (2, 3, 4, 9), 3, 3, 5),
+    ]
+    for name, shape, dim, start, length in narrow_cases:
+        c.add(name, "narrow", [("input", c.randn(*shape))],
+              lambda x, d=dim, s=start, n=length: torch.narrow(x, d, s, n), {"dim": dim, "start": start, "length": length})
+    resize_cases = [  # name, shape, size
+        ("interpolate_up_odd", (2, 3, 7, 5), [11, 13]),
+        ("interpolate_down", (1, 2, 30, 20), [7, 9]),
+        ("interpolate_mnist_to_75", (2, 1, 28, 28), 75),
+        ("interpolate_same_size", (1, 3, 6, 6), [6, 6]),
+        ("interpolate_one_pixel", (2, 2, 1, 1), [4, 3]),
+    ]
+    for name, shape, size in resize_cases:
+        attrs = {"size": size, "mode": "bilinear", "align_corners": False}
+        c.functional(name, "interpolate", [("input", c.randn(*shape))], attrs)
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,7 +371,7 @@ def main():
     # Builders draw from one generator in turn: a new one goes last, so that every earlier
     # case keeps its values (and the fixture its bytes for them).
     for build in [matmul, linear, conv2d, conv_transpose2d, batch_norm, activations, losses, absent_inputs,
-                  long_reductions, pooling, cross_entropy]:
+                  long_reductions, pooling, cross_entropy, reshaping]:
         build(c)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     c.save(args.out)

@@ -11,6 +11,11 @@
 //   invocation silently after 65,535 loop iterations.
 // Then one elementwise pass: normalize (forward), grad_input (training backward) or
 // grad_input_eval (eval backward).
+// - fused (GPUs, channels of a few thousand values): one workgroup per channel reduces the
+//   channel and then normalizes it (fused_forward) or computes its dx (fused_backward), in one
+//   dispatch instead of two or three; the second walk over the channel reads what the first
+//   just brought into cache. Per-dispatch overhead, not bandwidth, is what a GAN's small batch
+//   norms cost on a GPU.
 //
 // Scratch layout (f32): partials at [3·(c·chunks + k) ..] — (count, mean, M2) forward,
 // (Σdy, Σdy·x̂) backward — and the per-channel backward sums (Σdy, Σdy·x̂) at
@@ -152,13 +157,18 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
+// 1/sqrt(var + eps) of a channel's summary, with the biased variance as PyTorch normalizes.
+fn batch_invstd(total: Summary) -> f32 {
+    return 1.0 / sqrt(total.m2 / f32(values_per_channel()) + p.eps);
+}
+
 // Saved mean and 1/sqrt(var + eps) (biased variance) from channel c's summary, and the running
 // stats moved toward the batch's (unbiased variance).
 fn finish_stats(c: u32, total: Summary) {
     let n = f32(values_per_channel());
     let mean = shift(c) + total.mean;
     stat_mean[c] = mean;
-    stat_scale[c] = 1.0 / sqrt(total.m2 / n + p.eps);
+    stat_scale[c] = batch_invstd(total);
     if ((p.flags & RUNNING) != 0u) {
         let m = p.momentum;
         running_mean[c] = (1.0 - m) * running_mean[c] + m * mean;
@@ -218,11 +228,44 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let c = (i / p.hw) % p.c;
-    var y = (x[i] - stat_mean[c]) * invstd(c);
+    out[i] = normalized(i, c, stat_mean[c], invstd(c));
+}
+
+// Element i of channel c normalized, then scaled and shifted by γ and β where bound.
+fn normalized(i: u32, c: u32, mean: f32, scale: f32) -> f32 {
+    let y = (x[i] - mean) * scale;
     if ((p.flags & AFFINE) != 0u) {
-        y = y * gamma[c] + beta[c];
+        return y * gamma[c] + beta[c];
     }
-    out[i] = y;
+    return y;
+}
+
+// One workgroup per channel: its statistics (a Welford sum per invocation, merged by the
+// tree), saved and moved into the running stats by invocation 0, then the channel normalized
+// by the whole workgroup with the total every invocation read from the tree's root.
+@compute @workgroup_size(WG)
+fn fused_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = group(wid, nwg);
+    if (c >= p.c) {
+        return;
+    }
+    let k = shift(c);
+    let m = values_per_channel();
+    var s = Summary(0.0, 0.0, 0.0);
+    for (var j = lid.x; j < m; j += WG) {
+        s = combine(s, Summary(1.0, x[at(c, j)] - k, 0.0));
+    }
+    w_stats[lid.x] = s;
+    let total = reduce_stats(lid.x);
+    if (lid.x == 0u) {
+        finish_stats(c, total);
+    }
+    let mean = k + total.mean;
+    let scale = batch_invstd(total);
+    for (var j = lid.x; j < m; j += WG) {
+        let i = at(c, j);
+        out[i] = normalized(i, c, mean, scale);
+    }
 }
 
 // ---- backward ------------------------------------------------------------------------------
@@ -309,14 +352,46 @@ fn grad_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     let c = (i / p.hw) % p.c;
-    let scale = stat_scale[c];
+    let tail = 3u * p.c * p.chunks + 2u * c;
+    out[i] = input_gradient(i, c, stat_mean[c], stat_scale[c], vec2<f32>(scratch[tail], scratch[tail + 1u]));
+}
+
+// dx of element i of channel c from the channel's saved stats and its sums (Σdy, Σdy·x̂).
+fn input_gradient(i: u32, c: u32, mean: f32, scale: f32, sums: vec2<f32>) -> f32 {
     var g = scale;
     if ((p.flags & AFFINE) != 0u) {
         g = g * gamma[c];
     }
-    let tail = 3u * p.c * p.chunks + 2u * c;
-    let xhat = (x[i] - stat_mean[c]) * scale;
-    out[i] = g * (dy[i] - (scratch[tail] + xhat * scratch[tail + 1u]) / f32(values_per_channel()));
+    let xhat = (x[i] - mean) * scale;
+    return g * (dy[i] - (sums.x + xhat * sums.y) / f32(values_per_channel()));
+}
+
+// Training backward, one workgroup per channel: the two sums by the tree (dβ, dγ written by
+// invocation 0 with GRADS), then the channel's dx by the whole workgroup.
+@compute @workgroup_size(WG)
+fn fused_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = group(wid, nwg);
+    if (c >= p.c) {
+        return;
+    }
+    let mean = stat_mean[c];
+    let scale = stat_scale[c];
+    let m = values_per_channel();
+    var s = vec2<f32>(0.0);
+    for (var j = lid.x; j < m; j += WG) {
+        let i = at(c, j);
+        s += vec2<f32>(dy[i], dy[i] * (x[i] - mean) * scale);
+    }
+    w_sums[lid.x] = s;
+    let total = reduce_sums(lid.x);
+    if (lid.x == 0u && (p.flags & GRADS) != 0u) {
+        dbeta[c] = total.x;
+        dgamma[c] = total.y;
+    }
+    for (var j = lid.x; j < m; j += WG) {
+        let i = at(c, j);
+        out[i] = input_gradient(i, c, mean, scale, total);
+    }
 }
 
 // Eval: the running stats are constants, dx = γ·dy/sqrt(running_var + eps).

@@ -28,10 +28,20 @@
 //
 // llvmpipe stops an invocation's loops after 65,535 iterations: the launcher keeps each
 // invocation's share of k within LOOP_BUDGET (src/kernels/gemm.rs counts the loops per step).
+//
+// kiln creates this module without wgpu's injected runtime checks (src/gpu/mod.rs), because
+// tests/kernels/trusted.rs runs every entry in every tile shape with CHECK_INDICES on and
+// finds no index out of range. Under it, every access to a storage, workgroup or register
+// array goes through an accessor below that compares the index with the array's length and,
+// past it, counts a violation in `violations` and skips the access (a load reads 0); store4's
+// reads of bias and of the c it accumulates onto are bounded by the guards of its checked
+// write. Off, as kiln compiles it, naga turns each check into `if (false)` once the override
+// is set, which the driver drops: no slower than the kernel without accessors.
 
 override TX: u32 = 16u;
 override TY: u32 = 16u;
 override BK: u32 = 8u;
+override CHECK_INDICES: bool = false;
 
 const MATMUL: u32 = 0u;
 const CONV_FORWARD: u32 = 1u;
@@ -105,14 +115,67 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// Accesses CHECK_INDICES found out of range, per array (slots below); gpu.dummy_rw otherwise.
+@group(0) @binding(5) var<storage, read_write> violations: array<atomic<u32>>;
 
 // [BK][BM/4] and [BK][BN/4]: A is kept transposed so that a step's column of it is contiguous.
-var<workgroup> tile_a: array<vec4<f32>, BK * TY * 2u>;
-var<workgroup> tile_b: array<vec4<f32>, BK * TX * 2u>;
+override TILE_A_LEN: u32 = BK * TY * 2u;
+override TILE_B_LEN: u32 = BK * TX * 2u;
+var<workgroup> tile_a: array<vec4<f32>, TILE_A_LEN>;
+var<workgroup> tile_b: array<vec4<f32>, TILE_B_LEN>;
 
 // Most elements of A or B one invocation fetches per step (8·BK/TX, 8·BK/TY: BK ≤ 16, TX, TY
-// ≥ 8, checked by the launcher).
+// ≥ 8, checked by the launcher): the length of its registers next_a, next_b.
 const MOST_FETCHES: u32 = 16u;
+
+// Slots of `violations` (src/kernels/gemm.rs: CHECKED_ARRAYS names them).
+const IN_A: u32 = 0u;
+const IN_B: u32 = 1u;
+const IN_C: u32 = 2u;
+const IN_TILE_A: u32 = 3u;
+const IN_TILE_B: u32 = 4u;
+const IN_REGISTERS: u32 = 5u;
+
+// Whether element `index` of an array of `len` may be accessed: always, unless CHECK_INDICES,
+// under which an index past the end is counted against `array` and refused.
+fn in_range(array: u32, index: u32, len: u32) -> bool {
+    if (!CHECK_INDICES || index < len) { return true; }
+    atomicAdd(&violations[array], 1u);
+    return false;
+}
+
+// The accessors. Signed indices arrive as u32(i32), so a negative one is past the end too.
+fn read_a(index: u32) -> f32 {
+    if (!in_range(IN_A, index, arrayLength(&a))) { return 0.0; }
+    return a[index];
+}
+
+fn read_b(index: u32) -> f32 {
+    if (!in_range(IN_B, index, arrayLength(&b))) { return 0.0; }
+    return b[index];
+}
+
+fn write_c(index: u32, v: f32) {
+    if (in_range(IN_C, index, arrayLength(&c))) { c[index] = v; }
+}
+
+fn tile_a_at(index: u32) -> vec4<f32> {
+    if (!in_range(IN_TILE_A, index, TILE_A_LEN)) { return vec4<f32>(0.0); }
+    return tile_a[index];
+}
+
+fn tile_b_at(index: u32) -> vec4<f32> {
+    if (!in_range(IN_TILE_B, index, TILE_B_LEN)) { return vec4<f32>(0.0); }
+    return tile_b[index];
+}
+
+fn set_tile_a(index: u32, component: u32, v: f32) {
+    if (in_range(IN_TILE_A, index, TILE_A_LEN) && in_range(IN_TILE_A, component, 4u)) { tile_a[index][component] = v; }
+}
+
+fn set_tile_b(index: u32, component: u32, v: f32) {
+    if (in_range(IN_TILE_B, index, TILE_B_LEN) && in_range(IN_TILE_B, component, 4u)) { tile_b[index][component] = v; }
+}
 
 // conv_data: output channel and taps of step kk of a phase.
 struct Tap {
@@ -146,27 +209,27 @@ fn im2col(ci: i32, r: i32, s: i32, px: Pixel) -> f32 {
     let ih = px.oh * p.sh - p.ph + r * p.dh;
     let iw = px.ow * p.sw - p.pw + s * p.dw;
     if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) { return 0.0; }
-    return b[((px.nb * p.cin + ci) * p.h + ih) * p.w + iw];
+    return read_b(u32(((px.nb * p.cin + ci) * p.h + ih) * p.w + iw));
 }
 
 fn load_a(mode: u32, i: u32, kk: u32) -> f32 {
     switch mode {
-        case MATMUL: { return a[i * p.sa_i + kk * p.sa_k]; }
-        case CONV_FORWARD: { return a[i * u32(p.cin * p.kh * p.kw) + kk]; }
+        case MATMUL: { return read_a(i * p.sa_i + kk * p.sa_k); }
+        case CONV_FORWARD: { return read_a(i * u32(p.cin * p.kh * p.kw) + kk); }
         case CONV_DATA: {
             let t = phase_tap(kk);
-            return a[((t.co * p.cin + i32(i)) * p.kh + t.r) * p.kw + t.s];
+            return read_a(u32(((t.co * p.cin + i32(i)) * p.kh + t.r) * p.kw + t.s));
         }
         default: {
             let plane = u32(p.ho * p.wo);
-            return a[((kk / plane) * u32(p.cout) + i) * plane + kk % plane];
+            return read_a(((kk / plane) * u32(p.cout) + i) * plane + kk % plane);
         }
     }
 }
 
 fn load_b(mode: u32, kk: u32, j: u32) -> f32 {
     switch mode {
-        case MATMUL: { return b[kk * p.sb_k + j * p.sb_j]; }
+        case MATMUL: { return read_b(kk * p.sb_k + j * p.sb_j); }
         case CONV_FORWARD: {
             let taps = p.kh * p.kw;
             let t = i32(kk) % taps;
@@ -186,7 +249,7 @@ fn load_b(mode: u32, kk: u32, j: u32) -> f32 {
             let oh = offset_h / p.sh;
             let ow = offset_w / p.sw;
             if (oh >= p.ho || ow >= p.wo) { return 0.0; }
-            return b[((i32(j / plane) * p.cout + t.co) * p.ho + oh) * p.wo + ow];
+            return read_b(u32(((i32(j / plane) * p.cout + t.co) * p.ho + oh) * p.wo + ow));
         }
         default: {
             let taps = p.kh * p.kw;
@@ -254,7 +317,7 @@ fn fetch_a(mode: u32, lane: u32, q: u32, i0: u32, k0: u32) -> f32 {
 
 fn put_a(mode: u32, lane: u32, q: u32, v: f32) {
     let e = a_element(mode, lane, q);
-    tile_a[e.y * 2u * TY + e.x / 4u][e.x % 4u] = v;
+    set_tile_a(e.y * 2u * TY + e.x / 4u, e.x % 4u, v);
 }
 
 fn fetch_b(mode: u32, lane: u32, q: u32, j0: u32, k0: u32) -> f32 {
@@ -265,7 +328,7 @@ fn fetch_b(mode: u32, lane: u32, q: u32, j0: u32, k0: u32) -> f32 {
 
 fn put_b(mode: u32, lane: u32, q: u32, v: f32) {
     let e = b_element(mode, lane, q);
-    tile_b[e.y * 2u * TX + e.x / 4u][e.x % 4u] = v;
+    set_tile_b(e.y * 2u * TX + e.x / 4u, e.x % 4u, v);
 }
 
 // activation.wgsl's formulas, copied (WGSL has no include); tests/fusion.rs holds the copies
@@ -311,7 +374,7 @@ fn store4(mode: u32, z: u32, i: u32, j: u32, v: vec4<f32>) {
         }
         if ((p.flags & PARTIAL) != 0u) { o += z * p.m * p.n; }
         if ((p.flags & ACCUMULATE) != 0u) { x += c[o]; }
-        c[o] = activate(x);
+        write_c(o, activate(x));
     }
 }
 
@@ -329,6 +392,9 @@ fn tile_product(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) {
     let lane = ty * TX + tx;
     let fetches_a = 8u * BK / TX;
     let fetches_b = 8u * BK / TY;
+    // next_a and next_b are indexed by q < fetches_a, fetches_b, which the tile shape alone
+    // sets: one check each covers every access (and leaves the barriers uniform).
+    if (!in_range(IN_REGISTERS, fetches_a - 1u, MOST_FETCHES) || !in_range(IN_REGISTERS, fetches_b - 1u, MOST_FETCHES)) { return; }
 
     let zero = vec4<f32>(0.0);
     var c0l = zero; var c0h = zero; var c1l = zero; var c1h = zero;
@@ -354,10 +420,10 @@ fn tile_product(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) {
         }
         // Steps past k_last hold zeros: a full BK keeps the loop's trip count constant.
         for (var kk = 0u; kk < BK; kk++) {
-            let lo = tile_a[kk * 2u * TY + ty];
-            let hi = tile_a[kk * 2u * TY + TY + ty];
-            let bl = tile_b[kk * 2u * TX + tx];
-            let bh = tile_b[kk * 2u * TX + TX + tx];
+            let lo = tile_a_at(kk * 2u * TY + ty);
+            let hi = tile_a_at(kk * 2u * TY + TY + ty);
+            let bl = tile_b_at(kk * 2u * TX + tx);
+            let bh = tile_b_at(kk * 2u * TX + TX + tx);
             c0l = fma(vec4<f32>(lo.x), bl, c0l); c0h = fma(vec4<f32>(lo.x), bh, c0h);
             c1l = fma(vec4<f32>(lo.y), bl, c1l); c1h = fma(vec4<f32>(lo.y), bh, c1h);
             c2l = fma(vec4<f32>(lo.z), bl, c2l); c2h = fma(vec4<f32>(lo.z), bh, c2h);

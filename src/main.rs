@@ -23,7 +23,8 @@ struct DeviceArgs {
     #[arg(long, global = true)]
     shaders: Option<PathBuf>,
     /// GEMM kernels for every matmul and convolution: auto (the adapter's best), tiled (the GPU
-    /// tile engine), windowed or blocked (the CPU-adapter kernels) (default: KILN_KERNELS, else auto)
+    /// tile engine, and batch norm's GPU passes), windowed or blocked (the CPU-adapter kernels)
+    /// (default: KILN_KERNELS, else auto)
     #[arg(long, global = true, value_parser = ["auto", "tiled", "windowed", "blocked"])]
     kernels: Option<String>,
     /// Do not time the tile engine's tile shapes on the device; use its size rule (also

@@ -680,6 +680,37 @@ fn check_pooling_needs_kernel_size_and_pools_adaptively_to_1x1_only() {
     assert!(failure(&r).contains("avg_pool2d has no attribute \"return_indices\""), "{r}");
 }
 
+#[test]
+fn check_cat_narrow_and_interpolate_refuse_what_kiln_does_not_compute() {
+    let a: &[f32] = &[1.0, 2.0, 3.0, 4.0];
+    let b: &[f32] = &[5.0, 6.0];
+    // cat binds any names by position, however many: [2, 2] and [2, 1] along dim 1.
+    let cat = |inputs: &[Named], y: Named| run_named(&named_case("cat", r#"{"dim":1}"#, inputs, &[y], &[], &[]));
+    let r = cat(&[("p", &[2, 2], a), ("q", &[2, 1], b)], ("y", &[2, 3], &[1.0, 2.0, 5.0, 3.0, 4.0, 6.0]));
+    assert_eq!(r.verdict, Verdict::Pass, "{r}");
+    // Even the inputs' order matters: the same tensors the other way round fail the values.
+    let r = cat(&[("q", &[2, 1], b), ("p", &[2, 2], a)], ("y", &[2, 3], &[1.0, 2.0, 5.0, 3.0, 4.0, 6.0]));
+    assert!(!r.passed(), "{r}");
+    let r = cat(&[("p", &[2, 2], a), ("q", &[1, 2], b)], ("y", &[2, 3], &[0.0; 6]));
+    assert!(failure(&r).contains("shapes must agree except along dim 1"), "{r}");
+    let narrow = |attrs: &str| run_named(&named_case("narrow", attrs, &[("input", &[2, 2], a)], &[("y", &[2, 1], &[2.0, 4.0])], &[], &[]));
+    assert_eq!(narrow(r#"{"dim":1,"start":1,"length":1}"#).verdict, Verdict::Pass);
+    assert!(failure(&narrow(r#"{"dim":1,"start":1}"#)).contains("narrow needs the attr length"));
+    assert!(failure(&narrow(r#"{"dim":1,"start":2,"length":1}"#)).contains("past the size 2 of dim 1"));
+    // A 1x1 image resized to 2x2 bilinearly is four copies of its pixel.
+    let resize = |attrs: &str, grads: &[Named]| {
+        let grad_out: &[Named] = if grads.is_empty() { &[] } else { &[("y", &[1, 1, 2, 2], &[1.0; 4])] };
+        run_named(&named_case("interpolate", attrs, &[("input", &[1, 1, 1, 1], &[3.0])], &[("y", &[1, 1, 2, 2], &[3.0; 4])], grad_out, grads))
+    };
+    assert_eq!(resize(r#"{"size":2,"mode":"bilinear"}"#, &[]).verdict, Verdict::Pass);
+    assert!(failure(&resize(r#"{"size":2}"#, &[])).contains("mode \"nearest\" is not implemented"));
+    assert!(failure(&resize(r#"{"size":2,"mode":"bilinear","align_corners":true}"#, &[])).contains("align_corners=True"));
+    assert!(failure(&resize(r#"{"mode":"bilinear","scale_factor":2}"#, &[])).contains("no attribute \"scale_factor\""));
+    assert!(failure(&resize(r#"{"mode":"bilinear"}"#, &[])).contains("needs the attr size"));
+    let r = resize(r#"{"size":2,"mode":"bilinear"}"#, &[("input", &[1, 1, 1, 1], &[4.0])]);
+    assert!(failure(&r).contains("has no backward"), "{r}");
+}
+
 // ---- the command line ----
 
 #[test]

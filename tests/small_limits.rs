@@ -173,7 +173,12 @@ mod tile_engine {
             let config = GanConfig { seed: 4, ..super::training::dcgan_config() };
             Box::new(Gan::new(gpu, config, train).unwrap())
         };
-        only_tiles(&super::training::step_matches("DCGAN on the tile engine", gpu(), dcgan));
+        let kernels = super::training::step_matches("DCGAN on the tile engine", gpu(), dcgan);
+        only_tiles(&kernels);
+        // G's [16, 64, 14, 14] batch norm (3,136 values a channel) takes the GPU's fused passes.
+        for fused in ["batchnorm.fused_forward", "batchnorm.fused_backward"] {
+            assert!(kernels.contains(fused), "{fused} did not run: {kernels:?}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Attr {
     Pair,
     /// `"mean"`, `"sum"` or `"none"`.
     Reduction,
+    /// Any string (interpolate's mode): the runner says which values kiln computes.
+    Str,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +51,9 @@ pub struct OpSpec {
     pub inputs: &'static [&'static str],
     pub required: usize,
     pub attrs: &'static [(&'static str, Attr)],
+    /// The op takes one or more tensors in a list (torch.cat's `tensors`), bound by position
+    /// whatever their names.
+    pub variadic: bool,
     /// `None` until the build has kernels for the op: its cases fail as not implemented.
     pub runner: Option<Runner>,
 }
@@ -86,7 +91,7 @@ const fn op(
     attrs: &'static [(&'static str, Attr)],
     runner: Option<Runner>,
 ) -> OpSpec {
-    OpSpec { name, inputs, required, attrs, runner }
+    OpSpec { name, inputs, required, attrs, variadic: false, runner }
 }
 
 /// Names a file may give a parameter instead of PyTorch's own: (alias, PyTorch's name).
@@ -121,6 +126,15 @@ pub const SPEC_OPS: &[OpSpec] = &[
     op("avg_pool2d", &["input"], 1, AVG_POOL, runners::AVG_POOL2D),
     op("adaptive_avg_pool2d", &["input"], 1, &[("output_size", Attr::Pair)], runners::ADAPTIVE_AVG_POOL2D),
     op("cross_entropy", &["input", "target"], 2, REDUCTION, runners::CROSS_ENTROPY),
+    OpSpec { variadic: true, ..op("cat", &["tensors"], 1, &[("dim", Attr::Int)], runners::CAT) },
+    op("narrow", &["input"], 1, &[("dim", Attr::Int), ("start", Attr::Int), ("length", Attr::Int)], runners::NARROW),
+    op(
+        "interpolate",
+        &["input"],
+        1,
+        &[("size", Attr::Pair), ("mode", Attr::Str), ("align_corners", Attr::Bool), ("antialias", Attr::Bool)],
+        runners::INTERPOLATE,
+    ),
 ];
 
 /// The ops a check run knows: [`SPEC_OPS`], plus any a caller adds (tests, experiments).
@@ -179,6 +193,7 @@ impl Registry {
                 Attr::Int => case.attr_int(key, 0).is_ok(),
                 Attr::Pair => case.attr_pair(key, 0).is_ok(),
                 Attr::Reduction => matches!(value.as_str(), Some("mean" | "sum" | "none")),
+                Attr::Str => value.is_string(),
             };
             if !ok {
                 let want = match kind {
@@ -187,6 +202,7 @@ impl Registry {
                     Attr::Int => "a non-negative integer",
                     Attr::Pair => "a non-negative integer or [h, w]",
                     Attr::Reduction => "\"mean\", \"sum\" or \"none\"",
+                    Attr::Str => "a string",
                 };
                 return fail(format!("attr {key:?} of {} must be {want}, got {value}", spec.name));
             }
@@ -207,6 +223,12 @@ impl Registry {
     /// not take, two names for one parameter, and a missing required parameter.
     fn bind(&self, spec: &OpSpec, case: &Case) -> std::result::Result<Vec<Option<usize>>, String> {
         let given: Vec<&str> = case.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        if spec.variadic {
+            if given.is_empty() {
+                return Err(format!("{} takes a list of one or more tensors, the case gives none", spec.name));
+            }
+            return Ok((0..given.len()).map(Some).collect());
+        }
         let (ours, theirs): (Vec<&str>, Vec<&str>) = given.iter().partition(|n| self.is_pytorch_name(n));
         let takes = || {
             let names = spec.inputs.iter().map(|&p| match ALIASES.iter().find(|(_, q)| *q == p) {

@@ -33,6 +33,9 @@ pub const MAX_POOL2D: Option<Runner> = Some(max_pool2d);
 pub const AVG_POOL2D: Option<Runner> = Some(avg_pool2d);
 pub const ADAPTIVE_AVG_POOL2D: Option<Runner> = Some(adaptive_avg_pool2d);
 pub const CROSS_ENTROPY: Option<Runner> = Some(cross_entropy);
+pub const CAT: Option<Runner> = Some(cat);
+pub const NARROW: Option<Runner> = Some(narrow);
+pub const INTERPOLATE: Option<Runner> = Some(interpolate);
 
 /// The case's (single) output name, `y` in the shipped fixture.
 fn output_name(case: &Case) -> &str {
@@ -309,4 +312,37 @@ fn cross_entropy(gpu: &Gpu, case: &Case) -> Result<OpResult> {
         let y = g.apply1(crate::graph::ops::CrossEntropy { reduction }, x, &case.name)?;
         Ok(vec![Produced::Computed(output_name(case).into(), y)])
     })
+}
+
+/// torch.cat(tensors, dim): every input of the case, in the file's order.
+fn cat(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    single_op(gpu, case, crate::graph::ops::Cat { dim: case.attr_int("dim", 0)? })
+}
+
+/// torch.narrow(input, dim, start, length): all three attributes are required, as in PyTorch.
+fn narrow(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    if let Some(missing) = ["dim", "start", "length"].into_iter().find(|a| !case.attrs.contains_key(*a)) {
+        bail!(Invalid, "case {:?}: narrow needs the attr {missing}", case.name);
+    }
+    let (dim, start, length) = (case.attr_int("dim", 0)?, case.attr_int("start", 0)?, case.attr_int("length", 0)?);
+    single_op(gpu, case, crate::graph::ops::Narrow { dim, start, length })
+}
+
+/// F.interpolate(input, size, mode="bilinear", align_corners=False): the resize in front of
+/// pytorch-fid's Inception. Other modes, align_corners, antialias and scale_factor are refused,
+/// and so is a gradient: kiln's bilinear resize is for feature extraction and has no backward.
+fn interpolate(gpu: &Gpu, case: &Case) -> Result<OpResult> {
+    if !case.attrs.contains_key("size") {
+        bail!(Invalid, "case {:?}: interpolate needs the attr size (kiln does not take scale_factor)", case.name);
+    }
+    let mode = case.attr_str("mode", "nearest")?;
+    if mode != "bilinear" {
+        bail!(Invalid, "case {:?}: interpolate mode {mode:?} is not implemented by kiln (it has \"bilinear\" only)", case.name);
+    }
+    for flag in ["align_corners", "antialias"] {
+        if case.attr_bool(flag, false)? {
+            bail!(Invalid, "case {:?}: interpolate with {flag}=True is not implemented by kiln", case.name);
+        }
+    }
+    single_op(gpu, case, crate::graph::ops::Interpolate::bilinear(case.attr_pair("size", 0)?))
 }

@@ -48,7 +48,8 @@ pub enum Kernels {
     /// Windows on CPU adapters, the tile engine on GPUs.
     #[default]
     Auto,
-    /// The tile engine (shaders/gemm.wgsl), the GPU kernels.
+    /// The tile engine (shaders/gemm.wgsl), the GPU kernels; batch norm then also takes its
+    /// GPU passes (one fused dispatch per direction for mid-sized channels).
     Tiled,
     /// The uniform-window kernels for CPU adapters, where they apply (else blocked).
     Windowed,

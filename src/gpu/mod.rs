@@ -20,6 +20,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+/// Shaders created without wgpu's runtime bounds checks (see [`Gpu::trusts`]): those a test
+/// proves index in range, through accessors that check every index under an override.
+pub const TRUSTED_SHADERS: &[&str] = &["gemm"];
+
+/// What trusted modules do without (wgpu-hal 30): the clamp of every dynamic index into a
+/// fixed-size array or vector (Vulkan, Metal, DX12), of every storage access too on Metal and
+/// on Vulkan without robustBufferAccess2, and the counter added to every loop against infinite
+/// ones. GL adds neither, trusted or not.
+const TRUSTED_CHECKS: wgpu::ShaderRuntimeChecks =
+    wgpu::ShaderRuntimeChecks { bounds_checks: false, force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+
 /// An open device with its queue and the caches every kernel launch goes through.
 pub struct Gpu {
     pub adapter: wgpu::Adapter,
@@ -37,6 +48,13 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<KernelId, Arc<wgpu::ComputePipeline>>>,
     /// A 4-byte buffer bound where a kernel's optional input (a bias, say) is absent.
     pub dummy: Buffer,
+    /// A read-write buffer bound where a kernel's optional output is unused (gemm.wgsl's index
+    /// violations outside the proof test); never written. `dummy` cannot stand in: it is bound
+    /// read-only in the same dispatches, and a buffer may not be both in one.
+    pub dummy_rw: Buffer,
+    /// Whether [`TRUSTED_SHADERS`] are created without wgpu's runtime checks (all but
+    /// `KILN_CHECKED_SHADERS=1`).
+    pub trusted_shaders: bool,
     lost: Arc<Mutex<Option<String>>>,
     /// Objects created so far: the executor's promise of no per-step allocation is tested on these.
     pub created: Created,
@@ -104,17 +122,19 @@ impl Gpu {
         // handler; log them instead, the scoped ones carry the kernel name to the caller.
         device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
 
-        let dummy = Buffer {
+        let dummy_buffer = |label: &str| Buffer {
             raw: device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kiln.dummy"),
+                label: Some(label),
                 size: 16,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             }),
             offset: 0,
             len: 4,
-            label: "kiln.dummy".into(),
+            label: label.into(),
         };
+        let (dummy, dummy_rw) = (dummy_buffer("kiln.dummy"), dummy_buffer("kiln.dummy_rw"));
+        let trusted_shaders = !matches!(std::env::var("KILN_CHECKED_SHADERS").as_deref(), Ok("1" | "on" | "yes"));
         Ok(Gpu {
             adapter,
             device,
@@ -128,6 +148,8 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             dummy,
+            dummy_rw,
+            trusted_shaders,
             lost,
             created: Created::default(),
         })
@@ -172,15 +194,31 @@ impl Gpu {
         }
         let downlevel = self.adapter.get_downlevel_capabilities().flags;
         let source = self.shaders.validated_source(shader, self.features, downlevel)?;
+        let trusted = self.trusts(shader, &source);
+        let descriptor = wgpu::ShaderModuleDescriptor { label: Some(shader), source: wgpu::ShaderSource::Wgsl(source.into()) };
         let module = self.scoped(shader, || {
-            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            })
+            if trusted {
+                // SAFETY: tests/kernels/trusted.rs (`every_gemm_entry_indexes_in_range_in_every_tile`)
+                // runs every entry of each trusted shader in every constant set kiln creates,
+                // with its CHECK_INDICES accessors on, over edge shapes of every launcher, and
+                // finds no index out of range, so these modules do without wgpu's bounds
+                // checks; their loops end (k < 2^31, launchers check), so without loop
+                // counters. Divisions keep their guards: no test proves divisors nonzero.
+                unsafe { self.device.create_shader_module_trusted(descriptor, TRUSTED_CHECKS) }
+            } else {
+                self.device.create_shader_module(descriptor)
+            }
         })?;
         let module = Arc::new(module);
         self.modules.lock().unwrap().insert(shader, module.clone());
         Ok(module)
+    }
+
+    /// Whether `shader`'s module is created without wgpu's runtime checks: one of
+    /// [`TRUSTED_SHADERS`], from the source the proof test ran (the embedded copy, not an edited
+    /// one from a shader folder), unless `KILN_CHECKED_SHADERS=1`.
+    pub fn trusts(&self, shader: &str, source: &str) -> bool {
+        self.trusted_shaders && TRUSTED_SHADERS.contains(&shader) && SHADER_FILES.iter().any(|&(name, text)| name == shader && text == source)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns whatever they

@@ -1,8 +1,8 @@
 //! shaders/batchnorm.wgsl: BatchNorm1d ([N, C]) and BatchNorm2d ([N, C, H, W]), training and
 //! eval mode, forward and backward, with PyTorch's semantics.
 //!
-//! Training ops are several dispatches (a per-channel reduction, then an elementwise pass)
-//! returned as a `Vec<Dispatch>` to run in order. They read nothing back: record them once
+//! Training ops are one to three dispatches (a per-channel reduction, then an elementwise
+//! pass, or both fused in one on GPUs) returned as a `Vec<Dispatch>` to run in order. They read nothing back: record them once
 //! and replay them every step. Intermediates live in buffers the caller owns: the saved mean and
 //! invstd (C each, forward output and backward input) and a scratch buffer of
 //! [`BatchNorm::scratch_len`] elements, needed only while one op runs, so forward and backward
@@ -24,6 +24,13 @@ const CHUNK: usize = WG as usize * 16;
 const MAX_CHUNKS: usize = 1024;
 /// Longest channel that `Reduction::Auto` reduces with one invocation per channel on a GPU.
 const DIRECT_MAX: usize = 1024;
+/// Longest channel that `Reduction::Auto` fuses into one workgroup per channel on a GPU (64
+/// values per invocation, two walks): past it the channels' workgroups are too few and too
+/// long, and the two-level reduction spreads a channel over many.
+const FUSED_MAX: usize = 16_384;
+/// Longest channel `Reduction::Fused` takes: its invocations walk m/256 values twice, which
+/// must stay inside llvmpipe's 65,535 loop iterations.
+pub const FUSED_LIMIT: usize = 1 << 22;
 /// Longest channel that one invocation may walk: llvmpipe (lavapipe and GL) silently stops an
 /// invocation after 65,535 loop iterations in total (LP_MAX_TGSI_LOOP_ITERATIONS), and the
 /// direct passes take m·(1 + 1/32) of them.
@@ -48,8 +55,10 @@ pub struct BatchNorm {
 /// How the per-channel statistics and gradient sums are reduced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Reduction {
-    /// `Direct` for channels of at most 1,024 values (N·H·W), and of at most
-    /// [`DIRECT_LIMIT`] on CPU adapters (where workgroup barriers are slow), else `TwoLevel`.
+    /// On GPUs `Direct` for channels of at most 1,024 values (N·H·W), `Fused` up to 16,384,
+    /// else `TwoLevel`; on CPU adapters (where workgroup barriers are slow) `Direct` up to
+    /// [`DIRECT_LIMIT`], else `TwoLevel`. With the GPU kernels forced (`Kernels::Tiled`) the
+    /// GPU rule holds on any adapter.
     #[default]
     Auto,
     /// One invocation per channel loops over its values: one dispatch, no barriers. Channels
@@ -58,6 +67,18 @@ pub enum Reduction {
     /// A workgroup tree per 4,096-value chunk of a channel, then one invocation per channel
     /// over its chunks: parallel over long channels. Two dispatches.
     TwoLevel,
+    /// One workgroup per channel reduces it and then normalizes it (forward) or computes its
+    /// dx (training backward): the whole op in one dispatch. Channels longer than
+    /// [`FUSED_LIMIT`] are refused.
+    Fused,
+}
+
+/// What [`Reduction`] resolves to for one shape on one adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Direct,
+    TwoLevel,
+    Fused,
 }
 
 /// γ and β (weight and bias), C elements each; also the pair dγ, dβ that backward writes.
@@ -127,18 +148,29 @@ impl BatchNorm {
         BatchNorm { shape: shape.to_vec(), eps: 1e-5, momentum: 0.1, reduction: Reduction::Auto }
     }
 
-    fn two_level(&self, gpu: &Gpu, d: &Dims, op: &str) -> Result<bool> {
+    fn method(&self, gpu: &Gpu, d: &Dims, op: &str) -> Result<Method> {
         let m = d.per_channel();
+        // `--kernels tiled` runs what a GPU runs, these fused passes included, so that whole
+        // training steps of the GPU path are tested on CPU drivers too.
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu && gpu.kernels != crate::gpu::Kernels::Tiled;
         Ok(match self.reduction {
-            Reduction::Auto if gpu.info.device_type == wgpu::DeviceType::Cpu => m > DIRECT_LIMIT,
-            Reduction::Auto => m > DIRECT_MAX,
+            Reduction::Auto if cpu && m <= DIRECT_LIMIT => Method::Direct,
+            Reduction::Auto if !cpu && m <= DIRECT_MAX => Method::Direct,
+            Reduction::Auto if !cpu && m <= FUSED_MAX => Method::Fused,
+            Reduction::Auto => Method::TwoLevel,
             Reduction::Direct if m > DIRECT_LIMIT => bail!(
                 Limit,
                 "{op}: Reduction::Direct walks a channel in one invocation, at most {DIRECT_LIMIT} values; input {:?} has {m}",
                 self.shape
             ),
-            Reduction::Direct => false,
-            Reduction::TwoLevel => true,
+            Reduction::Fused if m > FUSED_LIMIT => bail!(
+                Limit,
+                "{op}: Reduction::Fused reduces a channel in one workgroup, at most {FUSED_LIMIT} values; input {:?} has {m}",
+                self.shape
+            ),
+            Reduction::Direct => Method::Direct,
+            Reduction::TwoLevel => Method::TwoLevel,
+            Reduction::Fused => Method::Fused,
         })
     }
 
@@ -230,8 +262,13 @@ fn channel_grid(d: &Dims) -> [u32; 3] {
     workgroups_1d(d.c, CH_WG)
 }
 
+/// One workgroup per channel, folded past 65,535.
+fn fused_grid(d: &Dims) -> [u32; 3] {
+    workgroups_1d(d.c * WG as usize, WG)
+}
+
 /// Training forward: batch statistics, normalization, saved stats and (when `running` is given)
-/// the running-stat update. Two or three dispatches (see [`Reduction`]).
+/// the running-stat update. One, two or three dispatches (see [`Reduction`]).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train(
     gpu: &Gpu,
@@ -254,7 +291,19 @@ pub fn forward_train(
     let (n, c, parts) = (d.total() as u64, d.c as u64, d.partials() as u64);
     // A Welford merge per value: a subtract, a divide and four multiply-adds.
     let (merge, write) = (8 * n, 4 * (2 * c + 2 * c * running.is_some() as u64));
-    let mut list = if bn.two_level(gpu, &d, op)? {
+    let method = bn.method(gpu, &d, op)?;
+    if method == Method::Fused {
+        let [gamma, beta] = channel_pair(gpu, op, &d, ["gamma", "beta"], affine.map(|a| [a.gamma, a.beta]))?;
+        let params = bn.params(&d, flags | flag(AFFINE, affine.is_some()));
+        // The dummy cannot be both a read-only γ and a writable running stat in one dispatch:
+        // absent running stats bind the scratch, which the pass (RUNNING off) never touches.
+        let [rm, rv] = if running.is_some() { [rm, rv] } else { [scratch, scratch] };
+        let bindings = [(1, x), (4, saved.mean), (5, saved.invstd), (6, rm), (7, rv), (8, gamma), (9, beta), (10, y)];
+        // The merges, then normalize's subtract, multiply and affine multiply-add per value.
+        let cost = Cost { flops: merge + 12 * c + 4 * n, bytes: 4 * 3 * n + write };
+        return Ok(vec![gpu.dispatch(kernel("fused_forward"), "", &params, &bindings, fused_grid(&d), cost)?]);
+    }
+    let mut list = if method == Method::TwoLevel {
         let partial = gpu.dispatch(
             kernel("stats_partial"),
             "",
@@ -322,8 +371,8 @@ fn normalize(
 }
 
 /// Training backward from the saved stats: dx, and dγ = Σdy·x̂, dβ = Σdy into `grads` when given
-/// (overwritten, not accumulated). `gamma` is None for a batch norm without affine. Two or
-/// three dispatches (see [`Reduction`]).
+/// (overwritten, not accumulated). `gamma` is None for a batch norm without affine. One, two
+/// or three dispatches (see [`Reduction`]).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_train(
     gpu: &Gpu,
@@ -339,6 +388,20 @@ pub fn backward_train(
     let op = "batch_norm backward (training)";
     let d = bn.train_dims(op)?;
     check_all(op, d.c, &[("saved mean", saved.mean), ("saved invstd", saved.invstd)])?;
+    if bn.method(gpu, &d, op)? == Method::Fused {
+        check_all(op, d.total(), &[("input x", x), ("gradient dy", dy), ("output dx", dx)])?;
+        check_len(op, "scratch", scratch, bn.scratch_len())?;
+        let [dgamma, dbeta] = channel_pair(gpu, op, &d, ["dgamma", "dbeta"], grads.map(|g| [g.gamma, g.beta]))?;
+        // As in the forward: no dγ, dβ binds the untouched scratch, not the read-only dummy.
+        let [dgamma, dbeta] = if grads.is_some() { [dgamma, dbeta] } else { [scratch, scratch] };
+        let flags = flag(AFFINE, gamma.is_some()) | flag(GRADS, grads.is_some());
+        let gamma = check_gamma(gpu, op, &d, gamma)?;
+        let bindings =
+            [(1, x), (2, dy), (4, saved.mean), (5, saved.invstd), (8, gamma), (10, dx), (11, dgamma), (12, dbeta)];
+        let (n, c) = (d.total() as u64, d.c as u64);
+        let cost = Cost { flops: 5 * n + 8 * n, bytes: 4 * (4 * n + 2 * c + 2 * c * grads.is_some() as u64) };
+        return Ok(vec![gpu.dispatch(kernel("fused_backward"), "", &bn.params(&d, flags), &bindings, fused_grid(&d), cost)?]);
+    }
     let mut list = sums(gpu, bn, &d, op, x, dy, saved.mean, saved.invstd, grads, scratch, 0)?;
     list.push(grad_input(gpu, bn, &d, op, x, dy, gamma, saved, dx, scratch)?);
     Ok(list)
@@ -393,7 +456,9 @@ fn sums(
     let sums = [(1, x), (2, dy), (3, scratch), (4, mean), (5, scale)];
     let write = 4 * (2 * c + 2 * c * grads.is_some() as u64);
     let grads = flag(GRADS, grads.is_some());
-    if !bn.two_level(gpu, d, op)? {
+    // Only the eval backward with dγ, dβ gets here under Fused (its dx needs no sums): the
+    // channel is then summed the two-level way, which takes any length.
+    if bn.method(gpu, d, op)? == Method::Direct {
         let cost = Cost { flops: 5 * n, bytes: 4 * 2 * n + write };
         let params = bn.params(d, flags | grads);
         let bindings = [&sums[..], &[(11, dgamma), (12, dbeta)]].concat();

@@ -105,6 +105,31 @@ pub fn choose_tile(m: usize, n: usize) -> Tile {
 
 thread_local! {
     static FORCED: std::cell::Cell<Option<Tile>> = const { std::cell::Cell::new(None) };
+    static CHECKING: std::cell::RefCell<Option<Buffer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The arrays gemm.wgsl checks under CHECK_INDICES, in the order of their counts in the
+/// violations buffer (its IN_* slots).
+pub const CHECKED_ARRAYS: [&str; 6] = ["a", "b", "c", "tile_a", "tile_b", "next_a/next_b"];
+
+/// Runs `f` with every product it launches on this thread compiled with gemm.wgsl's
+/// CHECK_INDICES on: each access out of its array's range is skipped and counted in
+/// `violations` (zeroed, one u32 per [`CHECKED_ARRAYS`] entry). The proof that kiln may run
+/// the engine without wgpu's bounds checks (tests/kernels/trusted.rs).
+pub fn with_index_checks<T>(violations: &Buffer, f: impl FnOnce() -> T) -> T {
+    assert!(violations.len >= CHECKED_ARRAYS.len(), "gemm::with_index_checks: {} counts, want {}", violations.len, CHECKED_ARRAYS.len());
+    let before = CHECKING.with(|checking| checking.replace(Some(violations.clone())));
+    let value = f();
+    CHECKING.with(|checking| checking.replace(before));
+    value
+}
+
+/// `tile`'s pipeline constants with CHECK_INDICES on: made once per process, as KernelId keeps
+/// constants by `'static` reference.
+fn checked_constants(tile: Tile) -> &'static [(&'static str, u32)] {
+    static SETS: std::sync::OnceLock<Vec<&'static [(&'static str, u32)]>> = std::sync::OnceLock::new();
+    let sets = SETS.get_or_init(|| TILES.iter().map(|t| &*Vec::leak([t.constants, &[("CHECK_INDICES", 1)]].concat())).collect());
+    sets[TILES.iter().position(|t| *t == tile).expect("one of TILES")]
 }
 
 /// Runs `f` with every product it launches on this thread tiled by `tile`, whatever
@@ -282,7 +307,10 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
     if largest > u32::MAX as usize / 2 {
         return Err(Error::Limit(format!("{op}: a {m}×{n}×{k} product is over the tile kernels' 2^31 indexing")));
     }
-    let kernel = KernelId { shader: "gemm", entry, constants: tile.constants };
+    let checking = CHECKING.with(|checking| checking.borrow().clone());
+    let constants = if checking.is_some() { checked_constants(tile) } else { tile.constants };
+    let kernel = KernelId { shader: "gemm", entry, constants };
+    let violations = checking.as_ref().unwrap_or(&gpu.dummy_rw);
     let tiles_n = n.div_ceil(tile.cols);
     let tiles = tile.tiles(m, n);
     let base = Params { m: m as u32, n: n as u32, tiles_n: tiles_n as u32, tiles: tiles as u32, ..params };
@@ -313,7 +341,7 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
             let flags = bias_flag | partial | if add { ACCUMULATE } else { 0 };
             let p = Params { k: k as u32, k_begin: 0, split: split as u32, flags, act, slope, ..base };
             let cost = Cost { bytes: cost.bytes + if add { (4 * m * n) as u64 } else { 0 }, ..cost };
-            Ok(vec![gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, out)], grid, cost)?])
+            Ok(vec![gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, out), (5, violations)], grid, cost)?])
         });
     }
     // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C,
@@ -328,15 +356,15 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
             let share = |v: u64| if k == 0 { v } else { v * steps as u64 / k as u64 };
             let epilogue = if first { bias_flops } else { 0 } + if last { act_flops } else { 0 };
             let cost = Cost { flops: flops(steps) + epilogue, bytes: share(bytes) };
-            gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, c)], workgroups_1d(tiles, 1), cost)
+            gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, c), (5, violations)], workgroups_1d(tiles, 1), cost)
         })
         .collect()
 }
 
-/// Every (entry, constants) pair kiln may create a gemm.wgsl pipeline with, for the tests that
-/// translate each pipeline for every back end.
+/// Every constant set kiln may create a gemm.wgsl pipeline with, for the tests that translate
+/// each pipeline for every back end: each tile's, and with CHECK_INDICES on (the proof test).
 pub fn constant_sets() -> Vec<&'static [(&'static str, u32)]> {
-    TILES.iter().map(|t| t.constants).collect()
+    TILES.iter().flat_map(|&t| [t.constants, checked_constants(t)]).collect()
 }
 
 #[cfg(test)]

@@ -187,8 +187,9 @@ fn assert_close_to_scale(name: &str, got: &[f32], want: &[f64], scale: &[f64], t
     assert!(diff <= tol * norm, "{name}: error {:.3e} relative to its scale > {tol:e}", diff / norm);
 }
 
-// Both ways of reducing a channel, whatever `Auto` would pick for the shape.
-const REDUCTIONS: [Reduction; 2] = [Reduction::Direct, Reduction::TwoLevel];
+// Every way of reducing a channel, whatever `Auto` would pick for the shape (it never picks
+// Fused on a CPU adapter, so only forcing it proves the GPU path here).
+const REDUCTIONS: [Reduction; 3] = [Reduction::Direct, Reduction::TwoLevel, Reduction::Fused];
 
 #[test]
 fn batch_norm_train_forward_matches_reference() {
@@ -238,8 +239,9 @@ fn batch_norm_eval_forward_matches_reference() {
 
 #[test]
 fn batch_norm_eval_backward_matches_reference() {
-    for (i, shape) in SHAPES.iter().chain([&[1usize, 3][..]].iter()).enumerate() {
-        let l = Layer::new(shape, 10 * i as u64);
+    let shapes = SHAPES.into_iter().chain([&[1usize, 3][..]]).enumerate();
+    for ((i, shape), reduction) in shapes.flat_map(|s| REDUCTIONS.map(|r| (s, r))) {
+        let l = Layer::new(shape, 10 * i as u64).reduced(reduction);
         let b = &l.b;
         let steps = batchnorm::backward_eval(
             gpu(),
@@ -263,9 +265,10 @@ fn batch_norm_eval_backward_matches_reference() {
             &f64s(&l.rv),
             EPS,
         );
-        assert_close(&format!("eval dx {shape:?}"), &read(&b.dx), &want.dx, 1e-4);
-        assert_close(&format!("eval dgamma {shape:?}"), &read(&b.dgamma), &want.dgamma, 1e-4);
-        assert_close(&format!("eval dbeta {shape:?}"), &read(&b.dbeta), &want.dbeta, 1e-4);
+        let s = l.name();
+        assert_close(&format!("eval dx {s}"), &read(&b.dx), &want.dx, 1e-4);
+        assert_close(&format!("eval dgamma {s}"), &read(&b.dgamma), &want.dgamma, 1e-4);
+        assert_close(&format!("eval dbeta {s}"), &read(&b.dbeta), &want.dbeta, 1e-4);
     }
 }
 
@@ -304,7 +307,9 @@ fn batch_norm_variance_is_accurate_for_data_with_large_mean() {
     // Mean 1000, std 1 over 50,176 values a channel: E[x²] − E[x]² in f32 would lose about
     // 1e6·6e-8 ≈ 6% of the variance; a running f32 mean near 1000 drifts by ulps of 6e-5.
     // Direct walks at most 32,768 values, so it gets a half batch.
-    for (shape, reduction) in [([64, 2, 28, 28], Reduction::TwoLevel), ([32, 2, 28, 28], Reduction::Direct)] {
+    for (shape, reduction) in
+        [([64, 2, 28, 28], Reduction::TwoLevel), ([32, 2, 28, 28], Reduction::Direct), ([64, 2, 28, 28], Reduction::Fused)]
+    {
         let x: Vec<f32> = rand(7, shape.iter().product()).iter().map(|v| 1000.0 + 3f32.sqrt() * v).collect();
         let l = Layer::with_x(&shape, 7, x).reduced(reduction);
         let mut steps = l.forward_train();
@@ -352,6 +357,47 @@ fn batch_norm_direct_reduction_handles_its_limit_and_refuses_longer_channels() {
         .expect("must fail")
         .to_string();
     assert!(err.contains("batch_norm backward (training)") && err.contains("32768"), "{err}");
+}
+
+#[test]
+fn batch_norm_fused_reduction_is_one_dispatch_each_way_handles_its_limit_and_refuses_longer_channels() {
+    let gpu = gpu();
+    // Without affine and running stats too: the flags that select what the fused pass binds.
+    let l = Layer::new(&[5, 3, 7, 9], 31).reduced(Reduction::Fused);
+    let b = &l.b;
+    let (x, dy) = (f64s(&l.x), f64s(&l.dy));
+    let forward = batchnorm::forward_train(gpu, &l.bn, &b.x, None, None, &b.y, l.saved(), &b.scratch).unwrap();
+    let backward = batchnorm::backward_train(gpu, &l.bn, &b.x, &b.dy, None, l.saved(), &b.dx, None, &b.scratch).unwrap();
+    let entries: Vec<&str> = forward.iter().chain(&backward).map(|d| d.kernel.entry).collect();
+    assert_eq!(entries, ["fused_forward", "fused_backward"]);
+    gpu.run(&[forward, backward].concat()).unwrap();
+    let fwd = reference::forward_train(&x, &l.shape, None, None, &f64s(&l.rm), &f64s(&l.rv), EPS, MOMENTUM);
+    let bwd = reference::backward_train(&x, &dy, &l.shape, None, &fwd.mean, &fwd.invstd);
+    assert_close("fused plain y", &read(&b.y), &fwd.y, 1e-4);
+    assert_close("fused plain dx", &read(&b.dx), &bwd.dx, 1e-4);
+    assert_eq!(read(&b.rm), l.rm, "running_mean must be left alone when not given");
+
+    // 4,194,304 values in one channel: each invocation walks 16,384 of them twice, which a
+    // loop cut short at 65,535 iterations on llvmpipe would show.
+    let l = Layer::new(&[4, 1, 1024, 1024], 32).reduced(Reduction::Fused);
+    let mut steps = l.forward_train();
+    steps.extend(l.backward_train());
+    gpu.run(&steps).unwrap();
+    l.check_forward_train(1e-4);
+    l.check_backward_train(1e-4);
+
+    let l = Layer::new(&[4, 1, 1024, 1025], 33).reduced(Reduction::Fused);
+    let b = &l.b;
+    let err = batchnorm::forward_train(gpu, &l.bn, &b.x, None, None, &b.y, l.saved(), &b.scratch)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("batch_norm forward (training)") && err.contains("4198400") && err.contains("4194304"), "{err}");
+    let err = batchnorm::backward_train(gpu, &l.bn, &b.x, &b.dy, None, l.saved(), &b.dx, None, &b.scratch)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("batch_norm backward (training)") && err.contains("4194304"), "{err}");
 }
 
 #[test]

@@ -28,3 +28,4 @@ mod pool;
 mod random;
 mod matmul;
 mod shaders;
+mod trusted;
