@@ -1,6 +1,9 @@
-// Activations, PyTorch semantics. Backward passes need only what forward saved:
-// relu/leaky_relu read the input x, tanh/sigmoid read their output y (their derivative is a
-// function of y alone, so x need not be kept alive).
+// Activations, PyTorch semantics. Backward passes need only what forward saved, the output y
+// (the graph saves x only for a leaky_relu with a negative slope): tanh's and sigmoid's
+// derivatives are functions of y, and relu's and leaky_relu's (slope ≥ 0) test y > 0, which
+// holds exactly when x > 0. So x need not be kept alive, and a GEMM that applies the
+// activation as it stores (gemm.wgsl's epilogue, which copies stable_sigmoid and stable_tanh)
+// never stores x at all.
 
 struct Params {
     n: u32,
@@ -8,7 +11,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// The input x in forward; in backward the saved tensor (x for relu/leaky_relu, y for tanh/sigmoid).
+// The input x in forward; in backward the saved tensor (y, or x for a negative slope).
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 // y in forward, dx in backward.
@@ -50,7 +53,7 @@ fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     out[i] = max(x[i], 0.0);
 }
 
-// PyTorch's threshold_backward: the gradient at exactly 0 is 0.
+// PyTorch's threshold_backward: the gradient at exactly 0 is 0 (x = 0 gives y = 0).
 @compute @workgroup_size(WG)
 fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
@@ -66,7 +69,8 @@ fn leaky_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     out[i] = select(v * p.negative_slope, v, v > 0.0);
 }
 
-// As PyTorch: x > 0 ? dy : dy * negative_slope, so x = 0 takes the slope.
+// As PyTorch: x > 0 ? dy : dy * negative_slope, so x = 0 takes the slope; with y saved
+// (slope ≥ 0), y > 0 is the same test.
 @compute @workgroup_size(WG)
 fn leaky_relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);

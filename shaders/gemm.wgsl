@@ -54,6 +54,15 @@ const ACCUMULATE: u32 = 2u;
 // Grid layer z writes its partial sums to c[z·m·n + i·n + j] (conv_weight).
 const PARTIAL: u32 = 4u;
 
+// Values of `act` (0: none): the activation store4 applies to C's final values (after the
+// bias and any accumulation), so a producer followed by an activation stores act(C) and never
+// C. The launcher sets it only on a dispatch whose stores are final: never with PARTIAL, and
+// of a sum split over dispatches only on the last.
+const RELU: u32 = 1u;
+const LEAKY_RELU: u32 = 2u;
+const TANH: u32 = 3u;
+const SIGMOID: u32 = 4u;
+
 struct Params {
     m: u32,
     n: u32,
@@ -96,6 +105,9 @@ struct Params {
     sstep: i32,
     tr: i32,
     ts: i32,
+    // The epilogue's activation (0, RELU, ...) and leaky_relu's negative slope.
+    act: u32,
+    slope: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -319,7 +331,37 @@ fn put_b(mode: u32, lane: u32, q: u32, v: f32) {
     set_tile_b(e.y * 2u * TX + e.x / 4u, e.x % 4u, v);
 }
 
-// Stores 4 outputs of row i from column j on: bias, accumulation and partial sums fused.
+// activation.wgsl's formulas, copied (WGSL has no include); tests/fusion.rs holds the copies
+// identical to the originals, so fused and separate activations round alike.
+fn stable_sigmoid(v: f32) -> f32 {
+    let e = exp(-abs(v));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
+}
+
+fn stable_tanh(v: f32) -> f32 {
+    let a = abs(v);
+    if (a < 0.5) {
+        let s = v * v;
+        let poly = 1.0 + s * (-1.0 / 3.0 + s * (2.0 / 15.0 + s * (-17.0 / 315.0 + s * (62.0 / 2835.0
+            + s * (-1382.0 / 155925.0 + s * (21844.0 / 6081075.0 + s * (-929569.0 / 638512875.0)))))));
+        return v * poly;
+    }
+    let e = exp(-2.0 * a);
+    return sign(v) * (1.0 - e) / (1.0 + e);
+}
+
+fn activate(x: f32) -> f32 {
+    switch p.act {
+        case RELU: { return max(x, 0.0); }
+        case LEAKY_RELU: { return select(x * p.slope, x, x > 0.0); }
+        case TANH: { return stable_tanh(x); }
+        case SIGMOID: { return stable_sigmoid(x); }
+        default: { return x; }
+    }
+}
+
+// Stores 4 outputs of row i from column j on: bias, accumulation, partial sums and the
+// activation fused.
 fn store4(mode: u32, z: u32, i: u32, j: u32, v: vec4<f32>) {
     if (i >= p.m) { return; }
     for (var q = 0u; q < 4u; q++) {
@@ -332,7 +374,7 @@ fn store4(mode: u32, z: u32, i: u32, j: u32, v: vec4<f32>) {
         }
         if ((p.flags & PARTIAL) != 0u) { o += z * p.m * p.n; }
         if ((p.flags & ACCUMULATE) != 0u) { x += c[o]; }
-        write_c(o, x);
+        write_c(o, activate(x));
     }
 }
 

@@ -2,6 +2,7 @@
 //! intermediates from the memory plan), lowers every node to dispatches once, and replays
 //! them as one submit per step.
 
+use super::fuse::Fusion;
 use super::plan::{naive_bytes, plan, Lifetime};
 use super::store::Store;
 use super::{Graph, OpIo, Role, Tensor};
@@ -48,6 +49,9 @@ pub struct Program {
     node_starts: Vec<usize>,
     buffers: Vec<Option<Buffer>>,
     pub memory: MemoryReport,
+    /// Activations computed by their producer's epilogue (graph::fuse), in node order; their
+    /// input tensors have no buffer.
+    pub fused: Vec<Fusion>,
 }
 
 impl Program {
@@ -96,7 +100,9 @@ impl Program {
             }
         }
 
-        let (lifetimes, owners) = lifetimes(graph, &buffers);
+        let fused = super::fuse::fusions(gpu, graph, &buffers);
+        let roles = Roles::of(graph, &fused);
+        let (lifetimes, owners) = lifetimes(graph, &buffers, &roles);
         let memory_plan = plan(&lifetimes);
         let slots: Vec<Buffer> = memory_plan
             .slot_bytes
@@ -128,18 +134,26 @@ impl Program {
         let mut node_starts = Vec::with_capacity(graph.nodes.len());
         for (n, node) in graph.nodes.iter().enumerate() {
             node_starts.push(dispatches.len());
+            let Some(outputs) = roles.outputs(graph, n) else { continue };
             let get = |t: &Tensor| buffers[t.0].as_ref().expect("every tensor has a buffer after planning");
             let io = OpIo {
                 label: &node.layer,
                 inputs: node.inputs.iter().map(get).collect(),
                 input_shapes: node.inputs.iter().map(|&t| graph.shape(t)).collect(),
-                outputs: node.outputs.iter().map(get).collect(),
-                output_shapes: node.outputs.iter().map(|&t| graph.shape(t)).collect(),
+                outputs: outputs.iter().map(get).collect(),
+                output_shapes: outputs.iter().map(|&t| graph.shape(t)).collect(),
                 scratch: scratch[n].clone(),
             };
-            for mut d in node.op.lower(gpu, &io)? {
-                d.label = node.layer.clone();
-                for t in node.inputs.iter().chain(&node.outputs) {
+            let (lowered, label) = match roles.epilogue[n] {
+                Some(fusion) => {
+                    let act = graph.nodes[fusion.activation].op.activation().expect("fused with an activation");
+                    (node.op.lower_fused(gpu, &io, act)?, super::fuse::label(graph, fusion))
+                }
+                None => (node.op.lower(gpu, &io)?, node.layer.clone()),
+            };
+            for mut d in lowered {
+                d.label = label.clone();
+                for t in node.inputs.iter().chain(outputs) {
                     if let Some(param) = grad_of.get(&graph.storage(*t).0) {
                         store.note_gradient_use(&d, param);
                     }
@@ -148,7 +162,7 @@ impl Program {
             }
         }
         let memory = MemoryReport { planned: memory_plan.planned_bytes(), naive: naive_bytes(&lifetimes), kept: kept_bytes };
-        Ok(Program { dispatches, node_starts, buffers, memory })
+        Ok(Program { dispatches, node_starts, buffers, memory, fused })
     }
 
     /// The dispatches of the nodes before node `n` and of those from it on, so that a step can
@@ -158,9 +172,10 @@ impl Program {
         self.dispatches.split_at(self.node_starts.get(n).copied().unwrap_or(self.dispatches.len()))
     }
 
-    /// The buffer holding `t` (views share their base's).
+    /// The buffer holding `t` (views share their base's). A pre-activation fused into its
+    /// producer has none: list it in `keep` at compile to read it.
     pub fn buffer(&self, t: Tensor) -> &Buffer {
-        self.buffers[t.0].as_ref().expect("compiled")
+        self.buffers[t.0].as_ref().unwrap_or_else(|| panic!("tensor {} has no buffer: it was fused away (keep it to store it)", t.0))
     }
 
     /// Records the whole step into one compute pass and submits it once. Does not wait.
@@ -191,12 +206,44 @@ enum Owner {
     Scratch(usize),
 }
 
-/// Closed lifetimes `[producer, last reader]` of every pooled tensor and scratch buffer.
-fn lifetimes(graph: &Graph, fixed: &[Option<Buffer>]) -> (Vec<Lifetime>, Vec<Owner>) {
+/// What the fusions do to the nodes: a producer writes its activation's output instead of its
+/// own, and the activation node dispatches nothing.
+struct Roles {
+    /// Per node: the fusion whose activation its epilogue applies.
+    epilogue: Vec<Option<Fusion>>,
+    /// Per node: whether a producer's epilogue computes it.
+    absorbed: Vec<bool>,
+}
+
+impl Roles {
+    fn of(graph: &Graph, fused: &[Fusion]) -> Roles {
+        let mut roles = Roles { epilogue: vec![None; graph.nodes.len()], absorbed: vec![false; graph.nodes.len()] };
+        for &f in fused {
+            roles.epilogue[f.producer] = Some(f);
+            roles.absorbed[f.activation] = true;
+        }
+        roles
+    }
+
+    /// The tensors node `n`'s dispatches write; None for an absorbed activation.
+    fn outputs<'g>(&self, graph: &'g Graph, n: usize) -> Option<&'g [Tensor]> {
+        match self.epilogue[n] {
+            _ if self.absorbed[n] => None,
+            Some(f) => Some(&graph.nodes[f.activation].outputs),
+            None => Some(&graph.nodes[n].outputs),
+        }
+    }
+}
+
+/// Closed lifetimes `[producer, last reader]` of every pooled tensor and scratch buffer. A
+/// fused activation's input is in neither (it is never stored); its output is written by
+/// the producer's dispatches.
+fn lifetimes(graph: &Graph, fixed: &[Option<Buffer>], roles: &Roles) -> (Vec<Lifetime>, Vec<Owner>) {
     let mut first = vec![usize::MAX; graph.tensors.len()];
     let mut last = vec![0usize; graph.tensors.len()];
     for (n, node) in graph.nodes.iter().enumerate() {
-        for &t in node.outputs.iter().chain(&node.inputs) {
+        let Some(outputs) = roles.outputs(graph, n) else { continue };
+        for &t in outputs.iter().chain(&node.inputs) {
             let s = graph.storage(t).0;
             first[s] = first[s].min(n);
             last[s] = last[s].max(n);

@@ -1,11 +1,13 @@
 //! Tensors, ops, shape checks, reverse-mode autodiff, the memory plan and the executor.
 //!
 //! Build: model code calls ops on a [`Graph`], which checks shapes as it goes. Differentiate:
-//! [`Graph::backward`] appends each op's backward rule. Compile: [`Program`] plans memory,
-//! creates every pipeline and bind group once, and replays the step with one submit.
+//! [`Graph::backward`] appends each op's backward rule. Compile: [`Program`] fuses
+//! activations into the tile engine's epilogues where it can (`fuse`), plans memory, creates
+//! every pipeline and bind group once, and replays the step with one submit.
 
 mod autodiff;
 mod exec;
+mod fuse;
 mod op;
 pub mod ops;
 pub mod plan;
@@ -13,6 +15,7 @@ mod store;
 mod tensor;
 
 pub use exec::{MemoryReport, Program};
+pub use fuse::{without_fusion, Fusion};
 pub use op::{HostValue, NodeView, Op, OpIo};
 pub use store::{ParamGroup, Store, Stored};
 pub use tensor::{Role, Tensor, TensorInfo};

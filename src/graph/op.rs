@@ -1,9 +1,10 @@
 //! The contract every op implements: shape inference, GPU lowering, a CPU reference, and its
 //! backward rule, side by side in one file per op family under `graph/ops/`.
 
+use super::ops::Act;
 use super::{Graph, Tensor};
 use crate::gpu::{Buffer, Dispatch, Gpu};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The buffers and shapes an op is lowered with.
 pub struct OpIo<'a> {
@@ -43,6 +44,24 @@ pub trait Op: std::fmt::Debug + Send + Sync {
 
     /// The dispatches that compute the outputs on the GPU.
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>>;
+
+    /// The activation this op is, for the executor to fuse into the op producing its input.
+    fn activation(&self) -> Option<Act> {
+        None
+    }
+
+    /// Whether [`lower_fused`](Self::lower_fused) can apply `act` to output 0 on `gpu`: only
+    /// where the lowering's epilogue stores the final values (the tile engine's).
+    fn fuses(&self, _gpu: &Gpu, _inputs: &[&[usize]], _act: Act) -> bool {
+        false
+    }
+
+    /// [`lower`](Self::lower) with `act` applied to output 0 as it is stored: `io.outputs[0]`
+    /// is then the activation's output, and the op's own output is never stored. Called only
+    /// where [`fuses`](Self::fuses) said so.
+    fn lower_fused(&self, _gpu: &Gpu, io: &OpIo, act: Act) -> Result<Vec<Dispatch>> {
+        Err(Error::Invalid(format!("{} {:?}: cannot apply {act:?} as it stores its output", self.name(), io.label)))
+    }
 
     /// The same computation on the CPU in f64: the oracle for whole-graph checks. Mutated
     /// inputs are updated in `inputs`.

@@ -12,6 +12,7 @@ mod tiled;
 pub(crate) use window::{has_subgroups_of_8, has_windows, WINDOW};
 
 use super::{check_len, even_slices};
+use super::gemm::Activation;
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
 use crate::{Error, Result};
 
@@ -502,12 +503,14 @@ fn channel_sliced(
 }
 
 /// y = conv(x, w) (+ bias): windows where they apply, else one invocation per 8 output
-/// channels x 8 output columns.
-fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+/// channels x 8 output columns. An activation is applied only by the tile engine's epilogue.
+#[allow(clippy::too_many_arguments)]
+fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, act: Activation, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
     if g.variant.resolve(gpu) == ConvVariant::Tiled {
         g.params(false, 0, op)?;
-        return tiled::forward(gpu, g, x, w, bias, y, op);
+        return tiled::forward(gpu, g, x, w, bias, act, y, op);
     }
+    only_tiled(g, gpu, act, op)?;
     if g.variant.resolve(gpu) == ConvVariant::Windowed {
         g.params(false, 0, op)?;
         if let Some(d) = window::forward(gpu, g, x, w, bias, y, op)? {
@@ -525,11 +528,13 @@ fn gemm_forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&B
 
 /// dx = conv's data gradient of dy (+ bias): windows where they apply, else 8 input
 /// channels x 8 columns of one residue class per invocation.
-fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+#[allow(clippy::too_many_arguments)]
+fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, act: Activation, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
     if g.variant.resolve(gpu) == ConvVariant::Tiled {
         g.params(false, 0, op)?;
-        return tiled::data_grad(gpu, g, dy, w, bias, dx, op);
+        return tiled::data_grad(gpu, g, dy, w, bias, act, dx, op);
     }
+    only_tiled(g, gpu, act, op)?;
     if g.variant.resolve(gpu) == ConvVariant::Windowed {
         g.params(false, 0, op)?;
         if let Some(d) = window::data_grad(gpu, g, dy, w, bias, dx, op)? {
@@ -544,6 +549,15 @@ fn gemm_data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option
     let extra = if bias.is_some() { g.x_len() + g.cin } else { 0 };
     let cost = Cost { flops: g.gemm_flops() + extra as u64, bytes: bytes(g.y_len() + g.w_len() + g.x_len() + extra) };
     channel_sliced(gpu, "data_grad", &slices, params, &[(1, dy), (2, w), (3, b), (4, dx)], tasks, cost, g.cout)
+}
+
+/// Refuses an activation epilogue outside the tile engine (the other kernels have none; the
+/// graph fuses an activation only where [`ConvVariant::resolve`] gives `Tiled`).
+fn only_tiled(g: &Geometry, gpu: &Gpu, act: Activation, op: &str) -> Result<()> {
+    if act == Activation::Identity {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!("{op}: a fused {act:?} runs only on the tile engine, not the {:?} kernels", g.variant.resolve(gpu))))
 }
 
 /// Slices that one `sum_partials` invocation adds: 4,160 loop iterations. More slices are
@@ -643,13 +657,20 @@ fn reduce_bias_grad(gpu: &Gpu, [n, channels, spatial]: [usize; 3], dy: &Buffer, 
 /// (+ bias `[Cout]`, fused). One dispatch, or with windows (`ConvVariant::Windowed`) a copy of
 /// x into them and one dispatch per 8 samples; run them in order.
 pub fn conv2d(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
+    conv2d_activated(gpu, s, x, w, bias, Activation::Identity, y)
+}
+
+/// [`conv2d`] with `act` applied to y in the tile engine's epilogue, so the pre-activation is
+/// never stored. Refused unless the convolution runs on the tile engine
+/// (`s.variant.resolve(gpu) == ConvVariant::Tiled`) or `act` is the identity.
+pub fn conv2d_activated(gpu: &Gpu, s: &Conv2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, act: Activation, y: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv2d";
     let g = s.geometry()?;
     check_len(op, &format!("input x {}", s.x_dims()), x, g.x_len())?;
     check_len(op, &format!("weight {}", s.w_dims()), w, g.w_len())?;
     check_bias(op, bias, s.out_channels)?;
     check_len(op, &format!("output y {}", s.y_dims(g.out)), y, g.y_len())?;
-    gemm_forward(gpu, &g, x, w, bias, y, op)
+    gemm_forward(gpu, &g, x, w, bias, act, y, op)
 }
 
 /// Conv2d data gradient: dx `[N, Cin, H, W]` from dy `[N, Cout, Ho, Wo]` and w. Dispatches
@@ -660,7 +681,7 @@ pub fn conv2d_data_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, w: &Buffer, dx: &Buf
     check_len(op, &format!("output gradient dy {}", s.y_dims(g.out)), dy, g.y_len())?;
     check_len(op, &format!("weight {}", s.w_dims()), w, g.w_len())?;
     check_len(op, &format!("input gradient dx {}", s.x_dims()), dx, g.x_len())?;
-    gemm_data_grad(gpu, &g, dy, w, None, dx, op)
+    gemm_data_grad(gpu, &g, dy, w, None, Activation::Identity, dx, op)
 }
 
 /// Conv2d weight gradient: dw `[Cout, Cin, kh, kw]` from x and dy; `accumulate` adds to dw.
@@ -690,13 +711,19 @@ pub fn conv2d_bias_grad(gpu: &Gpu, s: &Conv2d, dy: &Buffer, db: &Buffer, accumul
 /// w `[Cin, Cout, kh, kw]` (+ bias `[Cout]`, fused). Runs the conv data-gradient kernels;
 /// dispatches as for [`conv2d`].
 pub fn conv_transpose2d(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
+    conv_transpose2d_activated(gpu, s, x, w, bias, Activation::Identity, y)
+}
+
+/// [`conv_transpose2d`] with `act` applied to y in the tile engine's epilogue; refused as
+/// [`conv2d_activated`] is.
+pub fn conv_transpose2d_activated(gpu: &Gpu, s: &ConvTranspose2d, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, act: Activation, y: &Buffer) -> Result<Vec<Dispatch>> {
     let op = "conv_transpose2d";
     let g = s.geometry()?;
     check_len(op, &format!("input x {}", s.x_dims()), x, g.y_len())?;
     check_len(op, &format!("weight {}", s.w_dims()), w, g.w_len())?;
     check_bias(op, bias, s.out_channels)?;
     check_len(op, &format!("output y {}", s.y_dims(g.size)), y, g.x_len())?;
-    gemm_data_grad(gpu, &g, x, w, bias, y, op)
+    gemm_data_grad(gpu, &g, x, w, bias, act, y, op)
 }
 
 /// ConvTranspose2d data gradient: dx `[N, Cin, H, W]` from dy `[N, Cout, Ho, Wo]` and w.
@@ -707,7 +734,7 @@ pub fn conv_transpose2d_data_grad(gpu: &Gpu, s: &ConvTranspose2d, dy: &Buffer, w
     check_len(op, &format!("output gradient dy {}", s.y_dims(g.size)), dy, g.x_len())?;
     check_len(op, &format!("weight {}", s.w_dims()), w, g.w_len())?;
     check_len(op, &format!("input gradient dx {}", s.x_dims()), dx, g.y_len())?;
-    gemm_forward(gpu, &g, dy, w, None, dx, op)
+    gemm_forward(gpu, &g, dy, w, None, Activation::Identity, dx, op)
 }
 
 /// ConvTranspose2d weight gradient: dw `[Cin, Cout, kh, kw]` from x and dy; `accumulate` adds

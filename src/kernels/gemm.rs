@@ -72,6 +72,24 @@ impl Tile {
     }
 }
 
+/// Grid layers a dense product (matmul, conv_weight) of `m × n × k` is summed over in `tile`:
+/// as many as keep each invocation within the loop budget, and more where the sum is long and
+/// the tiles too few to fill the GPU.
+fn layers(tile: &Tile, m: usize, n: usize, k: usize) -> usize {
+    let needed = k.div_ceil(tile.most_steps()).max(1);
+    let wanted = WANTED_WORKGROUPS.div_ceil(tile.tiles(m, n)).min(k / LEAST_LAYER_STEPS).min(MOST_LAYERS);
+    needed.max(wanted)
+}
+
+/// Whether a dense `m × n × k` product is summed in one grid layer whatever the tile, so its
+/// epilogue stores final values: an activation applied there then changes nothing else (the
+/// same dispatch, the same order of summation). The graph fuses an activation into a linear
+/// layer only then; a product split over layers keeps its parallelism and the activation its
+/// own pass.
+pub fn sums_in_one_layer(m: usize, n: usize, k: usize) -> bool {
+    TILES.iter().all(|tile| layers(tile, m, n, k) == 1)
+}
+
 /// The tile for an `m × n` product: the one with the least padded work once a tile count
 /// below [`WANTED_WORKGROUPS`] is charged for the idle units, larger tiles counted slightly
 /// cheaper per element (they stage fewer elements per FMA). An estimate, not a measurement:
@@ -163,6 +181,37 @@ pub(crate) struct Params {
     pub sstep: i32,
     pub tr: i32,
     pub ts: i32,
+    /// The epilogue's activation ([`Activation::code`]), set per dispatch by the launcher.
+    pub act: u32,
+    pub slope: f32,
+}
+
+/// An activation applied in the epilogue (gemm.wgsl's `store4`) to C's final values, after
+/// the bias and any accumulation: a producer followed by an activation stores act(C) and
+/// never C. A product with one is never split over grid layers (their total is formed by
+/// `sum_partials`, outside the epilogue); a long sum is split over dispatches that add to C
+/// instead, the last applying it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Activation {
+    #[default]
+    Identity,
+    Relu,
+    LeakyRelu(f32),
+    Tanh,
+    Sigmoid,
+}
+
+impl Activation {
+    /// `act` and `slope` of gemm.wgsl's Params.
+    fn code(self) -> (u32, f32) {
+        match self {
+            Activation::Identity => (0, 0.0),
+            Activation::Relu => (1, 0.0),
+            Activation::LeakyRelu(slope) => (2, slope),
+            Activation::Tanh => (3, 0.0),
+            Activation::Sigmoid => (4, 0.0),
+        }
+    }
 }
 
 const ADD_BIAS: u32 = 1;
@@ -183,6 +232,8 @@ pub(crate) struct Product<'a> {
     pub bias: Option<&'a Buffer>,
     pub c: &'a Buffer,
     pub accumulate: bool,
+    /// Applied to C's final values in the epilogue.
+    pub activation: Activation,
     /// Whether C is the row-major `m × n` array the partial sums of a split may be added into
     /// (matmul, conv_weight); otherwise long sums are split over dispatches that add to C.
     pub dense_c: bool,
@@ -241,12 +292,14 @@ fn tuned(gpu: &Gpu, op: &str, product: &Product) -> Result<Option<Tile>> {
 fn shape_key(p: &Product) -> String {
     let geometry = Params { m: 0, n: 0, k: 0, k_begin: 0, split: 0, flags: 0, tiles_n: 0, tiles: 0, ..p.params };
     let hash = bytemuck::bytes_of(&geometry).iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &byte| (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
-    format!("{} {}x{}x{} split={} bias={} {hash:016x}", p.entry, p.m, p.n, p.k, p.dense_c, p.bias.is_some())
+    // An activation changes how a sum may be split; keys without one are as they were.
+    let act = if p.activation == Activation::Identity { String::new() } else { format!(" act={}", p.activation.code().0) };
+    format!("{} {}x{}x{} split={} bias={}{act} {hash:016x}", p.entry, p.m, p.n, p.k, p.dense_c, p.bias.is_some())
 }
 
 /// The dispatches of `product` in `tile`.
 fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispatch>> {
-    let Product { entry, m, n, k, params, a, b, bias, c, accumulate, dense_c, flops, bytes } = product;
+    let Product { entry, m, n, k, params, a, b, bias, c, accumulate, activation, dense_c, flops, bytes } = product;
     let largest = (m * n).max(m * k).max(k * n);
     if m == 0 || n == 0 {
         return Ok(Vec::new());
@@ -264,40 +317,45 @@ fn launch(gpu: &Gpu, op: &str, product: Product, tile: Tile) -> Result<Vec<Dispa
     let bias_flag = if bias.is_some() { ADD_BIAS } else { 0 };
     let bias_buffer = bias.unwrap_or(&gpu.dummy);
     let bias_flops = if bias.is_some() { (m * n) as u64 } else { 0 };
+    let act_flops = if activation == Activation::Identity { 0 } else { (m * n) as u64 };
+    let (act, slope) = activation.code();
     let most = tile.most_steps();
     let flops = |steps: usize| if k == 0 { 0 } else { flops * steps as u64 / k as u64 };
 
-    // Layers of a split sum: as many as keep each invocation within the loop budget, and more
-    // where the sum is long and the tiles too few to fill the GPU. Past the grid's depth or
-    // the largest binding for their partial sums, slices of k add to C in turn instead.
-    let needed = k.div_ceil(most).max(1);
-    let wanted = if dense_c { WANTED_WORKGROUPS.div_ceil(tiles).min(k / LEAST_LAYER_STEPS).min(MOST_LAYERS) } else { 1 };
-    let layers = needed.max(wanted);
+    // Layers of a split sum (see `layers`). Past the grid's depth or the largest binding for
+    // their partial sums, slices of k add to C in turn instead. With an activation, only one
+    // layer: partial sums are not final values (the graph fuses none where that matters:
+    // `sums_in_one_layer`).
+    let layered = dense_c && activation == Activation::Identity;
+    let layers = if layered { layers(&tile, m, n, k) } else { k.div_ceil(most).max(1) };
     let scratch = (4 * m * n * layers) as u64;
     let deep = layers <= gpu.limits.max_compute_workgroups_per_dimension as usize && (layers == 1 || scratch <= gpu.max_binding_bytes());
-    if dense_c && deep {
+    if dense_c && deep && (layers == 1 || layered) {
         let split = k.div_ceil(layers).next_multiple_of(tile.depth);
         let layers = k.div_ceil(split).max(1);
         let mut grid = workgroups_1d(tiles, 1);
         grid[2] = layers as u32;
-        let cost = Cost { flops: flops(k) + bias_flops, bytes };
+        let cost = Cost { flops: flops(k) + bias_flops + act_flops, bytes };
         return split_sum(gpu, op, m * n, layers, c, accumulate, |out, add| {
             let partial = if layers > 1 { PARTIAL } else { 0 };
             let flags = bias_flag | partial | if add { ACCUMULATE } else { 0 };
-            let p = Params { k: k as u32, k_begin: 0, split: split as u32, flags, ..base };
+            let p = Params { k: k as u32, k_begin: 0, split: split as u32, flags, act, slope, ..base };
             let cost = Cost { bytes: cost.bytes + if add { (4 * m * n) as u64 } else { 0 }, ..cost };
             Ok(vec![gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, out), (5, violations)], grid, cost)?])
         });
     }
-    // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C.
+    // One dispatch per slice of k; the first adds the bias (and C if asked), the rest add to C,
+    // the last applies the activation.
     super::even_slices(k, most)
         .map(|(begin, end)| {
-            let first = begin == 0;
+            let (first, last) = (begin == 0, end == k);
             let flags = if first { bias_flag | if accumulate { ACCUMULATE } else { 0 } } else { ACCUMULATE };
             let steps = end - begin;
-            let p = Params { k: end as u32, k_begin: begin as u32, split: steps.max(1) as u32, flags, ..base };
+            let (act, slope) = if last { (act, slope) } else { (0, 0.0) };
+            let p = Params { k: end as u32, k_begin: begin as u32, split: steps.max(1) as u32, flags, act, slope, ..base };
             let share = |v: u64| if k == 0 { v } else { v * steps as u64 / k as u64 };
-            let cost = Cost { flops: flops(steps) + if first { bias_flops } else { 0 }, bytes: share(bytes) };
+            let epilogue = if first { bias_flops } else { 0 } + if last { act_flops } else { 0 };
+            let cost = Cost { flops: flops(steps) + epilogue, bytes: share(bytes) };
             gpu.dispatch(kernel, op, &p, &[(1, a), (2, b), (3, bias_buffer), (4, c), (5, violations)], workgroups_1d(tiles, 1), cost)
         })
         .collect()

@@ -2,6 +2,7 @@
 //! accumulation, in four variants chosen per adapter; and the Linear layer's forward and
 //! backward built on it.
 
+use super::gemm::Activation;
 use super::{check_len, even_slices, gemm};
 use super::conv::{has_subgroups_of_8, has_windows, LOOP_BUDGET, WINDOW};
 use crate::gpu::{workgroups_1d, Buffer, Cost, Dispatch, Gpu, KernelId};
@@ -143,6 +144,13 @@ fn u32_dim(what: &str, name: &str, v: usize) -> Result<u32> {
 /// C = op(A)·op(B) (+ bias[n] on every row) (+ C when `shape.accumulate`). One dispatch, or
 /// with `MatmulVariant::Windowed` a copy of op(A) into windows and one per row block and chunk.
 pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, c: &Buffer) -> Result<Vec<Dispatch>> {
+    matmul_activated(gpu, shape, a, b, bias, Activation::Identity, c)
+}
+
+/// [`matmul`] with `act` applied to C's final values in the tile engine's epilogue. Refused
+/// unless the product runs on the tile engine (`shape.variant.resolve(gpu) ==
+/// MatmulVariant::Tiled`) or `act` is the identity.
+pub fn matmul_activated(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&Buffer>, act: Activation, c: &Buffer) -> Result<Vec<Dispatch>> {
     let what = shape.describe();
     let (sa, sb) = shape.shapes();
     let (m, n, k) = (u32_dim(&what, "m", shape.m)?, u32_dim(&what, "n", shape.n)?, u32_dim(&what, "k", shape.k)?);
@@ -180,11 +188,15 @@ pub fn matmul(gpu: &Gpu, shape: &Matmul, a: &Buffer, b: &Buffer, bias: Option<&B
             bias,
             c,
             accumulate: shape.accumulate,
+            activation: act,
             dense_c: true,
             flops: (2 * shape.m * shape.n * shape.k) as u64,
             bytes: shape.cost(bias.is_some()).bytes,
         };
         return gemm::run(gpu, &what, product);
+    }
+    if act != Activation::Identity {
+        return Err(crate::Error::Invalid(format!("{what}: a fused {act:?} runs only on the tile engine, not the {variant:?} kernel")));
     }
     if variant == MatmulVariant::Windowed {
         if let Some(d) = windowed(gpu, shape, params, a, b, bias, c)? {
@@ -313,12 +325,17 @@ impl Linear {
 
 /// y = x·Wᵀ + b
 pub fn linear_forward(gpu: &Gpu, shape: &Linear, x: &Buffer, w: &Buffer, b: Option<&Buffer>, y: &Buffer) -> Result<Vec<Dispatch>> {
+    linear_forward_activated(gpu, shape, x, w, b, Activation::Identity, y)
+}
+
+/// y = act(x·Wᵀ + b), the activation in the tile engine's epilogue: see [`matmul_activated`].
+pub fn linear_forward_activated(gpu: &Gpu, shape: &Linear, x: &Buffer, w: &Buffer, b: Option<&Buffer>, act: Activation, y: &Buffer) -> Result<Vec<Dispatch>> {
     let (r, i, o) = (shape.rows, shape.in_features, shape.out_features);
     shape.check("forward", &[("x", x, &[r, i]), ("weight", w, &[o, i]), ("y", y, &[r, o])])?;
     if let Some(b) = b {
         shape.check("forward", &[("bias", b, &[o])])?;
     }
-    matmul(gpu, &Matmul { trans_b: true, ..shape.product(r, o, i) }, x, w, b, y)
+    matmul_activated(gpu, &Matmul { trans_b: true, ..shape.product(r, o, i) }, x, w, b, act, y)
 }
 
 /// dX = dY·W

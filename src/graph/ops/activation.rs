@@ -15,9 +15,28 @@ pub enum Act {
 }
 
 impl Act {
-    /// relu and leaky_relu differentiate from their input, tanh and sigmoid from their output.
+    /// Whether the backward reads the output y rather than the input x. y serves wherever
+    /// act' is a function of y: tanh (1 − y²), sigmoid (y(1 − y)), and relu and leaky_relu
+    /// with a slope ≥ 0, whose y > 0 exactly when x > 0 (at x = 0, y = 0, so PyTorch's
+    /// `x > 0` and `y > 0` both take the slope, or 0 for relu). Reading y lets x die with the
+    /// forward, or never be stored when the producer applies the activation (graph::fuse). A
+    /// negative slope sends x < 0 to y > 0: that backward reads x, so it is never fused.
     fn grad_from_output(self) -> bool {
-        matches!(self, Act::Tanh | Act::Sigmoid)
+        match self {
+            Act::LeakyRelu(slope) => slope >= 0.0,
+            Act::Relu | Act::Tanh | Act::Sigmoid => true,
+        }
+    }
+
+    /// The tile engine's epilogue form of this activation.
+    pub(crate) fn epilogue(self) -> crate::kernels::gemm::Activation {
+        use crate::kernels::gemm::Activation as E;
+        match self {
+            Act::Relu => E::Relu,
+            Act::LeakyRelu(slope) => E::LeakyRelu(slope),
+            Act::Tanh => E::Tanh,
+            Act::Sigmoid => E::Sigmoid,
+        }
     }
 }
 
@@ -46,6 +65,9 @@ impl Op for Activation {
             Act::Sigmoid => k::sigmoid(gpu, n, x, y)?,
         }])
     }
+    fn activation(&self) -> Option<Act> {
+        Some(self.0)
+    }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let v = &x[0].1;
         let y = match self.0 {
@@ -62,7 +84,8 @@ impl Op for Activation {
     }
 }
 
-/// dx from (x or y, dy): see [`Act::grad_from_output`].
+/// dx from (y, dy), or (x, dy) for a negative slope: see [`Act::grad_from_output`]. The
+/// kernels' rules (`saved > 0` for relu and leaky_relu) are the same for either.
 #[derive(Debug)]
 pub struct ActivationGrad(pub Act);
 
@@ -95,8 +118,8 @@ impl Op for ActivationGrad {
         vec![(x[0].0.clone(), dx)]
     }
     /// dx = dy · act'(saved) is linear in dy, so d/d(dy) is this op again on the incoming
-    /// gradient. relu and leaky_relu have act' piecewise constant in x: no gradient to the
-    /// saved input (zero almost everywhere). tanh (act' = 1 − y²) and sigmoid (act' =
+    /// gradient. relu and leaky_relu have act' piecewise constant in the saved y (or x): no
+    /// gradient to it (zero almost everywhere). tanh (act' = 1 − y²) and sigmoid (act' =
     /// y(1 − y)) also send dy · incoming · d act'/dy to their output y.
     fn backward(&self, g: &mut Graph, n: &NodeView, dys: &[Option<Tensor>], needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let incoming = dys[0].expect("called with a gradient");

@@ -2,6 +2,7 @@
 //! and bias gradients as ops of their own so only the needed ones are computed.
 
 use crate::gpu::{Dispatch, Gpu};
+use super::Act;
 use crate::graph::{Graph, HostValue, NodeView, Op, OpIo, Tensor};
 use crate::kernels::conv as k;
 use crate::reference::conv as r;
@@ -78,12 +79,23 @@ fn infer(geometry: crate::Result<Geometry>, x: &[&[usize]]) -> std::result::Resu
     Ok(vec![y])
 }
 
-fn lower(geometry: Geometry, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
+/// The forward, with `act` applied in the tile engine's epilogue (the identity: none).
+fn lower(geometry: Geometry, gpu: &Gpu, io: &OpIo, act: crate::kernels::gemm::Activation) -> Result<Vec<Dispatch>> {
     let (x, w, b, y) = (io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0]);
     match geometry {
-        Geometry::Conv(s) => k::conv2d(gpu, &s, x, w, b, y),
-        Geometry::Transpose(s) => k::conv_transpose2d(gpu, &s, x, w, b, y),
+        Geometry::Conv(s) => k::conv2d_activated(gpu, &s, x, w, b, act, y),
+        Geometry::Transpose(s) => k::conv_transpose2d_activated(gpu, &s, x, w, b, act, y),
     }
+}
+
+/// Whether the forward runs on the tile engine, whose epilogue can apply an activation.
+fn on_tile_engine(geometry: crate::Result<Geometry>, gpu: &Gpu) -> bool {
+    let variant = match geometry {
+        Ok(Geometry::Conv(s)) => s.variant,
+        Ok(Geometry::Transpose(s)) => s.variant,
+        Err(_) => return false,
+    };
+    variant.resolve(gpu) == k::ConvVariant::Tiled
 }
 
 fn reference(geometry: Geometry, x: &[HostValue]) -> Vec<HostValue> {
@@ -139,7 +151,13 @@ impl<C: Convolution> Op for C {
         infer(self.geometry(x[0], x[1]), x)
     }
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
-        lower(self.geometry(io.input_shapes[0], io.input_shapes[1])?, gpu, io)
+        lower(self.geometry(io.input_shapes[0], io.input_shapes[1])?, gpu, io, Default::default())
+    }
+    fn fuses(&self, gpu: &Gpu, x: &[&[usize]], _: Act) -> bool {
+        on_tile_engine(self.geometry(x[0], x[1]), gpu)
+    }
+    fn lower_fused(&self, gpu: &Gpu, io: &OpIo, act: Act) -> Result<Vec<Dispatch>> {
+        lower(self.geometry(io.input_shapes[0], io.input_shapes[1])?, gpu, io, act.epilogue())
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         reference(self.geometry(&x[0].0, &x[1].0).expect("checked at build"), x)

@@ -1,6 +1,7 @@
 //! matmul (y = op(a)·op(b) with transpose flags) and linear (y = x·Wᵀ + b over the last axis).
 
 use crate::gpu::{Dispatch, Gpu};
+use super::Act;
 use crate::graph::{Graph, HostValue, NodeView, Op, OpIo, Tensor};
 use crate::kernels::matmul as k;
 use crate::reference::matmul as r;
@@ -95,6 +96,16 @@ impl Op for Linear {
     fn lower(&self, gpu: &Gpu, io: &OpIo) -> Result<Vec<Dispatch>> {
         let s = linear_shape(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
         k::linear_forward(gpu, &s, io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), io.outputs[0])
+    }
+    /// On the tile engine, whose epilogue can apply an activation, where the product is summed
+    /// in one grid layer (else its partial sums' total is formed outside the epilogue).
+    fn fuses(&self, gpu: &Gpu, x: &[&[usize]], _: Act) -> bool {
+        let on_tiles = |s: &k::Linear| s.variant.resolve(gpu) == k::MatmulVariant::Tiled;
+        linear_shape(x[0], x[1]).is_ok_and(|s| on_tiles(&s) && crate::kernels::gemm::sums_in_one_layer(s.rows, s.out_features, s.in_features))
+    }
+    fn lower_fused(&self, gpu: &Gpu, io: &OpIo, act: Act) -> Result<Vec<Dispatch>> {
+        let s = linear_shape(io.input_shapes[0], io.input_shapes[1]).map_err(crate::Error::Shape)?;
+        k::linear_forward_activated(gpu, &s, io.inputs[0], io.inputs[1], io.inputs.get(2).copied(), act.epilogue(), io.outputs[0])
     }
     fn reference(&self, x: &mut [HostValue]) -> Vec<HostValue> {
         let s = linear_shape(&x[0].0, &x[1].0).expect("checked at build");

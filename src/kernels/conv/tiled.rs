@@ -4,7 +4,7 @@
 
 use super::{bytes, Geometry};
 use crate::gpu::{Buffer, Dispatch, Gpu};
-use crate::kernels::gemm::{self, Params, Product};
+use crate::kernels::gemm::{self, Activation, Params, Product};
 use crate::Result;
 
 fn conv_params(g: &Geometry) -> Params {
@@ -28,8 +28,9 @@ fn conv_params(g: &Geometry) -> Params {
     }
 }
 
-/// y = conv(x, w) (+ bias): C[cout, n·ho·wo] = w [cout, cin·kh·kw] · im2col(x).
-pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+/// y = act(conv(x, w) (+ bias)): C[cout, n·ho·wo] = w [cout, cin·kh·kw] · im2col(x).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, activation: Activation, y: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
     let product = Product {
         entry: "conv_forward",
         m: g.cout,
@@ -41,6 +42,7 @@ pub(super) fn forward(gpu: &Gpu, g: &Geometry, x: &Buffer, w: &Buffer, bias: Opt
         bias,
         c: y,
         accumulate: false,
+        activation,
         dense_c: false,
         flops: g.gemm_flops(),
         bytes: bytes(g.x_len() + g.w_len() + g.y_len()),
@@ -79,10 +81,11 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// dx = conv's data gradient of dy (+ bias): per phase (ph, pw), C[cin, n·pixels] =
-/// wᵀ [cin, cout·taps] · dy gathered at the taps. A phase without taps stores zeros (or the
-/// bias), so every element of dx is written exactly once.
-pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
+/// dx = act(conv's data gradient of dy (+ bias)): per phase (ph, pw), C[cin, n·pixels] =
+/// wᵀ [cin, cout·taps] · dy gathered at the taps. A phase without taps stores act(0) (or
+/// act(bias)), so every element of dx is written exactly once.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: Option<&Buffer>, activation: Activation, dx: &Buffer, op: &str) -> Result<Vec<Dispatch>> {
     let base = conv_params(g);
     let mut dispatches = Vec::new();
     for phase_h in 0..g.stride[0] {
@@ -119,6 +122,7 @@ pub(super) fn data_grad(gpu: &Gpu, g: &Geometry, dy: &Buffer, w: &Buffer, bias: 
                 bias,
                 c: dx,
                 accumulate: false,
+                activation,
                 dense_c: false,
                 flops: g.gemm_flops() * n as u64 / (g.n * g.size[0] * g.size[1]) as u64,
                 bytes: bytes(share(g.x_len()) + share(g.y_len()) + g.w_len() * rows.taps * cols.taps / (g.kernel[0] * g.kernel[1])),
@@ -143,6 +147,7 @@ pub(super) fn weight_grad(gpu: &Gpu, g: &Geometry, x: &Buffer, dy: &Buffer, dw: 
         bias: None,
         c: dw,
         accumulate,
+        activation: Activation::Identity,
         dense_c: true,
         flops: g.gemm_flops(),
         bytes: bytes(g.x_len() + g.y_len() + g.w_len()),
