@@ -7,6 +7,16 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "kernels/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use support::{f64s, rand};
+
+/// The device support.rs's helpers open (this file's own devices are below).
+fn options() -> GpuOptions {
+    GpuOptions::default()
+}
 
 use kiln::gpu::{Gpu, GpuOptions, Kernels};
 use kiln::graph::ops::{Act, Activation, Add, Conv2d, ConvTranspose2d, Linear, Mul, Sum};
@@ -24,25 +34,6 @@ fn tiled() -> &'static Gpu {
 fn own_kernels() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new(&GpuOptions { kernels: Some(Kernels::Auto), ..GpuOptions::default() }).unwrap_or_else(|e| panic!("{e}")))
-}
-
-/// Deterministic values in [-1, 1) (splitmix64).
-fn rand(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
 }
 
 /// ‖got − want‖ / ‖want‖, asserted ≤ `tol` and printed with the worst element.
@@ -503,18 +494,6 @@ mod training {
     use kiln::train::run::Trainer;
     use kiln::train::vae::{VaeConfig, VaeTrainer};
 
-    /// What one step leaves: the logged values, then each parameter's gradient, by name.
-    fn one_step(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData) -> Vec<(String, Vec<f32>)> {
-        data.shuffle(gpu, 3, 0).unwrap();
-        trainer.prepare(gpu, data, 0, 0).unwrap();
-        let index = gpu.submit("training step", &trainer.step_dispatches(), None).unwrap();
-        gpu.wait(Some(index), "training step").unwrap();
-        let logged = trainer.logged().into_iter().map(|(name, b)| (name.to_string(), gpu.read(&b).unwrap()));
-        let store = trainer.store();
-        let grads = store.param_names().map(|name| (format!("{name} gradient"), gpu.read(store.grad(name).unwrap()).unwrap()));
-        logged.chain(grads).collect()
-    }
-
     /// Dispatches and the bytes their costs count, over a whole step.
     fn traffic(trainer: &dyn Trainer) -> (usize, u64) {
         let all: Vec<&Dispatch> = trainer.step_dispatches().into_iter().flatten().collect();
@@ -537,7 +516,7 @@ mod training {
         let ((fused_calls, fused_bytes), (calls, bytes)) = (traffic(&*fused), traffic(&*unfused));
         eprintln!("{model}: {fused_calls} dispatches fused vs {calls} unfused; {fused_bytes} vs {bytes} bytes counted");
         assert!(fused_calls < calls && fused_bytes < bytes, "{model}: fusion saved nothing");
-        let (got, want) = (one_step(gpu, &*fused, &train), one_step(gpu, &*unfused, &train));
+        let (got, want) = (crate::common::one_step(gpu, &*fused, &train), crate::common::one_step(gpu, &*unfused, &train));
         assert_eq!(got.len(), want.len());
         for ((name, got), (_, want)) in got.iter().zip(&want) {
             let diff = got.iter().zip(want).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();

@@ -15,6 +15,8 @@
 
 #[path = "kernels/support.rs"]
 mod support;
+#[path = "common/mod.rs"]
+mod common;
 
 #[path = "kernels/activation.rs"]
 mod activation;
@@ -67,18 +69,6 @@ mod training {
         GPU.get_or_init(|| Gpu::new(&GpuOptions::with_limits(wgpu::Limits::unlimited())).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    /// What one step leaves: the logged values, then each parameter's gradient, by name.
-    fn one_step(gpu: &Gpu, trainer: &dyn Trainer, data: &GpuData) -> Vec<(String, Vec<f32>)> {
-        data.shuffle(gpu, 3, 0).unwrap();
-        trainer.prepare(gpu, data, 0, 0).unwrap();
-        let index = gpu.submit("training step", &trainer.step_dispatches(), None).unwrap();
-        gpu.wait(Some(index), "training step").unwrap();
-        let logged = trainer.logged().into_iter().map(|(name, b)| (name.to_string(), gpu.read(&b).unwrap()));
-        let store = trainer.store();
-        let grads = store.param_names().map(|name| (format!("{name} gradient"), gpu.read(store.grad(name).unwrap()).unwrap()));
-        logged.chain(grads).collect()
-    }
-
     /// The `shader.entry` of every dispatch of a step.
     fn kernels(trainer: &dyn Trainer) -> BTreeSet<String> {
         trainer.step_dispatches().iter().flat_map(|list| list.iter()).map(|d| d.kernel.to_string()).collect()
@@ -92,7 +82,7 @@ mod training {
         let results = [small, full()].map(|gpu| {
             let (train, test) = (GpuData::upload(gpu, &splits.train).unwrap(), GpuData::upload(gpu, &splits.test).unwrap());
             let trainer = build(gpu, &train, &test);
-            (kernels(&*trainer), one_step(gpu, &*trainer, &train))
+            (kernels(&*trainer), crate::common::one_step(gpu, &*trainer, &train))
         });
         let [(small_kernels, got), (full_kernels, want)] = results;
         let list = |k: &mut dyn Iterator<Item = &String>| Some(k.cloned().collect::<Vec<_>>().join(", ")).filter(|l| !l.is_empty()).unwrap_or("nothing else".into());

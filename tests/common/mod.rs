@@ -39,3 +39,17 @@ pub fn reference_fd(graph: &kiln::graph::Graph, leaves: &[(kiln::graph::Tensor, 
     };
     (0..leaves[slot].1.len()).map(|i| (at(i, h) - at(i, -h)) / (2.0 * h)).collect()
 }
+
+/// What one training step leaves: the logged values, then each parameter's gradient, by name
+/// (the data shuffled with seed 3, the first batch of epoch 0).
+#[allow(dead_code)]
+pub fn one_step(gpu: &Gpu, trainer: &dyn kiln::train::run::Trainer, data: &kiln::train::data::GpuData) -> Vec<(String, Vec<f32>)> {
+    data.shuffle(gpu, 3, 0).unwrap();
+    trainer.prepare(gpu, data, 0, 0).unwrap();
+    let index = gpu.submit("training step", &trainer.step_dispatches(), None).unwrap();
+    gpu.wait(Some(index), "training step").unwrap();
+    let logged = trainer.logged().into_iter().map(|(name, b)| (name.to_string(), gpu.read(&b).unwrap()));
+    let store = trainer.store();
+    let grads = store.param_names().map(|name| (format!("{name} gradient"), gpu.read(store.grad(name).unwrap()).unwrap()));
+    logged.chain(grads).collect()
+}
