@@ -2,8 +2,8 @@
 // (the graph saves x only for a leaky_relu with a negative slope): tanh's and sigmoid's
 // derivatives are functions of y, and relu's and leaky_relu's (slope ≥ 0) test y > 0, which
 // holds exactly when x > 0. So x need not be kept alive, and a GEMM that applies the
-// activation as it stores (gemm.wgsl's epilogue, which copies stable_sigmoid and stable_tanh)
-// never stores x at all.
+// activation as it stores (gemm.wgsl's epilogue, which shares stable_sigmoid and stable_tanh
+// through include/activations.wgsl) never stores x at all.
 
 struct Params {
     n: u32,
@@ -22,28 +22,6 @@ const WG: u32 = 256u;
 // Grids wider than 65,535 workgroups fold into y; this undoes the fold.
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
-// exp only ever sees -|x|, so it cannot overflow: for x ≥ 0, 1/(1+e^-x); for x < 0, e^x/(1+e^x).
-fn stable_sigmoid(v: f32) -> f32 {
-    let e = exp(-abs(v));
-    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
-}
-
-// Builtin tanh is NaN for large |x| on some drivers ((e^2x - 1)/(e^2x + 1) overflows), and that
-// form also loses relative accuracy near 0. So: an odd Taylor polynomial for |x| < 0.5 (terms
-// shrink by ~(2x/π)² each, 8 of them leave < 1e-8), and (1 - e)/(1 + e) with e = e^-2|x| ≤ 0.37
-// beyond, where 1 - e has no cancellation and e underflows harmlessly to 0.
-fn stable_tanh(v: f32) -> f32 {
-    let a = abs(v);
-    if (a < 0.5) {
-        let s = v * v;
-        let poly = 1.0 + s * (-1.0 / 3.0 + s * (2.0 / 15.0 + s * (-17.0 / 315.0 + s * (62.0 / 2835.0
-            + s * (-1382.0 / 155925.0 + s * (21844.0 / 6081075.0 + s * (-929569.0 / 638512875.0)))))));
-        return v * poly;
-    }
-    let e = exp(-2.0 * a);
-    return sign(v) * (1.0 - e) / (1.0 + e);
 }
 
 @compute @workgroup_size(WG)
@@ -109,3 +87,5 @@ fn sigmoid_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let y = x[i];
     out[i] = dy[i] * y * (1.0 - y);
 }
+
+// #include "activations.wgsl"

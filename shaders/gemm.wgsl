@@ -331,25 +331,8 @@ fn put_b(mode: u32, lane: u32, q: u32, v: f32) {
     set_tile_b(e.y * 2u * TX + e.x / 4u, e.x % 4u, v);
 }
 
-// activation.wgsl's formulas, copied (WGSL has no include); tests/fusion.rs holds the copies
-// identical to the originals, so fused and separate activations round alike.
-fn stable_sigmoid(v: f32) -> f32 {
-    let e = exp(-abs(v));
-    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
-}
-
-fn stable_tanh(v: f32) -> f32 {
-    let a = abs(v);
-    if (a < 0.5) {
-        let s = v * v;
-        let poly = 1.0 + s * (-1.0 / 3.0 + s * (2.0 / 15.0 + s * (-17.0 / 315.0 + s * (62.0 / 2835.0
-            + s * (-1382.0 / 155925.0 + s * (21844.0 / 6081075.0 + s * (-929569.0 / 638512875.0)))))));
-        return v * poly;
-    }
-    let e = exp(-2.0 * a);
-    return sign(v) * (1.0 - e) / (1.0 + e);
-}
-
+// The epilogue's activation (stable_tanh, stable_sigmoid: include/activations.wgsl, pasted in
+// at the end of this file, the same text activation.wgsl runs).
 fn activate(x: f32) -> f32 {
     switch p.act {
         case RELU: { return max(x, 0.0); }
@@ -468,3 +451,5 @@ fn conv_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 fn conv_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     tile_product(CONV_WEIGHT, wid, nwg, lid);
 }
+
+// #include "activations.wgsl"

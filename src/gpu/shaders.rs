@@ -6,6 +6,7 @@ use crate::{Error, Result};
 use std::path::PathBuf;
 
 include!(concat!(env!("OUT_DIR"), "/shader_files.rs"));
+include!("wgsl_include.rs");
 
 pub struct ShaderSet {
     /// Where to read sources from instead of the embedded copies.
@@ -32,6 +33,13 @@ impl ShaderSet {
             if path.exists() {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+                // The folder's own include/ first, else the embedded helpers.
+                let lookup = |name: &str| {
+                    std::fs::read_to_string(dir.join("include").join(name))
+                        .ok()
+                        .or_else(|| INCLUDE_FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| t.to_string()))
+                };
+                let text = expand_includes(&text, &lookup).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
                 return Ok((text, path.display().to_string()));
             }
         }
@@ -72,4 +80,23 @@ pub fn validate_wgsl(source: &str, path: &str) -> Result<naga::Module> {
         .validate(&module)
         .map_err(|e| Error::Invalid(format!("shader {path} is invalid:\n{}", e.emit_to_string_with_path(source, path))))?;
     Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_includes;
+
+    #[test]
+    fn includes_are_pasted_in_and_bad_ones_refused_by_name() {
+        let lookup = |name: &str| match name {
+            "a.wgsl" => Some("fn a() {}\n".to_string()),
+            "nested.wgsl" => Some("// #include \"a.wgsl\"\n".to_string()),
+            _ => None,
+        };
+        assert_eq!(expand_includes("fn main() {}\n// #include \"a.wgsl\"\n", &lookup).unwrap(), "fn main() {}\nfn a() {}\n");
+        let e = expand_includes("// #include \"missing.wgsl\"\n", &lookup).unwrap_err();
+        assert!(e.contains("missing.wgsl"), "{e}");
+        let e = expand_includes("// #include \"nested.wgsl\"\n", &lookup).unwrap_err();
+        assert!(e.contains("may not include another"), "{e}");
+    }
 }
