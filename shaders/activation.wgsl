@@ -19,11 +19,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 @compute @workgroup_size(WG)
 fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
@@ -89,3 +84,4 @@ fn sigmoid_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 }
 
 // #include "activations.wgsl"
+// #include "grid.wgsl"

@@ -47,10 +47,6 @@ const TRANSLATE_Y: u32 = 4u;
 const CUTOUT_X: u32 = 5u;
 const CUTOUT_Y: u32 = 6u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // An integer uniform on 0..m from a uniform u in [0, 1), in f32 as the CPU reference and
 // scripts/augment_fixtures.py do (the min guards u·m rounding up to m).
 fn pick(u: f32, m: u32) -> u32 {
@@ -204,3 +200,5 @@ fn shift_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         }
     }
 }
+
+// #include "grid.wgsl"

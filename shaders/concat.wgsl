@@ -21,11 +21,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 @compute @workgroup_size(WG)
 fn copy_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
@@ -36,3 +31,5 @@ fn copy_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let o = t / p.channels;
     dst[((o * p.dst_channels) + p.dst_offset + c) * p.inner + s] = src[((o * p.src_channels) + p.src_offset + c) * p.inner + s];
 }
+
+// #include "grid.wgsl"

@@ -63,11 +63,6 @@ const LANES: vec4<i32> = vec4<i32>(0, 1, 2, 3);
 const ADD_BIAS: i32 = 1;
 const ACCUMULATE: i32 = 2;
 
-// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 fn blocks(size: i32, block: i32) -> i32 {
     return (size + block - 1) / block;
 }
@@ -383,3 +378,5 @@ fn bias_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     dst[(slice * i32(WG) + i32(lid.x)) * p.cout + c] = s;
 }
+
+// #include "grid.wgsl"

@@ -16,11 +16,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
@@ -83,3 +78,5 @@ fn square_root_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (i >= p.n) { return; }
     y[i] = 0.5 * b[i] / a[i];
 }
+
+// #include "grid.wgsl"

@@ -26,10 +26,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // The class of row r, or `classes` for a label outside [0, classes) or not an integer (NaN too).
 fn class_of(r: u32) -> u32 {
     let t = labels[r];
@@ -68,3 +64,5 @@ fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
     dweight[i] = sum;
 }
+
+// #include "grid.wgsl"

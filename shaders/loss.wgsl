@@ -35,10 +35,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // log(1 + u) without losing u when |u| is small (WGSL has no log1p): the Taylor series below
 // 1/16 (its 8th term is < 5e-10 relative), where rounding 1 + u would cost up to 1e-6.
 fn log1p(u: f32) -> f32 {
@@ -208,3 +204,5 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let d = (softmax - select(0.0, 1.0, i % p.classes == k)) * p.scale * g[r * p.g_stride];
     out[i] = select(d, p.nan, k == p.classes);
 }
+
+// #include "grid.wgsl"

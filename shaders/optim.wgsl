@@ -37,10 +37,6 @@ struct Step {
 
 const WG: u32 = 256u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 @compute @workgroup_size(1)
 fn advance() {
     step.t = step.t + 1u;
@@ -124,3 +120,5 @@ fn ema(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let beta = min(p.beta1, (1.0 + t) / (10.0 + t));
     m[i] = beta * m[i] + (1.0 - beta) * param[i];
 }
+
+// #include "grid.wgsl"

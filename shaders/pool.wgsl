@@ -43,10 +43,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // (plane, row, column) of element `i` of [planes, rows, cols].
 fn coords(i: u32, rows: i32, cols: i32) -> vec3<i32> {
     let c = u32(cols);
@@ -174,3 +170,5 @@ fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     dst[x] = acc;
 }
+
+// #include "grid.wgsl"

@@ -56,10 +56,6 @@ const PHILOX_W1: u32 = 0xBB67AE85u;
 const INV_2_24: f32 = 5.9604644775390625e-8;
 const PI: f32 = 3.14159265358979;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // High 32 bits of a 32×32 product. WGSL has no 64-bit integers, so multiply 16-bit halves;
 // the middle column sums three values below 2^16 each and cannot overflow.
 fn mulhi(a: u32, b: u32) -> u32 {
@@ -203,3 +199,5 @@ fn reparameterize_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     dmu[i] = g;
     dlogvar[i] = g * eps[i] * 0.5 * exp(0.5 * logvar[i]);
 }
+
+// #include "grid.wgsl"

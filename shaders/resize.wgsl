@@ -23,11 +23,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-// Grids wider than 65,535 workgroups fold into y; this undoes the fold.
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // (first source index, its neighbour, the neighbour's weight) along one axis.
 fn source(o: u32, scale: f32, size: u32) -> vec3<f32> {
     let src = max(scale * (f32(o) + 0.5) - 0.5, 0.0);
@@ -55,3 +50,5 @@ fn bilinear_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let bottom = (1.0 - c.z) * x[r1 + c0] + c.z * x[r1 + c1];
     y[i] = p.alpha * ((1.0 - r.z) * top + r.z * bottom) + p.beta;
 }
+
+// #include "grid.wgsl"

@@ -39,10 +39,6 @@ const WG: u32 = 256u;
 // Elements per invocation of divide_by_sigma and backward (a constant-bound, unrolled loop).
 const PER: u32 = 8u;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // Partial sum `slice` of output `o`: Σ over the slice of W_mat[o, c] x[c] (or W_mat[r, o] x[r]
 // when transposed), written to y[o · slices + slice].
 @compute @workgroup_size(WG)
@@ -132,3 +128,5 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
     }
 }
+
+// #include "grid.wgsl"
