@@ -295,9 +295,8 @@ pub fn forward_train(
     if method == Method::Fused {
         let [gamma, beta] = channel_pair(gpu, op, &d, ["gamma", "beta"], affine.map(|a| [a.gamma, a.beta]))?;
         let params = bn.params(&d, flags | flag(AFFINE, affine.is_some()));
-        // The dummy cannot be both a read-only γ and a writable running stat in one dispatch:
-        // absent running stats bind the scratch, which the pass (RUNNING off) never touches.
-        let [rm, rv] = if running.is_some() { [rm, rv] } else { [scratch, scratch] };
+        // The read-only dummy may stand for γ here, so absent running stats take the writable one.
+        let [rm, rv] = if running.is_some() { [rm, rv] } else { [&gpu.dummy_rw; 2] };
         let bindings = [(1, x), (4, saved.mean), (5, saved.invstd), (6, rm), (7, rv), (8, gamma), (9, beta), (10, y)];
         // The merges, then normalize's subtract, multiply and affine multiply-add per value.
         let cost = Cost { flops: merge + 12 * c + 4 * n, bytes: 4 * 3 * n + write };
@@ -392,8 +391,8 @@ pub fn backward_train(
         check_all(op, d.total(), &[("input x", x), ("gradient dy", dy), ("output dx", dx)])?;
         check_len(op, "scratch", scratch, bn.scratch_len())?;
         let [dgamma, dbeta] = channel_pair(gpu, op, &d, ["dgamma", "dbeta"], grads.map(|g| [g.gamma, g.beta]))?;
-        // As in the forward: no dγ, dβ binds the untouched scratch, not the read-only dummy.
-        let [dgamma, dbeta] = if grads.is_some() { [dgamma, dbeta] } else { [scratch, scratch] };
+        // As in the forward: absent dγ, dβ take the writable dummy.
+        let [dgamma, dbeta] = if grads.is_some() { [dgamma, dbeta] } else { [&gpu.dummy_rw; 2] };
         let flags = flag(AFFINE, gamma.is_some()) | flag(GRADS, grads.is_some());
         let gamma = check_gamma(gpu, op, &d, gamma)?;
         let bindings =
