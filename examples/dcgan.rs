@@ -95,7 +95,7 @@ pub fn run(args: Vec<String>) -> Result<Vec<(f32, f32)>> {
     let g_step = Program::compile(&gpu, &g, &mut store, &[g_loss], &grads)?;
 
     // The gather writes each batch, mapped to tanh's [-1, 1], into D's input "real".
-    let gather = [data.gather(&gpu, batch, 2.0 / 255.0, -1.0, d_step.buffer(real))?];
+    let gather = [data.gather(&gpu, batch, 2.0 / 255.0, -1.0, d_step.buffer(real)?)?];
     let adam = Config::Adam(Adam { lr: 2e-4, beta1: 0.5, ..Adam::default() });
     let (opt_d, opt_g) = (Optimizer::new(&gpu, &store, "discriminator", adam)?, Optimizer::new(&gpu, &store, "generator", adam)?);
 
@@ -111,7 +111,7 @@ pub fn run(args: Vec<String>) -> Result<Vec<(f32, f32)>> {
         // A whole GAN step is one submit: gather, D forward/backward, D's Adam, then G's.
         gpu.submit("dcgan step", &[&gather, &d_step.dispatches, &opt_d.dispatches, &g_step.dispatches, &opt_g.dispatches], None)?;
         // Reading the losses waits for the GPU; fine at this rate (`train::run` does not wait).
-        let (loss_d, loss_g) = (gpu.read(d_step.buffer(d_loss))?[0], gpu.read(g_step.buffer(g_loss))?[0]);
+        let (loss_d, loss_g) = (gpu.read(d_step.buffer(d_loss)?)?[0], gpu.read(g_step.buffer(g_loss)?)?[0]);
         println!("step {}/{steps}: d_loss {loss_d:.4} g_loss {loss_g:.4}", step + 1);
         losses.push((loss_d, loss_g));
     }
@@ -123,9 +123,9 @@ pub fn run(args: Vec<String>) -> Result<Vec<(f32, f32)>> {
     let z = g.input("sample_z", &[SAMPLES, LATENT]);
     let fakes = generator.forward(&mut g, z, Mode { update_running: false, ..Mode::train(0) })?;
     let sampler = Program::compile(&gpu, &g, &mut store, &[fakes], &[])?;
-    gpu.write(sampler.buffer(z), &InitRng::new(7).normal(SAMPLES * LATENT, 0.0, 1.0))?;
+    gpu.write(sampler.buffer(z)?, &InitRng::new(7).normal(SAMPLES * LATENT, 0.0, 1.0))?;
     sampler.run(&gpu)?;
-    let pixels: Vec<f32> = gpu.read(sampler.buffer(fakes))?.iter().map(|v| (v + 1.0) / 2.0).collect();
+    let pixels: Vec<f32> = gpu.read(sampler.buffer(fakes)?)?.iter().map(|v| (v + 1.0) / 2.0).collect();
     images::save_grid(&pixels, [SAMPLES, c, s, s], 6, &out)?;
     println!("{SAMPLES} samples written to {}", out.display());
     Ok(losses)

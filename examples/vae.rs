@@ -83,7 +83,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let program = Program::compile(&gpu, &g, &mut store, &[loss], &grads)?;
     let adam = Optimizer::new(&gpu, &store, "vae", Config::Adam(Adam { lr: 1e-3, ..Adam::default() }))?;
     // The gather writes each batch, as pixels / 255, straight into the program's input x.
-    let gather = [data.gather(&gpu, batch, 1.0 / 255.0, 0.0, program.buffer(x))?];
+    let gather = [data.gather(&gpu, batch, 1.0 / 255.0, 0.0, program.buffer(x)?)?];
 
     for step in 0..steps {
         if step % per_epoch == 0 {
@@ -96,7 +96,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         // ...but the loss, now and then. This read waits for the GPU; `train::run` copies
         // losses into a `Readback` ring instead, which never stalls the next step.
         if step % 25 == 0 || step + 1 == steps {
-            let nats = gpu.read(program.buffer(loss))?[0] / batch as f32;
+            let nats = gpu.read(program.buffer(loss)?)?[0] / batch as f32;
             println!("step {:4}/{steps}: loss {nats:.1} nats per image", step + 1);
         }
     }
@@ -106,9 +106,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let z = g.input("z", &[SAMPLES, LATENT]);
     let images = decoder.forward(&mut g, z, Mode::eval())?;
     let sampler = Program::compile(&gpu, &g, &mut store, &[images], &[])?;
-    gpu.write(sampler.buffer(z), &InitRng::new(1).normal(SAMPLES * LATENT, 0.0, 1.0))?;
+    gpu.write(sampler.buffer(z)?, &InitRng::new(1).normal(SAMPLES * LATENT, 0.0, 1.0))?;
     sampler.run(&gpu)?;
-    images::save_grid(&gpu.read(sampler.buffer(images))?, [SAMPLES, c, h, w], 8, &out)?;
+    images::save_grid(&gpu.read(sampler.buffer(images)?)?, [SAMPLES, c, h, w], 8, &out)?;
     println!("{SAMPLES} samples written to {}", out.display());
     Ok(())
 }

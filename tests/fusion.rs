@@ -149,7 +149,7 @@ fn run(gpu: &Gpu, pair: &Pair) -> Run {
     let (r, weights) = &pair.weights;
     gpu.write(&store.input_buffer(&pair.g.info(*r).name).unwrap().buffer, weights).unwrap();
     program.run(gpu).unwrap();
-    let mut values = vec![("y".to_string(), gpu.read(program.buffer(pair.y)).unwrap())];
+    let mut values = vec![("y".to_string(), gpu.read(program.buffer(pair.y).unwrap()).unwrap())];
     for &(p, _) in &pair.grads {
         let name = pair.g.info(p).name.clone();
         values.push((format!("d{name}"), gpu.read(store.grad(&name).unwrap()).unwrap()));
@@ -310,11 +310,17 @@ fn a_pre_activation_read_elsewhere_is_stored_and_not_fused() {
         let leaves: Vec<(Tensor, Vec<f64>)> = values.iter().map(|(t, v)| (*t, f64s(v))).collect();
         let want = g.evaluate_reference(&leaves).unwrap();
         let name = format!("{act:?} second reader {second_reader} kept {keep_pre} backward {backward}");
-        assert_close(&format!("{name}: loss"), &tiled().read(program.buffer(loss)).unwrap(), &want[loss.index()].as_ref().unwrap().1, 1e-5);
+        assert_close(&format!("{name}: loss"), &tiled().read(program.buffer(loss).unwrap()).unwrap(), &want[loss.index()].as_ref().unwrap().1, 1e-5);
         if let Some(&(_, dw)) = grads.first() {
             assert_close(&format!("{name}: dw"), &tiled().read(store.grad("w").unwrap()).unwrap(), &want[dw.index()].as_ref().unwrap().1, 1e-5);
         }
-        program.fused.len()
+        // A fused-away pre-activation is never stored: asking for it is an error saying so.
+        let fused = program.fused.len();
+        match program.buffer(pre) {
+            Ok(_) => assert_eq!(fused, 0, "{name}: a fused pre-activation has a buffer"),
+            Err(e) => assert!(fused == 1 && e.to_string().contains("list it in `keep`"), "{name}: {e}"),
+        }
+        fused
     };
     assert_eq!(pair(Act::Relu, false, false, true), 1, "alone, the pair is fused");
     assert_eq!(pair(Act::Relu, true, false, true), 0, "a second reader keeps it stored");

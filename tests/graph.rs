@@ -35,7 +35,7 @@ fn gradients_of_a_tensor_used_twice_accumulate() {
     store.add_group(gpu, "p", vec![("a".into(), vec![1], vec![3.0]), ("b".into(), vec![1], vec![-2.0])]).unwrap();
     let program = Program::compile(gpu, &g, &mut store, &[loss], &[(a, da), (b, db)]).unwrap();
     program.run(gpu).unwrap();
-    assert_eq!(gpu.read(program.buffer(loss)).unwrap(), vec![-18.0]);
+    assert_eq!(gpu.read(program.buffer(loss).unwrap()).unwrap(), vec![-18.0]);
     assert_eq!(gpu.read(store.grad("a").unwrap()).unwrap(), vec![-12.0]);
     assert_eq!(gpu.read(store.grad("b").unwrap()).unwrap(), vec![9.0]);
 
@@ -88,7 +88,7 @@ fn steps_after_the_first_create_no_buffers_or_bind_groups() {
         program.run(gpu).unwrap();
     }
     assert_eq!(gpu.created.snapshot(), created);
-    assert_eq!(gpu.read(program.buffer(h)).unwrap(), vec![1.0; 1000]);
+    assert_eq!(gpu.read(program.buffer(h).unwrap()).unwrap(), vec![1.0; 1000]);
 }
 
 /// y = 2x over 3 elements, and a readback ring of `slots` for y. Returns x's buffer too.
@@ -98,7 +98,7 @@ fn doubling_with_readback(gpu: &Gpu, slots: usize) -> (Program, kiln::gpu::Readb
     let y = g.apply1(kiln::graph::ops::Scale { alpha: 2.0 }, &[x], "double").unwrap();
     let mut store = Store::new();
     let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
-    let ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).clone()], slots).unwrap();
+    let ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(y).unwrap().clone()], slots).unwrap();
     let x_buf = store.input_buffer("x").unwrap().buffer.clone();
     (program, ring, x_buf)
 }
@@ -231,7 +231,7 @@ mod composed {
             worst.states = worst.states.max(err);
         }
         let want_loss = values[loss.index()].as_ref().unwrap().1[0];
-        let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
+        let got_loss = gpu.read(program.buffer(loss).unwrap()).unwrap()[0] as f64;
         assert!((got_loss - want_loss).abs() <= 1e-4 * want_loss.abs() + 1e-6, "loss: GPU {got_loss} vs reference {want_loss}");
 
         // Forward-only copy of the graph for finite differences of the reference loss.
@@ -422,7 +422,7 @@ fn adam_through_the_executor_drives_a_tiny_models_loss_down() {
     gpu.write(&store.input_buffer("x").unwrap().buffer, &xs).unwrap();
     gpu.write(&store.input_buffer("target").unwrap().buffer, &ts).unwrap();
 
-    let mut ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(loss).clone()], 4).unwrap();
+    let mut ring = kiln::gpu::Readback::new(gpu, vec![program.buffer(loss).unwrap().clone()], 4).unwrap();
     let mut losses = Vec::new();
     for step in 0..200u64 {
         gpu.submit("step", &[&program.dispatches, &adam.dispatches], Some((&mut ring, step))).unwrap();
@@ -630,7 +630,7 @@ mod nets {
         let pairs: Vec<(Tensor, Tensor)> = params.iter().zip(&grads).map(|(&p, d)| (p, g.materialize(d.unwrap(), &mut taken).unwrap())).collect();
         let program = Program::compile(&gpu, &g, &mut store, &[loss], &pairs).unwrap();
         let adam = Optimizer::new(&gpu, &store, "disc", Config::Adam(Adam { lr: 1e-2, ..Adam::default() })).unwrap();
-        let mut ring = kiln::gpu::Readback::new(&gpu, vec![program.buffer(loss).clone()], 2).unwrap();
+        let mut ring = kiln::gpu::Readback::new(&gpu, vec![program.buffer(loss).unwrap().clone()], 2).unwrap();
         for (t, v) in &inputs {
             gpu.write(&store.input_buffer(&g.info(*t).name).unwrap().buffer, v).unwrap();
         }
@@ -764,7 +764,7 @@ fn a_pytorch_state_dict_loads_by_name_and_gives_pytorchs_output() {
     let program = Program::compile(gpu, &g, &mut store, &[y], &[]).unwrap();
     gpu.write(&store.input_buffer("x").unwrap().buffer, &x).unwrap();
     program.run(gpu).unwrap();
-    let got = gpu.read(program.buffer(y)).unwrap();
+    let got = gpu.read(program.buffer(y).unwrap()).unwrap();
     let (shape, want) = ckpt.tensor("test.output").unwrap();
     assert_eq!(g.shape(y), shape.as_slice());
     let err: f32 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt() / want.iter().map(|b| b * b).sum::<f32>().sqrt();

@@ -253,7 +253,7 @@ fn cat_differentiates_through_the_graph() {
     let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
     let leaves = vec![(a, f64s(&va)), (b, f64s(&vb)), (w, f64s(&vw))];
     let want = g.evaluate_reference(&leaves).unwrap();
-    let got_y = gpu.read(program.buffer(y)).unwrap();
+    let got_y = gpu.read(program.buffer(y).unwrap()).unwrap();
     let want_y: Vec<f32> = want[y.index()].as_ref().unwrap().1.iter().map(|&v| v as f32).collect();
     assert_eq!(got_y, want_y, "cat forward: GPU vs reference");
     for (slot, (param, grad)) in grads.iter().enumerate() {

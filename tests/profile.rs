@@ -161,7 +161,7 @@ fn many_profiled_steps_in_a_row_interleave_with_training_steps() {
         assert!(profile.kernels.iter().all(|r| r.of_fma_peak.is_none()));
     }
     // Profiled steps compute what unprofiled ones do: three layers of h*0.5 + 0.25, then *0.5.
-    assert_eq!(gpu.read(program.buffer(y)).unwrap(), vec![0.28125f32; 1 << 10]);
+    assert_eq!(gpu.read(program.buffer(y).unwrap()).unwrap(), vec![0.28125f32; 1 << 10]);
 }
 
 #[test]

@@ -109,8 +109,8 @@ fn every_adversarial_loss_matches_its_closed_form_and_gradient_on_the_gpu_and_th
         store.add_group(gpu, "logits", vec![("d_real".into(), vec![b, 1], to32(&real)), ("d_fake".into(), vec![b, 1], to32(&fake))]).unwrap();
         let program = Program::compile(gpu, &g, &mut store, &[d_loss, g_loss], &[]).unwrap();
         program.run(gpu).unwrap();
-        let got_d = gpu.read(program.buffer(d_loss)).unwrap()[0] as f64;
-        let got_g = gpu.read(program.buffer(g_loss)).unwrap()[0] as f64;
+        let got_d = gpu.read(program.buffer(d_loss).unwrap()).unwrap()[0] as f64;
+        let got_g = gpu.read(program.buffer(g_loss).unwrap()).unwrap()[0] as f64;
         assert!((got_d - want_d).abs() < 1e-5 * (1.0 + want_d.abs()), "{kind:?} on the GPU: D loss {got_d} vs {want_d}");
         assert!((got_g - want_g).abs() < 1e-5 * (1.0 + want_g.abs()), "{kind:?} on the GPU: G loss {got_g} vs {want_g}");
     }
@@ -323,7 +323,7 @@ fn the_projection_discriminator_adds_the_label_embeddings_inner_product_with_the
     gpu.write(&store.input_buffer("x").unwrap().buffer, &f32s(&xs)).unwrap();
     gpu.write(&store.input_buffer("y").unwrap().buffer, &f32s(&ys)).unwrap();
     program.run(gpu).unwrap();
-    let got = gpu.read(program.buffer(logits)).unwrap();
+    let got = gpu.read(program.buffer(logits).unwrap()).unwrap();
     for (r, (got, want)) in got.iter().zip(&want).enumerate() {
         assert!((*got as f64 - want).abs() < 1e-5, "GPU row {r}: {got} vs {want}");
     }

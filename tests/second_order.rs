@@ -59,7 +59,7 @@ fn check_gradients(g: &mut Graph, store: &mut Store, loss: Tensor, params: &[Ten
 
     let values = g.evaluate_reference(&leaves).unwrap();
     let want_loss = values[loss.index()].as_ref().unwrap().1[0];
-    let got_loss = gpu.read(program.buffer(loss)).unwrap()[0] as f64;
+    let got_loss = gpu.read(program.buffer(loss).unwrap()).unwrap()[0] as f64;
     assert!((got_loss - want_loss).abs() <= 1e-4 * want_loss.abs() + 1e-6, "loss: GPU {got_loss} vs reference {want_loss}");
 
     // The graph up to the loss (its first-order backward included) for finite differences.
@@ -411,9 +411,9 @@ fn dcgan_d_step(which: DLoss, batch: usize) -> (Vec<f32>, std::time::Duration) {
         program.run(gpu).unwrap();
         took = took.min(start.elapsed());
     }
-    let mut values = vec![gpu.read(program.buffer(loss)).unwrap()[0]];
+    let mut values = vec![gpu.read(program.buffer(loss).unwrap()).unwrap()[0]];
     if let Some(p) = penalty {
-        values.push(gpu.read(program.buffer(p)).unwrap()[0]);
+        values.push(gpu.read(program.buffer(p).unwrap()).unwrap()[0]);
     }
     for p in &params {
         let grad = gpu.read(store.grad(&g.info(*p).name).unwrap()).unwrap();

@@ -102,7 +102,7 @@ fn spectral_norm_matches_pytorch_for_linear_conv_and_transposed_conv() {
         program.run(gpu).unwrap();
 
         let at = format!("{name}.0.parametrizations.weight");
-        assert_close(&format!("{name}: weight / σ vs PyTorch"), &gpu.read(program.buffer(w_sn)).unwrap(), &f64s(&fixture("weight_sn").1), 1e-5);
+        assert_close(&format!("{name}: weight / σ vs PyTorch"), &gpu.read(program.buffer(w_sn).unwrap()).unwrap(), &f64s(&fixture("weight_sn").1), 1e-5);
         assert_close(&format!("{name}: _u vs PyTorch"), &read_state(&mut store, &format!("{at}.0._u")), &f64s(&fixture("u").1), 1e-5);
         assert_close(&format!("{name}: _v vs PyTorch"), &read_state(&mut store, &format!("{at}.0._v")), &f64s(&fixture("v").1), 1e-5);
         let grad = |param: &str| gpu.read(store.grad(param).unwrap()).unwrap();
@@ -143,7 +143,7 @@ fn run_steps(g: &Graph, store: &mut Store, keep: &[Tensor], steps: usize) -> (Ve
     for _ in 0..steps {
         program.run(gpu).unwrap();
     }
-    let sigmas = keep.iter().map(|&t| gpu.read(program.buffer(t)).unwrap()[0]).collect();
+    let sigmas = keep.iter().map(|&t| gpu.read(program.buffer(t).unwrap()).unwrap()[0]).collect();
     (D_STATES.iter().map(|n| read_state(store, n)).collect(), sigmas)
 }
 

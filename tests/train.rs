@@ -226,7 +226,7 @@ fn the_seed_recipe_updates_both_networks_from_one_forward_pass() {
     let g_loss = bce(&mut g, on_fake, 1.0);
     let grads = g.gradients(g_loss, &generator.params(&g)).unwrap();
     let g_program = Program::compile(gpu, &g, &mut store, &[g_loss], &grads).unwrap();
-    let gather = [data.gather(gpu, b, 2.0 / 255.0, -1.0, d_program.buffer(real)).unwrap()];
+    let gather = [data.gather(gpu, b, 2.0 / 255.0, -1.0, d_program.buffer(real).unwrap()).unwrap()];
     let adam = Config::Adam(Adam { lr: 1e-4, eps: 1e-7, ..Adam::default() });
     let opt_d = Optimizer::new(gpu, &store, "discriminator", adam).unwrap();
     let opt_g = Optimizer::new(gpu, &store, "generator", adam).unwrap();
@@ -241,7 +241,7 @@ fn the_seed_recipe_updates_both_networks_from_one_forward_pass() {
         g_program.set_step(gpu, step).unwrap();
         gpu.submit("by hand", &[&gather, &d_program.dispatches, &g_program.dispatches, &opt_d.dispatches, &opt_g.dispatches], None).unwrap();
         let losses = [gpu.read(&gan.logged[0]).unwrap()[0], gpu.read(&gan.logged[1]).unwrap()[0]];
-        let want = [gpu.read(d_program.buffer(d_loss)).unwrap()[0], gpu.read(g_program.buffer(g_loss)).unwrap()[0]];
+        let want = [gpu.read(d_program.buffer(d_loss).unwrap()).unwrap()[0], gpu.read(g_program.buffer(g_loss).unwrap()).unwrap()[0]];
         eprintln!("step {step}: d_loss, g_loss {losses:?}, by hand {want:?}");
         for (got, want) in losses.iter().zip(want) {
             assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "step {step}: {losses:?} vs {want}");

@@ -108,8 +108,8 @@ pub(super) fn via_graph(
     let mut result = OpResult::default();
     for p in &produced {
         match p {
-            Produced::Computed(name, t) => result.output(name, HostTensor::download(gpu, program.buffer(*t), g.shape(*t))?),
-            Produced::Updated(name, t) => result.output(name, HostTensor::download(gpu, program.buffer(*t), g.shape(*t))?),
+            Produced::Computed(name, t) => result.output(name, HostTensor::download(gpu, program.buffer(*t)?, g.shape(*t))?),
+            Produced::Updated(name, t) => result.output(name, HostTensor::download(gpu, program.buffer(*t)?, g.shape(*t))?),
         }
     }
     for k in wanted {

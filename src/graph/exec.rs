@@ -48,6 +48,8 @@ pub struct Program {
     /// Index in `dispatches` of each node's first dispatch.
     node_starts: Vec<usize>,
     buffers: Vec<Option<Buffer>>,
+    /// Names of the tensors fused away (no buffer), for `buffer`'s error.
+    fused_away: std::collections::HashMap<usize, String>,
     pub memory: MemoryReport,
     /// Activations computed by their producer's epilogue (graph::fuse), in node order; their
     /// input tensors have no buffer.
@@ -162,7 +164,8 @@ impl Program {
             }
         }
         let memory = MemoryReport { planned: memory_plan.planned_bytes(), naive: naive_bytes(&lifetimes), kept: kept_bytes };
-        Ok(Program { dispatches, node_starts, buffers, memory, fused })
+        let fused_away = (0..graph.tensors.len()).filter(|&i| buffers[i].is_none()).map(|i| (i, graph.tensors[i].name.clone())).collect();
+        Ok(Program { dispatches, node_starts, buffers, fused_away, memory, fused })
     }
 
     /// The dispatches of the nodes before node `n` and of those from it on, so that a step can
@@ -173,9 +176,18 @@ impl Program {
     }
 
     /// The buffer holding `t` (views share their base's). A pre-activation fused into its
-    /// producer has none: list it in `keep` at compile to read it.
-    pub fn buffer(&self, t: Tensor) -> &Buffer {
-        self.buffers[t.0].as_ref().unwrap_or_else(|| panic!("tensor {} has no buffer: it was fused away (keep it to store it)", t.0))
+    /// producer has none, and asking for it is an error that says to list it in `keep`.
+    pub fn buffer(&self, t: Tensor) -> Result<&Buffer> {
+        match self.buffers.get(t.0) {
+            Some(Some(buffer)) => Ok(buffer),
+            Some(None) => Err(Error::Invalid(format!(
+                "tensor {} ({:?}) has no buffer: its activation is computed in the epilogue of the op that produces it, \
+                 so it is never stored; list it in `keep` when compiling the program to read it",
+                t.0,
+                self.fused_away.get(&t.0).map_or("", String::as_str)
+            ))),
+            None => Err(Error::Invalid(format!("tensor {} is not in this program's graph ({} tensors)", t.0, self.buffers.len()))),
+        }
     }
 
     /// Records the whole step into one compute pass and submits it once. Does not wait.

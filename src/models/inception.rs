@@ -319,7 +319,7 @@ impl InceptionFeatures {
             batch.resize(self.batch * pixels, 0.0);
             gpu.write(input, &batch)?;
             self.program.run(gpu)?;
-            let y = gpu.read(self.program.buffer(self.out))?;
+            let y = gpu.read(self.program.buffer(self.out)?)?;
             features.extend_from_slice(&y[..chunk.len() / pixels * FEATURES]);
         }
         Ok(features)

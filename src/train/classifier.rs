@@ -58,7 +58,7 @@ impl ClassifierTrainer {
         let params: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == Role::Param).collect();
         let grads = g.gradients(loss, &params)?;
         let step = Program::compile(gpu, &g, &mut store, &[loss], &grads)?;
-        let logged = step.buffer(loss).clone();
+        let logged = step.buffer(loss)?.clone();
         let input = |name: &str| store.input_buffer(name).expect("compiled").buffer.clone();
         let gather = [train.gather(gpu, b, 1.0 / 255.0, 0.0, &input("batch"))?, train.gather_labels(gpu, b, &input("labels"))?];
         let opt = Optimizer::new(gpu, &store, "classifier", Config::Adam(Adam { lr: config.lr, ..Adam::default() }))?;

@@ -355,7 +355,7 @@ impl Gan {
         let mut outputs = vec![d_loss, g_loss, m_real, m_fake];
         outputs.extend(penalty.map(|(_, t)| t));
         let program = Program::compile(gpu, &g, &mut store, &outputs, &grads)?;
-        let mut logged: Vec<_> = outputs.iter().map(|&t| program.buffer(t).clone()).collect();
+        let mut logged = outputs.iter().map(|&t| Ok(program.buffer(t)?.clone())).collect::<Result<Vec<_>>>()?;
         let mut logged_names = vec!["d_loss", "g_loss", "d_real", "d_fake"];
         logged_names.extend(penalty.map(|(name, _)| name));
 
@@ -372,7 +372,7 @@ impl Gan {
                 let d_params = discriminator.params(&g);
                 let grads = g.gradients(loss, &d_params)?;
                 let program = Program::compile(gpu, &g, &mut store, &[r1], &grads)?;
-                logged.push(program.buffer(r1).clone());
+                logged.push(program.buffer(r1)?.clone());
                 logged_names.push("r1");
                 Some((every, program))
             }
@@ -472,7 +472,7 @@ impl Gan {
             (None, Some(_)) => crate::bail!(Invalid, "this GAN is unconditional: it takes no labels"),
         }
         self.sampler.run(gpu)?;
-        gpu.read(self.sampler.buffer(self.sample_images))
+        gpu.read(self.sampler.buffer(self.sample_images)?)
     }
 
     /// `n` images in [0, 1] from z drawn from `seed` (as [`generate_in_batches`]); a

@@ -357,7 +357,7 @@ impl Loaded {
             program.set_step(gpu, i as u64)?;
             program.run(gpu)?;
             // The outputs are logits per image.
-            let mean_sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read(program.buffer(*t))?.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum()) };
+            let mean_sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read(program.buffer(*t)?)?.iter().map(|&v| 1.0 / (1.0 + (-v as f64).exp())).sum()) };
             d_real += mean_sum(real)?;
             d_fake += mean_sum(fake)?;
         }
@@ -498,7 +498,7 @@ fn batches_of<const K: usize>(gpu: &Gpu, store: &Store, program: &Program, input
         }
         program.run(gpu)?;
         for (out, acc) in outs.iter().zip(&mut result) {
-            let y = gpu.read(program.buffer(*out))?;
+            let y = gpu.read(program.buffer(*out)?)?;
             acc.extend_from_slice(&y[..y.len() / b * (end - start)]);
         }
     }

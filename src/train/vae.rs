@@ -106,7 +106,7 @@ impl VaeTrainer {
         let params: Vec<Tensor> = (0..g.tensors.len()).map(Tensor::from_index).filter(|&t| g.info(t).role == crate::graph::Role::Param).collect();
         let grads = g.gradients(loss, &params)?;
         let step = Program::compile(gpu, &g, &mut store, &[loss, bce, kl], &grads)?;
-        let logged = [loss, bce, kl].iter().map(|&t| step.buffer(t).clone()).collect();
+        let logged = [loss, bce, kl].iter().map(|&t| Ok(step.buffer(t)?.clone())).collect::<Result<_>>()?;
 
         let eval = VaeEval::new(gpu, &model, &mut store, test, config.seed)?;
         let shown = Reconstructor::new(gpu, &model, &mut store, test)?;
@@ -141,7 +141,7 @@ impl VaeTrainer {
             gpu.write(&self.store.input_buffer("sample_z_labels").expect("conditional").buffer, labels)?;
         }
         self.sampler.run(gpu)?;
-        gpu.read(self.sampler.buffer(self.sample_images))
+        gpu.read(self.sampler.buffer(self.sample_images)?)
     }
 }
 
@@ -191,8 +191,8 @@ impl VaeEval {
             }
             program.set_step(gpu, i as u64)?;
             gpu.submit("evaluation", &[gather, &program.dispatches], None)?;
-            loss += gpu.read(program.buffer(*l))?[0] as f64;
-            mse += gpu.read(program.buffer(*m))?[0] as f64;
+            loss += gpu.read(program.buffer(*l)?)?[0] as f64;
+            mse += gpu.read(program.buffer(*m)?)?[0] as f64;
         }
         let n = self.images as f64;
         Ok((loss / n, mse / (n * self.pixels as f64)))
@@ -225,7 +225,7 @@ impl Reconstructor {
     /// (originals, reconstructions), each [images, pixels] in [0, 1].
     fn run(&self, gpu: &Gpu, store: &Store) -> Result<(Vec<f32>, Vec<f32>)> {
         gpu.submit("reconstruction", &[&self.gather, &self.program.dispatches], None)?;
-        Ok((gpu.read(&store.input_buffer("shown_x").expect("compiled").buffer)?, gpu.read(self.program.buffer(self.recon))?))
+        Ok((gpu.read(&store.input_buffer("shown_x").expect("compiled").buffer)?, gpu.read(self.program.buffer(self.recon)?)?))
     }
 }
 
@@ -381,7 +381,7 @@ impl IwaeEval {
             }
             self.program.set_step(gpu, batch as u64)?;
             self.program.run(gpu)?;
-            let [nll, mu, logvar, eps] = self.outs.map(|t| gpu.read(self.program.buffer(t)));
+            let [nll, mu, logvar, eps] = self.outs.map(|t| gpu.read(self.program.buffer(t)?));
             let (nll, mu, logvar, eps) = (nll?, mu?, logvar?, eps?);
             for image in 0..count {
                 let weights: Vec<f64> = (image * k..(image + 1) * k)

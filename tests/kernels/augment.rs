@@ -81,7 +81,7 @@ fn color_means_over_long_rows_take_the_reductions_extra_passes_in_a_program_too(
         gpu.write(&store.input_buffer("x").unwrap().buffer, &x).unwrap();
         gpu.write(&store.input_buffer("draws").unwrap().buffer, &d).unwrap();
         program.run(gpu).unwrap();
-        assert_close(&format!("color {shape:?} in a program"), &gpu.read(program.buffer(y)).unwrap(), &want, 1e-6);
+        assert_close(&format!("color {shape:?} in a program"), &gpu.read(program.buffer(y).unwrap()).unwrap(), &want, 1e-6);
     }
 }
 
@@ -211,7 +211,7 @@ fn augmented_outputs_gradients_and_second_order_match_pytorch() {
             program.run(gpu).unwrap();
             for (what, t) in [("y", a.y), ("dx", a.dx), ("jjt_dy", a.jjt_dy)] {
                 let want = fixture_tensor(&st, &format!("{case}/{text}/{what}"));
-                let err = max_abs(&gpu.read(program.buffer(t)).unwrap(), &want);
+                let err = max_abs(&gpu.read(program.buffer(t).unwrap()).unwrap(), &want);
                 eprintln!("{case} {text} {what}: max |kiln − torch| {err:.1e}");
                 assert!(err <= 1e-5, "{case} {text} {what}: max |kiln − torch| {err:e}");
             }
@@ -238,7 +238,7 @@ fn the_graph_matches_its_cpu_reference_through_second_order() {
     program.run(gpu).unwrap();
     let want = g.evaluate_reference(&leaves).unwrap();
     for (what, t) in [("y", a.y), ("dx", a.dx), ("jjt_dy", a.jjt_dy)] {
-        assert_close(what, &gpu.read(program.buffer(t)).unwrap(), &want[t.index()].as_ref().unwrap().1, 1e-6);
+        assert_close(what, &gpu.read(program.buffer(t).unwrap()).unwrap(), &want[t.index()].as_ref().unwrap().1, 1e-6);
     }
 }
 
@@ -272,7 +272,7 @@ fn at_step(program: &Program, y: Tensor, step: u64) -> Vec<f32> {
     let gpu = gpu();
     program.set_step(gpu, step).unwrap();
     program.run(gpu).unwrap();
-    gpu.read(program.buffer(y)).unwrap()
+    gpu.read(program.buffer(y).unwrap()).unwrap()
 }
 
 #[test]
