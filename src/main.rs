@@ -227,16 +227,20 @@ struct TrainArgs {
     /// GAN: the discriminator's learning rate
     #[arg(long)]
     lr_d: Option<f32>,
-    /// GAN: paper (N(0,0.02) init, Adam 2e-4 beta1 0.5, D then G updated, as PyTorch's DCGAN) or seed (the TensorFlow tutorial exactly: default init, Adam 1e-4, both updated from one forward pass)
-    #[arg(long, default_value = "paper")]
+    /// GAN: paper-ema (paper with --ema 0.999; the best measured on MNIST, docs/TRAINING.md),
+    /// paper (N(0,0.02) init, Adam 2e-4 beta1 0.5, D then G updated, as PyTorch's DCGAN) or
+    /// seed (the TensorFlow tutorial exactly: default init, Adam 1e-4, both updated from one
+    /// forward pass). --loss, --spectral-norm, --ema and --no-ema override what it sets
+    #[arg(long, default_value = kiln::train::gan::RECIPES[0].name)]
     recipe: String,
     /// GAN: one-sided label smoothing, the discriminator's target for real images (bce, ls)
     #[arg(long, default_value_t = 1.0)]
     real_label: f32,
     /// GAN: the adversarial loss: bce (non-saturating), hinge, ls (least squares) or wgan-gp
     /// (Wasserstein with gradient penalty)
-    #[arg(long, default_value = "bce")]
-    loss: String,
+    /// (default: the recipe's, bce for all of them)
+    #[arg(long)]
+    loss: Option<String>,
     /// GAN: discriminator steps per generator step (a step is one D update on one batch)
     #[arg(long, default_value_t = 1)]
     n_critic: usize,
@@ -245,16 +249,20 @@ struct TrainArgs {
     betas: Option<Vec<f32>>,
     /// GAN: keep a moving average of the generator with this decay (e.g. 0.999); sample grids,
     /// --eval-every, `kiln sample` and `kiln eval` use it
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_ema")]
     ema: Option<f32>,
+    /// GAN: no moving average of the generator, whatever the recipe sets
+    #[arg(long)]
+    no_ema: bool,
     /// VAE: conv (two stride-2 convolutions each way; 99.1 nats on MNIST after 10 epochs in
     /// PyTorch) or mlp (PyTorch's example, 784-400-20; 105.3 nats)
     #[arg(long, default_value = "conv")]
     vae_model: String,
     /// GAN: spectral normalization (torch's parametrizations.spectral_norm, one power
-    /// iteration per step) of every Linear and conv layer of d, g, both or none
-    #[arg(long, default_value = "none")]
-    spectral_norm: String,
+    /// iteration per step) of every Linear and conv layer of d, g, both or none (default: the
+    /// recipe's, none for all of them)
+    #[arg(long)]
+    spectral_norm: Option<String>,
     /// GAN: WGAN-GP's gradient-penalty weight λ (--loss wgan-gp)
     #[arg(long, default_value_t = 10.0)]
     gp_lambda: f32,
@@ -631,12 +639,19 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
     let mut vae_test = None;
     let trainer: Box<dyn run::Trainer> = match args.model.as_str() {
         "gan" => {
-            use kiln::train::gan::{Gan, GanConfig, Recipe};
-            let recipe = match args.recipe.as_str() {
-                "paper" => Recipe::Paper,
-                "seed" => Recipe::Seed,
-                other => return Err(kiln::Error::Invalid(format!("unknown --recipe {other:?}: expected paper or seed"))),
-            };
+            use kiln::train::gan::{Gan, GanConfig, GanLoss, NamedRecipe};
+            // The recipe's choices, then the flags given explicitly.
+            let mut named = NamedRecipe::parse(&args.recipe)?;
+            if let Some(loss) = &args.loss {
+                named.loss = GanLoss::parse(loss)?;
+            }
+            if let Some(spec) = &args.spectral_norm {
+                named.spectral_norm = kiln::models::dcgan::SpectralNorm::parse(spec)?;
+            }
+            if args.ema.is_some() || args.no_ema {
+                named.ema = args.ema;
+            }
+            say!("recipe {}: {}", args.recipe, named.describe());
             if splits.train.height() != splits.train.width() {
                 return Err(kiln::Error::Invalid(format!("the GAN needs square images, got {}x{}", splits.train.height(), splits.train.width())));
             }
@@ -644,16 +659,16 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
             let config = GanConfig {
                 image,
                 batch: args.batch_size,
-                recipe,
+                recipe: named.recipe,
                 lr_g: args.lr_g.or(args.lr),
                 lr_d: args.lr_d.or(args.lr),
                 real_label: args.real_label,
                 seed: args.seed,
-                loss: kiln::train::gan::GanLoss::parse(&args.loss)?,
+                loss: named.loss,
                 n_critic: args.n_critic,
                 betas: args.betas.as_ref().map(|b| (b[0], b[1])),
-                ema: args.ema,
-                spectral_norm: kiln::models::dcgan::SpectralNorm::parse(&args.spectral_norm)?,
+                ema: named.ema,
+                spectral_norm: named.spectral_norm,
                 gp_lambda: args.gp_lambda,
                 r1: args.r1.map(|gamma| (gamma, args.r1_every)),
                 augment: kiln::nn::augment::parse_policy(args.augment.as_deref().unwrap_or(""))?,

@@ -178,6 +178,44 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `kiln train gan --recipe NAME` trains with what the recipe names (loss, spectral norm,
+/// generator average; without `--recipe`, the first of `RECIPES`), and the flags given
+/// explicitly win over it.
+#[test]
+fn a_named_recipe_sets_its_options_and_explicit_flags_override_them() {
+    use kiln::train::gan::{NamedRecipe, RECIPES};
+    let out = out_dir("recipe-cli");
+    let data = digit_folder(&out.join("digits"), 20);
+    let trained = |name: &str, flags: &[&str]| -> (serde_json::Value, bool) {
+        let dir = out.join(name);
+        let mut args = vec!["train", "gan", "--data", &data, "--steps", "1", "--batch-size", "2", "--out", dir.to_str().unwrap()];
+        args.extend(flags);
+        let (ok, _, stderr) = kiln_cli(&args);
+        assert!(ok, "{name}: {stderr}");
+        let ckpt = Checkpoint::load(&checkpoint_path(&dir)).unwrap();
+        let averaged = ckpt.tensors.keys().any(|k| k.starts_with("ema."));
+        (serde_json::from_str(&ckpt.metadata["config"]).unwrap(), averaged)
+    };
+    let as_named = |name: &str, (config, averaged): &(serde_json::Value, bool)| {
+        let r = NamedRecipe::parse(name).unwrap();
+        assert_eq!(config["loss"], r.loss.name(), "{name}: {config}");
+        assert_eq!(config["spectral_norm"], r.spectral_norm.name(), "{name}: {config}");
+        assert_eq!(config["ema"].as_f64().map(|d| d as f32), r.ema, "{name}: {config}");
+        assert_eq!(*averaged, r.ema.is_some(), "{name}: ema.* tensors in the checkpoint");
+    };
+    as_named(RECIPES[0].name, &trained("default", &[]));
+    for r in RECIPES {
+        as_named(r.name, &trained(r.name, &["--recipe", r.name]));
+    }
+    let (config, averaged) = trained("overridden", &["--recipe", "paper-ema", "--no-ema", "--loss", "hinge", "--spectral-norm", "d"]);
+    assert!(config["ema"].is_null() && !averaged && config["loss"] == "hinge" && config["spectral_norm"] == "d", "{config}");
+    let (config, averaged) = trained("ema-added", &["--recipe", "paper", "--ema", "0.99"]);
+    assert!((config["ema"].as_f64().unwrap() - 0.99).abs() < 1e-6 && averaged, "{config}");
+    let (ok, _, stderr) = kiln_cli(&["train", "gan", "--data", &data, "--recipe", "papr", "--steps", "1"]);
+    assert!(!ok && stderr.contains("papr") && RECIPES.iter().all(|r| stderr.contains(r.name)), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// `--recipe seed` is the TensorFlow tutorial's `train_step`: both networks' gradients from
 /// one forward pass, D's before its update reaching G. Checked against that step written out
 /// as two programs over one store (D's gradients; then G's through the same, not yet updated,

@@ -24,6 +24,47 @@ pub enum Recipe {
     Paper,
 }
 
+/// A `--recipe` by name: the update schedule and initialisation ([`Recipe`]) and the values it
+/// gives the loss, spectral normalization and generator average unless their own flags are
+/// given. `paper` and `seed` are those two schedules alone; the others are combinations that
+/// measured well on MNIST (docs/TRAINING.md).
+#[derive(Clone, Copy, Debug)]
+pub struct NamedRecipe {
+    pub name: &'static str,
+    pub recipe: Recipe,
+    pub loss: GanLoss,
+    pub spectral_norm: SpectralNorm,
+    pub ema: Option<f32>,
+}
+
+const NO_SPECTRAL_NORM: SpectralNorm = SpectralNorm { discriminator: false, generator: false };
+
+/// Every `--recipe`, the default first.
+pub const RECIPES: [NamedRecipe; 3] = [
+    NamedRecipe { name: "paper-ema", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: Some(0.999) },
+    NamedRecipe { name: "paper", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: None },
+    NamedRecipe { name: "seed", recipe: Recipe::Seed, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: None },
+];
+
+impl NamedRecipe {
+    pub fn parse(name: &str) -> Result<NamedRecipe> {
+        match RECIPES.iter().find(|r| r.name == name) {
+            Some(r) => Ok(*r),
+            None => crate::bail!(
+                Invalid,
+                "unknown --recipe {name:?}: expected {}",
+                RECIPES.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// What the recipe turns on, for the training log: "loss bce, spectral norm none, ema 0.999".
+    pub fn describe(&self) -> String {
+        let ema = self.ema.map_or("none".to_string(), |d| d.to_string());
+        format!("{:?} schedule, loss {}, spectral norm {}, ema {ema}", self.recipe, self.loss.name(), self.spectral_norm.name()).to_lowercase()
+    }
+}
+
 /// The adversarial loss (`--loss`), with PyTorch-GAN's / StudioGAN's formulations. D outputs
 /// logits (no sigmoid) under every loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
