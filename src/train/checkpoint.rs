@@ -230,7 +230,7 @@ pub fn restore_averages(gpu: &Gpu, store: &Store, averages: &[&Ema], ckpt: &Chec
     for ema in averages {
         match averaged_arena(store, &ema.group, ckpt)? {
             Some(arena) => gpu.write(&ema.average, &arena)?,
-            None => crate::bail!(Invalid, "the checkpoint has no moving average of {:?} (ema.* tensors): it was trained without --ema", ema.group),
+            None => crate::bail!(Invalid, "the checkpoint has no moving average of {:?} (ema.* tensors): it was trained without --ema; resume it with --no-ema (or --recipe paper, the default before paper-ema)", ema.group),
         }
     }
     Ok(())
