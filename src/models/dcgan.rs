@@ -121,6 +121,9 @@ pub struct SpectralNorm {
 }
 
 impl SpectralNorm {
+    /// No layer normalized (the default), as a constant for recipe tables.
+    pub const NONE: SpectralNorm = SpectralNorm { discriminator: false, generator: false };
+
     pub fn parse(spec: &str) -> Result<SpectralNorm> {
         Ok(match spec {
             "d" => SpectralNorm { discriminator: true, generator: false },

@@ -24,6 +24,16 @@ pub enum Recipe {
     Paper,
 }
 
+impl Recipe {
+    /// The schedule's name, as checkpoints and the training log write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Seed => "seed",
+            Recipe::Paper => "paper",
+        }
+    }
+}
+
 /// A `--recipe` by name: the update schedule and initialisation ([`Recipe`]) and the values it
 /// gives the loss, spectral normalization and generator average unless their own flags are
 /// given. `paper` and `seed` are those two schedules alone; the others are combinations that
@@ -37,13 +47,11 @@ pub struct NamedRecipe {
     pub ema: Option<f32>,
 }
 
-const NO_SPECTRAL_NORM: SpectralNorm = SpectralNorm { discriminator: false, generator: false };
-
 /// Every `--recipe`, the default first.
 pub const RECIPES: [NamedRecipe; 3] = [
-    NamedRecipe { name: "paper-ema", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: Some(0.999) },
-    NamedRecipe { name: "paper", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: None },
-    NamedRecipe { name: "seed", recipe: Recipe::Seed, loss: GanLoss::Bce, spectral_norm: NO_SPECTRAL_NORM, ema: None },
+    NamedRecipe { name: "paper-ema", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: SpectralNorm::NONE, ema: Some(0.999) },
+    NamedRecipe { name: "paper", recipe: Recipe::Paper, loss: GanLoss::Bce, spectral_norm: SpectralNorm::NONE, ema: None },
+    NamedRecipe { name: "seed", recipe: Recipe::Seed, loss: GanLoss::Bce, spectral_norm: SpectralNorm::NONE, ema: None },
 ];
 
 impl NamedRecipe {
@@ -61,7 +69,7 @@ impl NamedRecipe {
     /// What the recipe turns on, for the training log: "loss bce, spectral norm none, ema 0.999".
     pub fn describe(&self) -> String {
         let ema = self.ema.map_or("none".to_string(), |d| d.to_string());
-        format!("{:?} schedule, loss {}, spectral norm {}, ema {ema}", self.recipe, self.loss.name(), self.spectral_norm.name()).to_lowercase()
+        format!("{} schedule, loss {}, spectral norm {}, ema {ema}", self.recipe.name(), self.loss.name(), self.spectral_norm.name())
     }
 }
 
@@ -585,7 +593,7 @@ impl super::run::Trainer for Gan {
         let c = &self.config;
         serde_json::json!({
             "model": "dcgan", "channels": c.image.channels, "size": c.image.size, "batch": c.batch,
-            "recipe": format!("{:?}", c.recipe).to_lowercase(), "lr_g": c.lr_g, "lr_d": c.lr_d,
+            "recipe": c.recipe.name(), "lr_g": c.lr_g, "lr_d": c.lr_d,
             "real_label": c.real_label, "seed": c.seed, "loss": c.loss.name(), "n_critic": c.n_critic,
             "betas": c.betas.map(|(b1, b2)| [b1, b2]), "ema": c.ema,
             "classes": c.conditional.map(|c| c.classes), "spectral_norm": c.spectral_norm.name(),
