@@ -126,7 +126,8 @@ struct EvalArgs {
     /// With a GAN or VAE checkpoint: --n generated images against --n test images of --data
     #[arg(long)]
     metrics: Option<String>,
-    /// The feature network of --metrics: lenet-mnist (built in; 28x28 grey images), inception
+    /// The feature network of --metrics: lenet-mnist or lenet-fashion (built in; 28x28 grey
+    /// images of digits or clothes), inception
     /// (pytorch-fid's FID Inception-v3, pool3; weights from --fid-weights), or a classifier
     /// checkpoint from `kiln train classifier`
     #[arg(long, default_value = "lenet-mnist")]
