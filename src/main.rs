@@ -249,7 +249,8 @@ struct TrainArgs {
     #[arg(long, value_delimiter = ',', num_args = 2)]
     betas: Option<Vec<f32>>,
     /// GAN: keep a moving average of the generator with this decay (e.g. 0.999); sample grids,
-    /// --eval-every, `kiln sample` and `kiln eval` use it
+    /// --eval-every, `kiln sample` and `kiln eval` use it. With --resume of a run trained
+    /// without one, the average starts from the resumed weights
     #[arg(long, conflicts_with = "no_ema")]
     ema: Option<f32>,
     /// GAN: no moving average of the generator, whatever the recipe sets
@@ -669,6 +670,7 @@ fn train_on(args: &TrainArgs, comm: &dyn kiln::dist::Collective) -> kiln::Result
                 n_critic: args.n_critic,
                 betas: args.betas.as_ref().map(|b| (b[0], b[1])),
                 ema: named.ema,
+                ema_start_on_resume: args.ema.is_some(),
                 spectral_norm: named.spectral_norm,
                 gp_lambda: args.gp_lambda,
                 r1: args.r1.map(|gamma| (gamma, args.r1_every)),

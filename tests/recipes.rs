@@ -237,16 +237,35 @@ fn a_resumed_gan_with_every_recipe_option_equals_an_uninterrupted_run_bit_for_bi
 }
 
 #[test]
-fn resuming_an_ema_run_from_a_checkpoint_without_averages_is_a_clear_error() {
+fn resuming_an_ema_run_from_a_checkpoint_without_averages_is_refused_unless_asked_to_start_one() {
     let gpu = gpu();
     let splits = small_digits();
     let train = GpuData::upload(gpu, &splits.train).unwrap();
     let out = out_dir("ema-missing");
     let plain = Gan::new(gpu, gan_config(GanLoss::Bce, 1, None), &train).unwrap();
     run(gpu, &plain, &train, &options(&out, 2)).unwrap();
+    let at_2 = Checkpoint::load(&checkpoint_path(&out)).unwrap();
     let with_ema = Gan::new(gpu, gan_config(GanLoss::Bce, 1, Some(0.999)), &train).unwrap();
     let err = run(gpu, &with_ema, &train, &RunOptions { resume: true, ..options(&out, 4) }).err().expect("must fail").to_string();
-    assert!(err.contains("moving average") && err.contains("--ema"), "{err}");
+    assert!(err.contains("moving average") && err.contains("--no-ema") && err.contains("--ema 0.999"), "{err}");
+
+    // Asked to (an explicit --ema), the average starts from the resumed live weights w₂, and
+    // the third update makes it β·w₂ + (1 − β)·w₃ with β = (1 + 3)/(10 + 3) at G's step 3.
+    let config = GanConfig { ema_start_on_resume: true, ..gan_config(GanLoss::Bce, 1, Some(0.999)) };
+    let started = Gan::new(gpu, config, &train).unwrap();
+    run(gpu, &started, &train, &RunOptions { resume: true, ..options(&out, 3) }).unwrap();
+    let at_3 = Checkpoint::load(&checkpoint_path(&out)).unwrap();
+    let beta = 4.0 / 13.0f64;
+    let mut averaged = 0;
+    for (name, (_, w3)) in at_3.tensors.iter().filter(|(n, _)| n.starts_with("generator.")) {
+        let Some((_, average)) = at_3.tensors.get(&format!("ema.{name}")) else { continue };
+        let w2 = &at_2.tensors[name].1;
+        let worst = average.iter().zip(w2.iter().zip(w3)).map(|(&a, (&p, &q))| (a as f64 - (beta * p as f64 + (1.0 - beta) * q as f64)).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "{name}: the started average is off by {worst}");
+        assert_ne!(w2, w3, "{name} was updated");
+        averaged += 1;
+    }
+    assert!(averaged >= 8, "{averaged} averaged generator tensors");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

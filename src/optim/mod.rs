@@ -73,6 +73,11 @@ pub struct Ema {
     /// As long as the group's arena, laid out as it is.
     pub average: Buffer,
     pub dispatch: Dispatch,
+    /// Resuming a checkpoint that has no average of this group starts the average from the
+    /// resumed live weights instead of refusing (`--ema` given explicitly on a run trained
+    /// without one). The warm-up of `ema` goes by the optimizer's step, so an average started
+    /// at step t forgets its start as fast as one started at 0 forgets the initial weights.
+    pub start_on_resume: bool,
 }
 
 impl Ema {
@@ -83,7 +88,7 @@ impl Ema {
         let average = gpu.upload(&format!("{group}.ema"), &gpu.read(&g.params)?)?;
         let mut dispatch = k::ema(gpu, decay, &g.params, &average, &optimizer.state[0].1)?;
         dispatch.label = format!("{group}.ema");
-        Ok(Ema { group: group.clone(), decay, average, dispatch })
+        Ok(Ema { group: group.clone(), decay, average, dispatch, start_on_resume: false })
     }
 
     /// Name of the average of parameter `param` in checkpoints: `ema.generator.0.weight`.

@@ -225,12 +225,18 @@ fn averaged_arena(store: &Store, group_name: &str, ckpt: &Checkpoint) -> Result<
     Ok(Some(arena))
 }
 
-/// Writes the averages of `ckpt` back into `averages` (resuming); each must be present.
+/// Writes the averages of `ckpt` back into `averages` (resuming, after [`restore`] has
+/// written the live weights). An average the checkpoint lacks is started from the live
+/// weights where [`Ema::start_on_resume`] allows it, else refused.
 pub fn restore_averages(gpu: &Gpu, store: &Store, averages: &[&Ema], ckpt: &Checkpoint) -> Result<()> {
     for ema in averages {
         match averaged_arena(store, &ema.group, ckpt)? {
             Some(arena) => gpu.write(&ema.average, &arena)?,
-            None => crate::bail!(Invalid, "the checkpoint has no moving average of {:?} (ema.* tensors): it was trained without --ema; resume it with --no-ema (or --recipe paper, the default before paper-ema)", ema.group),
+            None if ema.start_on_resume => {
+                gpu.write(&ema.average, &gpu.read(&group(store, &ema.group)?.params)?)?;
+                log::warn!("the checkpoint has no moving average of {:?}: it starts now, from the resumed weights", ema.group);
+            }
+            None => crate::bail!(Invalid, "the checkpoint has no moving average of {:?} (ema.* tensors): it was trained without --ema; resume it with --no-ema (or --recipe paper, the default before paper-ema), or start an average now with an explicit --ema 0.999", ema.group),
         }
     }
     Ok(())

@@ -133,6 +133,9 @@ pub struct GanConfig {
     /// Decay of the generator's moving average (`--ema`), which sample grids, `--eval-every`,
     /// `kiln sample` and `kiln eval` use; None trains without one.
     pub ema: Option<f32>,
+    /// Resuming a checkpoint trained without a moving average starts one from its live
+    /// weights (`--ema` given explicitly with `--resume`) instead of refusing.
+    pub ema_start_on_resume: bool,
     /// A class-conditional GAN over this many classes (`--conditional`; see
     /// [`Conditioning`]); G's fakes take the real batch's labels.
     pub conditional: Option<Conditioning>,
@@ -163,6 +166,7 @@ impl Default for GanConfig {
             n_critic: 1,
             betas: None,
             ema: None,
+            ema_start_on_resume: false,
             conditional: None,
             spectral_norm: SpectralNorm::default(),
             gp_lambda: 10.0,
@@ -444,7 +448,10 @@ impl Gan {
         }
         let opt_d = Optimizer::new(gpu, &store, "discriminator", Config::Adam(config.adam(config.lr_d)))?;
         let opt_g = Optimizer::new(gpu, &store, "generator", Config::Adam(config.adam(config.lr_g)))?;
-        let ema = config.ema.map(|decay| Ema::new(gpu, &store, &opt_g, decay)).transpose()?;
+        let ema = config
+            .ema
+            .map(|decay| Ema::new(gpu, &store, &opt_g, decay).map(|ema| Ema { start_on_resume: config.ema_start_on_resume, ..ema }))
+            .transpose()?;
         Ok(Gan { config, store, generator, discriminator, gather, program, d_update_before, opt_d, opt_g, ema, logged, logged_names, lazy_r1, sampler, sample_images })
     }
 
