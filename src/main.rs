@@ -827,6 +827,7 @@ fn eval(args: &EvalArgs) -> kiln::Result<ExitCode> {
         if args.json {
             println!("{}", scores.json());
         } else {
+            println!("backbone {}: {}", scores.backbone, scores.backbone_about);
             scores.lines().iter().for_each(|l| println!("{l}"));
         }
     };

@@ -121,6 +121,7 @@ fn bad_backbones_mismatched_sets_and_short_sets_are_clear_errors() {
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(v["fid"].as_f64().unwrap() > 0.0 && v["scored"]["images"] == 200 && v["backbone"].as_str().unwrap().starts_with("checkpoint@"), "{v}");
+    assert_eq!(v["backbone_about"], format!("the classifier checkpoint {ckpt}"), "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -133,6 +134,9 @@ fn built_in_lenet(name: &str) -> Backbone {
     let hash: String = <sha2::Sha256 as sha2::Digest>::digest(&shipped).iter().take(4).map(|b| format!("{b:02x}")).collect();
     assert_eq!(backbone.id, format!("{name}@{hash}"));
     assert_eq!((backbone.image, backbone.classes), ([1, 28, 28], 10));
+    // Its description says what it was trained on, for the reader of its numbers.
+    let data = if name == "lenet-fashion" { "Fashion-MNIST" } else { "MNIST" };
+    assert!(backbone.about.starts_with("built in, trained on ") && backbone.about.contains(data), "{}", backbone.about);
     backbone
 }
 

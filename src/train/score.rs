@@ -35,6 +35,9 @@ pub struct Backbone {
     pub image: [usize; 3],
     /// The classifier's classes (0 for inception, which has no classifier head).
     pub classes: usize,
+    /// Where its weights came from and, for a built-in one, what it was trained on: what a
+    /// reader of the numbers needs to judge the feature space.
+    pub about: String,
     net: Net,
 }
 
@@ -66,10 +69,13 @@ impl Backbone {
             let weights = inception::Weights::load(&path)?;
             let net = inception::Inception::default();
             let features = InceptionFeatures::new(gpu, net, &weights, image, inception::batch_for(gpu, net.resize))?;
-            return Ok(Backbone { id: format!("{INCEPTION}@{}", weights.hash), image, classes: 0, net: Net::Inception(features) });
+            let about = format!("pytorch-fid's Inception v3 (pool3), weights from {}", path.display());
+            return Ok(Backbone { id: format!("{INCEPTION}@{}", weights.hash), image, classes: 0, about, net: Net::Inception(features) });
         }
-        if let Some((name, bytes, _)) = BUILTIN.iter().find(|b| b.0 == spec) {
-            return Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"));
+        if let Some((name, bytes, trained_on)) = BUILTIN.iter().find(|b| b.0 == spec) {
+            let mut backbone = Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"))?;
+            backbone.about = format!("built in, trained on {trained_on}");
+            return Ok(backbone);
         }
         let path = Path::new(spec);
         if !path.exists() {
@@ -90,7 +96,8 @@ impl Backbone {
         };
         let (image, classes) = (classifier.image, classifier.classes);
         let eval = ClassifierEval::new(gpu, classifier, &mut loaded.store)?;
-        Ok(Backbone { id, image, classes, net: Net::Classifier { loaded, eval } })
+        let about = format!("the classifier checkpoint {origin}");
+        Ok(Backbone { id, image, classes, about, net: Net::Classifier { loaded, eval } })
     }
 
     /// (features, logits) of `images` ([0, 1] pixels of the backbone's image shape); `what`
@@ -146,6 +153,8 @@ pub const PR_K: usize = 3;
 #[derive(Clone, Debug)]
 pub struct Scores {
     pub backbone: String,
+    /// [`Backbone::about`].
+    pub backbone_about: String,
     /// What was scored and against what, with their counts.
     pub scored: (String, usize),
     pub reference: (String, usize),
@@ -173,6 +182,7 @@ pub fn score_labelled(gpu: &Gpu, backbone: &Backbone, wanted: Wanted, scored: (&
     let (b, _) = backbone.features(gpu, reference.0, reference.1)?;
     Ok(Scores {
         backbone: backbone.id.clone(),
+        backbone_about: backbone.about.clone(),
         scored: (scored.0.to_string(), a.n),
         reference: (reference.0.to_string(), b.n),
         fid: if wanted.fid { Some(metrics::fid(&b, &a)?) } else { None },
@@ -200,6 +210,7 @@ impl Scores {
     pub fn json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "backbone": self.backbone,
+            "backbone_about": self.backbone_about,
             "scored": { "name": self.scored.0, "images": self.scored.1 },
             "reference": { "name": self.reference.0, "images": self.reference.1 },
         });
