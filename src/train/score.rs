@@ -73,9 +73,8 @@ impl Backbone {
             return Ok(Backbone { id: format!("{INCEPTION}@{}", weights.hash), image, classes: 0, about, net: Net::Inception(features) });
         }
         if let Some((name, bytes, trained_on)) = BUILTIN.iter().find(|b| b.0 == spec) {
-            let mut backbone = Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"))?;
-            backbone.about = format!("built in, trained on {trained_on}");
-            return Ok(backbone);
+            let about = format!("built in, trained on {trained_on}");
+            return Backbone::from_bytes(gpu, name, bytes, &format!("the built-in backbone {name}"), about);
         }
         let path = Path::new(spec);
         if !path.exists() {
@@ -84,10 +83,12 @@ impl Backbone {
         }
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: spec.to_string(), source })?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("classifier");
-        Backbone::from_bytes(gpu, name, &bytes, spec)
+        Backbone::from_bytes(gpu, name, &bytes, spec, format!("the classifier checkpoint {spec}"))
     }
 
-    fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], origin: &str) -> Result<Backbone> {
+    /// A classifier backbone from its checkpoint's bytes; `origin` names them in errors and
+    /// `about` becomes [`Backbone::about`].
+    fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], origin: &str, about: String) -> Result<Backbone> {
         let hash = Sha256::digest(bytes);
         let id = format!("{name}@{}", hash.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>());
         let mut loaded = infer::load_bytes(gpu, bytes, origin)?;
@@ -96,7 +97,6 @@ impl Backbone {
         };
         let (image, classes) = (classifier.image, classifier.classes);
         let eval = ClassifierEval::new(gpu, classifier, &mut loaded.store)?;
-        let about = format!("the classifier checkpoint {origin}");
         Ok(Backbone { id, image, classes, about, net: Net::Classifier { loaded, eval } })
     }
 
